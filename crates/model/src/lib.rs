@@ -1,0 +1,23 @@
+//! ODIN's model layer: RWKV-6 and a Llama-style transformer in candle, each
+//! with a parallel training form (autodiff) and a recurrent step form, cut
+//! into shards over block ranges, saved as Hugging Face style directories.
+//!
+//! A prompt's walk: [`ModelDir::load`] reads a directory, [`Shard::full`]
+//! (or [`Shard::new`] for a block range) builds the model, and
+//! [`Shard::forward`] / [`Shard::step`] produce logits.
+
+pub mod config;
+pub mod error;
+pub mod init;
+pub mod llama;
+pub mod ops;
+pub mod rwkv6;
+pub mod shard;
+pub mod weights;
+pub mod wkv;
+
+pub use config::{LlamaConfig, ModelConfig, ParamCounts, Rwkv6Config, TensorPlace, TensorSpec};
+pub use error::{ModelError, Result};
+pub use init::init_weights;
+pub use shard::{Shard, ShardGrads, ShardState};
+pub use weights::{model_id, ModelDir, ModelId, VarStore, Weights};
