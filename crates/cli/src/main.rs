@@ -122,15 +122,15 @@ fn model_info(a: InfoArgs) -> Result<()> {
     println!("parameters       {} total", counts.total);
     println!("                 {} non-embedding (blocks)", counts.non_embedding);
     println!("                 {} embedding, {} head", counts.embedding, counts.head);
-    println!("embedding bytes  {:.2} MB f32, {:.2} MB int8", mb(counts.embedding_bytes.0), mb(counts.embedding_bytes.1));
+    println!(
+        "embedding bytes  {:.2} MB f32, {:.2} MB int8",
+        mb(counts.embedding_bytes.0),
+        mb(counts.embedding_bytes.1)
+    );
     println!("head bytes       {:.2} MB f32, {:.2} MB int8", mb(counts.head_bytes.0), mb(counts.head_bytes.1));
     println!("block  params      f32 MB   int8 MB");
     for (i, p) in counts.per_block.iter().enumerate() {
-        println!(
-            "{i:>5}  {p:>9}  {:>8.2}  {:>8.2}",
-            mb(counts.block_bytes_f32[i]),
-            mb(counts.block_bytes_int8[i])
-        );
+        println!("{i:>5}  {p:>9}  {:>8.2}  {:>8.2}", mb(counts.block_bytes_f32[i]), mb(counts.block_bytes_int8[i]));
     }
     Ok(())
 }

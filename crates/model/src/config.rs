@@ -124,11 +124,7 @@ pub struct TensorSpec {
 
 impl TensorSpec {
     fn new(name: String, shape: &[usize], place: TensorPlace) -> Self {
-        Self {
-            name,
-            shape: shape.to_vec(),
-            place,
-        }
+        Self { name, shape: shape.to_vec(), place }
     }
 
     /// Number of scalar parameters.
@@ -178,15 +174,10 @@ pub struct ParamCounts {
 impl ModelConfig {
     /// Read and validate a `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let cfg: ModelConfig =
-            serde_json::from_str(&text).map_err(|e| ModelError::BadConfigFile {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+        let cfg: ModelConfig = serde_json::from_str(&text)
+            .map_err(|e| ModelError::BadConfigFile { path: path.to_path_buf(), reason: e.to_string() })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -347,11 +338,7 @@ impl ModelConfig {
 fn rwkv6_specs(c: &Rwkv6Config) -> Vec<TensorSpec> {
     let (v, d, f) = (c.vocab_size, c.hidden_size, c.ffn_size);
     let h = d / c.head_size;
-    let mut out = vec![TensorSpec::new(
-        "emb.weight".into(),
-        &[v, d],
-        TensorPlace::Embedding,
-    )];
+    let mut out = vec![TensorSpec::new("emb.weight".into(), &[v, d], TensorPlace::Embedding)];
     for i in 0..c.num_layers {
         let p = TensorPlace::Block(i);
         let b = format!("blocks.{i}.");
@@ -392,11 +379,7 @@ fn rwkv6_specs(c: &Rwkv6Config) -> Vec<TensorSpec> {
 fn llama_specs(c: &LlamaConfig) -> Vec<TensorSpec> {
     let (v, d, f) = (c.vocab_size, c.hidden_size, c.intermediate_size);
     let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-    let mut out = vec![TensorSpec::new(
-        "model.embed_tokens.weight".into(),
-        &[v, d],
-        TensorPlace::Embedding,
-    )];
+    let mut out = vec![TensorSpec::new("model.embed_tokens.weight".into(), &[v, d], TensorPlace::Embedding)];
     for i in 0..c.num_layers {
         let p = TensorPlace::Block(i);
         let b = format!("model.layers.{i}.");
@@ -437,11 +420,7 @@ mod tests {
     #[test]
     fn odin_100m_has_about_96m_block_parameters() {
         let counts = odin_100m().param_counts();
-        assert!(
-            (95_000_000..105_000_000).contains(&counts.non_embedding),
-            "{}",
-            counts.non_embedding
-        );
+        assert!((95_000_000..105_000_000).contains(&counts.non_embedding), "{}", counts.non_embedding);
         assert_eq!(counts.embedding, 32768 * 768);
         assert_eq!(counts.head, 32768 * 768 + 2 * 768);
         assert_eq!(counts.total, counts.non_embedding + counts.embedding + counts.head);

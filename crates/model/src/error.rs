@@ -32,7 +32,9 @@ pub enum ModelError {
     BadConfig(String),
 
     /// A tensor the architecture needs is absent from the weights.
-    #[error("tensor `{0}` is missing from the weights; the file does not match the config's architecture or layer count")]
+    #[error(
+        "tensor `{0}` is missing from the weights; the file does not match the config's architecture or layer count"
+    )]
     MissingTensor(String),
 
     /// A tensor has a shape other than the config implies.

@@ -45,8 +45,11 @@ fn rwkv6_tensor(c: &Rwkv6Config, name: &str, shape: &[usize], rng: &mut ChaCha8R
     let r01 = if l > 1.0 { layer / (l - 1.0) } else { 0.0 };
     let r1 = 1.0 - layer / l;
     let ddd = |e: f64| -> Vec<f32> { (0..d).map(|i| (1.0 - (i as f64 / d as f64).powf(e)) as f32).collect() };
-    let suffix = name.split_once('.').map_or(name, |(_, s)| s);
-    let suffix = suffix.split_once('.').map_or(suffix, |(_, s)| s); // drop "blocks.N."
+    // "blocks.N.att.key.weight" -> "att.key.weight"; top-level names stay whole.
+    let suffix = match name.strip_prefix("blocks.") {
+        Some(rest) => rest.split_once('.').map_or(rest, |(_, s)| s),
+        None => name,
+    };
     match (name, suffix) {
         ("emb.weight", _) => uniform(rng, numel, 1e-4),
         ("head.weight", _) => {
@@ -59,16 +62,14 @@ fn rwkv6_tensor(c: &Rwkv6Config, name: &str, shape: &[usize], rng: &mut ChaCha8R
         (_, "att.time_maa_r" | "att.time_maa_g") => ddd(0.5 * r1),
         (_, "att.time_maa_w1" | "att.time_decay_w1") => vec![0.0; numel],
         (_, "att.time_maa_w2" | "att.time_decay_w2") => uniform(rng, numel, 0.01),
-        (_, "att.time_decay") => (0..d)
-            .map(|n| (-6.0 + 5.0 * (n as f64 / (d - 1).max(1) as f64).powf(0.7 + 1.3 * r01)) as f32)
-            .collect(),
+        (_, "att.time_decay") => {
+            (0..d).map(|n| (-6.0 + 5.0 * (n as f64 / (d - 1).max(1) as f64).powf(0.7 + 1.3 * r01)) as f32).collect()
+        }
         (_, "att.time_faaaa") => (0..d)
             .map(|n| (r01 * (1.0 - n as f64 / (d - 1).max(1) as f64) + ((n + 1) % 3) as f64 * 0.1 - 0.1) as f32)
             .collect(),
         (_, "att.ln_x.weight") => vec![((1.0 + layer) / l).powf(0.7) as f32; numel],
-        (_, s) if s.ends_with("ln0.weight") || s.ends_with("ln1.weight") || s.ends_with("ln2.weight") || s == "ln_out.weight" => {
-            vec![1.0; numel]
-        }
+        (_, "ln0.weight" | "ln1.weight" | "ln2.weight" | "ln_out.weight") => vec![1.0; numel],
         (_, s) if s.ends_with(".bias") => vec![0.0; numel],
         (_, "att.output.weight" | "ffn.value.weight" | "ffn.receptance.weight") => vec![0.0; numel],
         (_, "att.key.weight" | "att.gate.weight") => orthogonal(rng, shape[0], shape[1], 0.1),
@@ -174,7 +175,10 @@ mod tests {
         let again = init_weights(&cfg, 7, &Device::Cpu).unwrap();
         for ((a, x), (b, y)) in w.iter().zip(again.iter()) {
             assert_eq!(a, b);
-            assert_eq!(x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), y.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            assert_eq!(
+                x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                y.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
         }
     }
 }

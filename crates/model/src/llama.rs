@@ -88,11 +88,8 @@ impl LlamaShard {
                 down: get(p("mlp.down_proj.weight"))?,
             });
         }
-        let head = if range.end == l {
-            Some((get("model.norm.weight".into())?, get("lm_head.weight".into())?))
-        } else {
-            None
-        };
+        let head =
+            if range.end == l { Some((get("model.norm.weight".into())?, get("lm_head.weight".into())?)) } else { None };
         let device = params.first().map(|(_, t)| t.device().clone()).unwrap_or(Device::Cpu);
         Ok(Self { cfg: cfg.clone(), range, emb, layers, head, params, device })
     }
@@ -136,7 +133,10 @@ impl LlamaShard {
                 let ids = x.to_dtype(DType::U32)?;
                 let max = ids.flatten_all()?.max(0)?.to_scalar::<u32>().unwrap_or(0) as usize;
                 if x.elem_count() > 0 && max >= self.cfg.vocab_size {
-                    return Err(ModelError::BadInput(format!("token id {max} is outside the vocabulary of {}", self.cfg.vocab_size)));
+                    return Err(ModelError::BadInput(format!(
+                        "token id {max} is outside the vocabulary of {}",
+                        self.cfg.vocab_size
+                    )));
                 }
                 let (b, t) = ids.dims2()?;
                 Ok(emb.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, c))?)
@@ -206,9 +206,8 @@ impl LlamaShard {
     fn rope_tables(&self, p0: usize, t: usize) -> Result<(Tensor, Tensor)> {
         let d = self.cfg.head_dim;
         let half = d / 2;
-        let inv: Vec<f32> = (0..half)
-            .map(|i| 1.0 / (self.cfg.rope_theta as f32).powf((2 * i) as f32 / d as f32))
-            .collect();
+        let inv: Vec<f32> =
+            (0..half).map(|i| 1.0 / (self.cfg.rope_theta as f32).powf((2 * i) as f32 / d as f32)).collect();
         let mut cos = Vec::with_capacity(t * d);
         let mut sin = Vec::with_capacity(t * d);
         for p in p0..p0 + t {
@@ -223,7 +222,15 @@ impl LlamaShard {
         Ok((Tensor::from_vec(cos, (t, d), &self.device)?, Tensor::from_vec(sin, (t, d), &self.device)?))
     }
 
-    fn layer(&self, l: &Layer, x: Tensor, p0: usize, cos: &Tensor, sin: &Tensor, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+    fn layer(
+        &self,
+        l: &Layer,
+        x: Tensor,
+        p0: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
         let c = &self.cfg;
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
@@ -247,9 +254,8 @@ impl LlamaShard {
         let (k, v) = (expand(&k)?, expand(&v)?);
         let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?;
         let scores = if t > 1 {
-            let mask: Vec<f32> = (0..t)
-                .flat_map(|i| (0..s).map(move |j| if j <= p0 + i { 0.0 } else { f32::NEG_INFINITY }))
-                .collect();
+            let mask: Vec<f32> =
+                (0..t).flat_map(|i| (0..s).map(move |j| if j <= p0 + i { 0.0 } else { f32::NEG_INFINITY })).collect();
             scores.broadcast_add(&Tensor::from_vec(mask, (t, s), x.device())?)?
         } else {
             scores

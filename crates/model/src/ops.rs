@@ -102,7 +102,8 @@ mod tests {
         let y = layer_norm(&x, &w, &b, 0.0).unwrap().to_vec2::<f32>().unwrap();
         // mean 3, var (4+1+0+9)/4 = 3.5
         let s = 3.5f32.sqrt();
-        let want = [-2. / s, 2. * -1. / s, 1.0, 3. / s];
+        // weight 2 doubles the second entry; bias 1 lifts the third (which is 0).
+        let want = [-2. / s, -2. / s, 1.0, 3. / s];
         for (a, b) in y[0].iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{a} {b}");
         }

@@ -96,10 +96,7 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn get(&mut self, name: &str) -> Result<Tensor> {
-        let shape = self
-            .specs
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        let shape = self.specs.get(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
         let t = self.weights.get(name, shape)?;
         self.params.push((name.to_string(), t.clone()));
         Ok(t)
@@ -136,11 +133,7 @@ impl Rwkv6Shard {
         let mut blocks = Vec::new();
         for i in range.clone() {
             let p = |n: &str| format!("blocks.{i}.{n}");
-            let ln0 = if i == 0 {
-                Some((ld.get(&p("ln0.weight"))?, ld.get(&p("ln0.bias"))?))
-            } else {
-                None
-            };
+            let ln0 = if i == 0 { Some((ld.get(&p("ln0.weight"))?, ld.get(&p("ln0.bias"))?)) } else { None };
             let ln1 = (ld.get(&p("ln1.weight"))?, ld.get(&p("ln1.bias"))?);
             let ln2 = (ld.get(&p("ln2.weight"))?, ld.get(&p("ln2.bias"))?);
             let maa_x = ld.vec(&p("att.time_maa_x"))?;
@@ -214,7 +207,11 @@ impl Rwkv6Shard {
             .blocks
             .iter()
             .map(|_| {
-                Ok(Rwkv6LayerState { att_shift: z(&[batch, c])?, wkv: z(&[batch, h, n, n])?, ffn_shift: z(&[batch, c])? })
+                Ok(Rwkv6LayerState {
+                    att_shift: z(&[batch, c])?,
+                    wkv: z(&[batch, h, n, n])?,
+                    ffn_shift: z(&[batch, c])?,
+                })
             })
             .collect::<Result<_>>()?;
         Ok(Rwkv6State { first_block: self.range.start, layers })
@@ -231,7 +228,10 @@ impl Rwkv6Shard {
             )));
         }
         if st.batch() != batch {
-            return Err(ModelError::StateMismatch(format!("state is for batch {}, input has batch {batch}", st.batch())));
+            return Err(ModelError::StateMismatch(format!(
+                "state is for batch {}, input has batch {batch}",
+                st.batch()
+            )));
         }
         Ok(())
     }
@@ -252,7 +252,10 @@ impl Rwkv6Shard {
                 let ids = x.to_dtype(DType::U32)?;
                 let max = ids.flatten_all()?.max(0)?.to_scalar::<u32>().unwrap_or(0) as usize;
                 if x.elem_count() > 0 && max >= self.cfg.vocab_size {
-                    return Err(ModelError::BadInput(format!("token id {max} is outside the vocabulary of {}", self.cfg.vocab_size)));
+                    return Err(ModelError::BadInput(format!(
+                        "token id {max} is outside the vocabulary of {}",
+                        self.cfg.vocab_size
+                    )));
                 }
                 let mut dims = ids.dims().to_vec();
                 dims.push(c);

@@ -37,6 +37,16 @@ pub struct ShardGrads {
     pub params: Vec<(String, Tensor)>,
 }
 
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let arch = match self {
+            Shard::Rwkv6(_) => "rwkv6",
+            Shard::Llama(_) => "llama",
+        };
+        write!(f, "Shard({arch}, blocks {:?})", self.range())
+    }
+}
+
 impl Shard {
     /// Build the shard for `range` from `weights`.
     pub fn new(cfg: &ModelConfig, weights: &Weights, range: Range<usize>) -> Result<Self> {
@@ -130,7 +140,11 @@ impl Shard {
 
     /// Backward from a scalar objective of the shard's output (for the last
     /// shard: the loss computed from its logits).
-    pub fn backward_with(&self, input: &Tensor, objective: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<ShardGrads> {
+    pub fn backward_with(
+        &self,
+        input: &Tensor,
+        objective: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<ShardGrads> {
         let var = if self.has_embedding() { None } else { Some(Var::from_tensor(&input.detach())?) };
         let x = var.as_ref().map_or_else(|| input.clone(), |v| v.as_tensor().clone());
         let out = self.forward(&x, None)?;

@@ -26,10 +26,7 @@ impl Weights {
 
     /// The tensor called `name`, checked against the expected shape.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self
-            .map
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        let t = self.map.get(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
         if t.dims() != shape {
             return Err(ModelError::ShapeMismatch {
                 name: name.into(),
@@ -73,19 +70,13 @@ impl Weights {
                     t.dtype()
                 )));
             }
-            let finite = t
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?
-                .iter()
-                .all(|x| x.is_finite());
+            let finite = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.iter().all(|x| x.is_finite());
             if !finite {
                 return Err(ModelError::NonFinite(s.name.clone()));
             }
         }
         if self.map.len() != specs.len() {
-            let known: std::collections::BTreeSet<&str> =
-                specs.iter().map(|s| s.name.as_str()).collect();
+            let known: std::collections::BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
             if let Some(extra) = self.map.keys().find(|k| !known.contains(k.as_str())) {
                 return Err(ModelError::UnexpectedTensor(extra.clone()));
             }
@@ -95,19 +86,10 @@ impl Weights {
 
     /// Load a safetensors file onto `device`.
     pub fn load_safetensors(path: &Path, device: &Device) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let map = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
-            ModelError::BadSafetensors {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            }
-        })?;
-        Ok(Self {
-            map: map.into_iter().collect(),
-        })
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+        let map = candle_core::safetensors::load_buffer(&bytes, device)
+            .map_err(|e| ModelError::BadSafetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+        Ok(Self { map: map.into_iter().collect() })
     }
 
     /// Write every tensor to a safetensors file (f32, contiguous).
@@ -117,17 +99,13 @@ impl Weights {
             // Detach so saving a trainable model writes plain tensors.
             map.insert(k.clone(), t.detach().to_dtype(DType::F32)?.contiguous()?);
         }
-        candle_core::safetensors::save(&map, path).map_err(|e| ModelError::BadSafetensors {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
+        candle_core::safetensors::save(&map, path)
+            .map_err(|e| ModelError::BadSafetensors { path: path.to_path_buf(), reason: e.to_string() })
     }
 
     /// Detached copy whose tensors record no gradient.
     pub fn detached(&self) -> Self {
-        Self {
-            map: self.map.iter().map(|(k, t)| (k.clone(), t.detach())).collect(),
-        }
+        Self { map: self.map.iter().map(|(k, t)| (k.clone(), t.detach())).collect() }
     }
 }
 
@@ -150,13 +128,7 @@ impl VarStore {
     /// Weights whose tensors are these variables, so models built from them
     /// record gradients for every parameter.
     pub fn weights(&self) -> Weights {
-        Weights {
-            map: self
-                .vars
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-                .collect(),
-        }
+        Weights { map: self.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect() }
     }
 
     /// Iterate over (name, var) in name order.
@@ -207,9 +179,7 @@ pub fn model_id(dir: &Path) -> Result<ModelId> {
         let path = dir.join(name);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && name == "tokenizer.json" => {
-                continue
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && name == "tokenizer.json" => continue,
             Err(source) => return Err(ModelError::Io { path, source }),
         };
         h.update(name.as_bytes());
@@ -243,27 +213,16 @@ impl ModelDir {
         let tok = dir.join("tokenizer.json");
         let tokenizer = tok.is_file().then_some(tok);
         let id = model_id(dir)?;
-        Ok(Self {
-            config,
-            weights,
-            tokenizer,
-            id,
-        })
+        Ok(Self { config, weights, tokenizer, id })
     }
 
     /// Write `config.json` and `model.safetensors` into `dir` (created if
     /// needed) and copy `tokenizer.json` when one is attached. Returns the id.
     pub fn save(config: &ModelConfig, weights: &Weights, tokenizer: Option<&Path>, dir: &Path) -> Result<ModelId> {
         weights.validate(config)?;
-        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
         let cfg_path = dir.join("config.json");
-        std::fs::write(&cfg_path, config.to_json()).map_err(|source| ModelError::Io {
-            path: cfg_path,
-            source,
-        })?;
+        std::fs::write(&cfg_path, config.to_json()).map_err(|source| ModelError::Io { path: cfg_path, source })?;
         weights.save_safetensors(&dir.join("model.safetensors"))?;
         if let Some(src) = tokenizer {
             let dst = dir.join("tokenizer.json");

@@ -239,7 +239,13 @@ impl CustomOp2 for Wkv6Op {
         "wkv6"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = self.d;
         let shape = Shape::from((d.b, d.t, d.h, d.n));
         match (s1, s2) {
@@ -257,7 +263,13 @@ impl CustomOp2 for Wkv6Op {
         }
     }
 
-    fn bwd(&self, arg1: &Tensor, arg2: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        arg1: &Tensor,
+        arg2: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let d = self.d;
         let dev = arg1.device();
         macro_rules! run {
@@ -267,10 +279,7 @@ impl CustomOp2 for Wkv6Op {
                 let gy = tensor_vec::<$f>(grad_res)?;
                 let s0 = self.state::<$f>()?;
                 let (dp, du) = backward_all(d, &p, &u, s0.as_deref(), &gy);
-                (
-                    Tensor::from_vec(dp, (4, d.b, d.t, d.h, d.n), dev)?,
-                    Tensor::from_vec(du, (d.h, d.n), dev)?,
-                )
+                (Tensor::from_vec(dp, (4, d.b, d.t, d.h, d.n), dev)?, Tensor::from_vec(du, (d.h, d.n), dev)?)
             }};
         }
         let (dp, du) = match arg1.dtype() {
@@ -294,7 +303,10 @@ fn check(r: &Tensor, k: &Tensor, v: &Tensor, w: &Tensor, u: &Tensor, s0: Option<
     }
     if let Some(s) = s0 {
         if s.dims() != [b, h, n, n] {
-            return Err(ModelError::BadInput(format!("wkv6: state has shape {:?}, expected [{b}, {h}, {n}, {n}]", s.dims())));
+            return Err(ModelError::BadInput(format!(
+                "wkv6: state has shape {:?}, expected [{b}, {h}, {n}, {n}]",
+                s.dims()
+            )));
         }
     }
     Ok(Dims { b, t, h, n })
@@ -314,7 +326,14 @@ pub fn wkv6(r: &Tensor, k: &Tensor, v: &Tensor, w: &Tensor, u: &Tensor, s0: Opti
 }
 
 /// WKV6 forward that also returns the final state [B, H, N, N]; records no gradient.
-pub fn wkv6_with_state(r: &Tensor, k: &Tensor, v: &Tensor, w: &Tensor, u: &Tensor, s0: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+pub fn wkv6_with_state(
+    r: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    w: &Tensor,
+    u: &Tensor,
+    s0: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
     let d = check(r, k, v, w, u, s0)?;
     let dev = r.device();
     let packed = Tensor::stack(&[r, k, v, w], 0)?.detach();
@@ -364,7 +383,8 @@ mod tests {
         let v = mk(&mut rng, -1.0, 1.0);
         let w = mk(&mut rng, 0.2, 0.99);
         let u = Var::from_vec(rand_vec(&mut rng, h * n, -1.0, 1.0), (h, n), &dev).unwrap();
-        let s0 = with_state.then(|| Tensor::from_vec(rand_vec(&mut rng, b * h * n * n, -1.0, 1.0), (b, h, n, n), &dev).unwrap());
+        let s0 = with_state
+            .then(|| Tensor::from_vec(rand_vec(&mut rng, b * h * n * n, -1.0, 1.0), (b, h, n, n), &dev).unwrap());
         let proj = Tensor::from_vec(rand_vec(&mut rng, b * t * h * n, -1.0, 1.0), sh, &dev).unwrap();
         Case { r, k, v, w, u, s0, proj }
     }
@@ -388,7 +408,7 @@ mod tests {
                 let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
                 let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
                 for i in 0..base.len() {
-                    let mut probe = |delta: f64| {
+                    let probe = |delta: f64| {
                         let mut x = base.clone();
                         x[i] += delta;
                         var.set(&Tensor::from_vec(x, var.shape(), &Device::Cpu).unwrap()).unwrap();
@@ -441,6 +461,27 @@ mod tests {
         let st = st.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         for (a, b) in st.iter().zip(&s) {
             assert!((a - b).abs() < 1e-5);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Splitting a sequence anywhere and carrying the state across gives
+        /// the same outputs and final state as one pass.
+        #[test]
+        fn wkv6_state_carry_equals_one_pass(b in 1usize..3, t in 2usize..40, h in 1usize..3, n in 1usize..6, cut in 1usize..39, seed in 0u64..1000) {
+            let cut = cut.min(t - 1);
+            let c = case(seed, (b, t, h, n), true);
+            let s0 = c.s0.as_ref().unwrap();
+            let (y, s) = wkv6_with_state(&c.r, &c.k, &c.v, &c.w, &c.u, Some(s0)).unwrap();
+            let part = |x: &Var, a: usize, len: usize| x.as_tensor().narrow(1, a, len).unwrap();
+            let (y1, s1) = wkv6_with_state(&part(&c.r, 0, cut), &part(&c.k, 0, cut), &part(&c.v, 0, cut), &part(&c.w, 0, cut), &c.u, Some(s0)).unwrap();
+            let rest = t - cut;
+            let (y2, s2) = wkv6_with_state(&part(&c.r, cut, rest), &part(&c.k, cut, rest), &part(&c.v, cut, rest), &part(&c.w, cut, rest), &c.u, Some(&s1)).unwrap();
+            let joined = Tensor::cat(&[y1, y2], 1).unwrap();
+            let dy = (y - joined).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+            let ds = (s - s2).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+            proptest::prop_assert!(dy < 1e-12 && ds < 1e-12, "dy {} ds {}", dy, ds);
         }
     }
 
