@@ -21,6 +21,90 @@ enum Command {
     /// Inspect and create model directories.
     #[command(subcommand)]
     Model(ModelCmd),
+    /// Build, inspect and check verified synthetic datasets.
+    #[command(subcommand)]
+    Data(DataCmd),
+    /// Train tokenizers.
+    #[command(subcommand)]
+    Tokenizer(TokenizerCmd),
+}
+
+#[derive(Subcommand)]
+enum DataCmd {
+    /// Generate, verify and write a dataset directory.
+    Build(BuildArgs),
+    /// Collapse guards: mix, coverage, diversity, near-duplicates, train/test overlap.
+    Stats {
+        /// Dataset directory.
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print records of a split.
+    Show {
+        /// Dataset directory.
+        dir: PathBuf,
+        /// Split: train, test, heldout-family or long.
+        #[arg(long, default_value = "train")]
+        split: String,
+        /// Only this task (add, sub, mul, div, chain, linear, system2, quadratic, word, code_output, code_write).
+        #[arg(long)]
+        task: Option<String>,
+        /// How many records.
+        #[arg(short = 'n', long, default_value_t = 5)]
+        count: usize,
+        /// Print JSONL.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// tiny (seconds, for tests) or default (1M training records).
+    #[arg(long, default_value = "default")]
+    preset: String,
+    /// Master seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Override the number of training records.
+    #[arg(long)]
+    train: Option<usize>,
+    /// Longest operand in train/test, in digits (1-20).
+    #[arg(long)]
+    train_max_len: Option<usize>,
+    /// Shortest operand of the long split.
+    #[arg(long)]
+    long_min_len: Option<usize>,
+    /// Longest operand of the long split.
+    #[arg(long)]
+    long_max_len: Option<usize>,
+    /// Write numbers least significant digit first.
+    #[arg(long)]
+    reversed: bool,
+    /// Print the manifest as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum TokenizerCmd {
+    /// Train a digit-splitting byte-level BPE tokenizer on a dataset's training split.
+    Train {
+        /// Dataset directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Vocabulary size, special and byte tokens included.
+        #[arg(long, default_value_t = 2048)]
+        vocab: usize,
+        /// Output tokenizer.json.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -83,6 +167,10 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Model(ModelCmd::Info(a)) => model_info(a),
         Command::Model(ModelCmd::Init(a)) => model_init(a),
+        Command::Data(DataCmd::Build(a)) => data_build(a),
+        Command::Data(DataCmd::Stats { dir, json }) => data_stats(&dir, json),
+        Command::Data(DataCmd::Show { dir, split, task, count, json }) => data_show(&dir, &split, task.as_deref(), count, json),
+        Command::Tokenizer(TokenizerCmd::Train { data, vocab, out }) => tokenizer_train(&data, vocab, &out),
         Command::Model(ModelCmd::Id { dir }) => {
             println!("{}", model_id(&dir).with_context(|| format!("cannot hash model directory {}", dir.display()))?);
             Ok(())
@@ -144,5 +232,107 @@ fn model_init(a: InitArgs) -> Result<()> {
     let id = ModelDir::save(&cfg, &weights, None, &a.out)
         .with_context(|| format!("cannot write model directory {}", a.out.display()))?;
     println!("{id}");
+    Ok(())
+}
+
+fn data_build(a: BuildArgs) -> Result<()> {
+    let mut o = odin_data::BuildOptions::preset(&a.preset, a.seed)?;
+    if let Some(n) = a.train {
+        o.train = n;
+    }
+    if let Some(n) = a.train_max_len {
+        o.train_max_len = n;
+    }
+    if let Some(n) = a.long_min_len {
+        o.long_min_len = n;
+    }
+    if let Some(n) = a.long_max_len {
+        o.long_max_len = n;
+    }
+    o.reversed = a.reversed;
+    if odin_data::sandbox::Sandbox::detect().is_none() {
+        eprintln!("warning: python3 (CPython 3) not found: the code family is skipped; install python3 to build it");
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg:28} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    let progress = |split: &str, task: &str, done: usize, want: usize| {
+        bar.set_length(want as u64);
+        bar.set_position(done as u64);
+        bar.set_message(format!("{split}/{task}"));
+    };
+    let m = odin_data::build(&o, &a.out, &progress).with_context(|| format!("building {}", a.out.display()))?;
+    bar.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+        return Ok(());
+    }
+    println!("built {} in {:.1}s (python: {})", a.out.display(), started.elapsed().as_secs_f64(), m.python);
+    for (name, s) in &m.splits {
+        let rejected: usize = s.tasks.values().map(|t| t.rejected).sum();
+        let dups: usize = s.tasks.values().map(|t| t.duplicates).sum();
+        println!("  {name:15} {:>9} records  ({rejected} rejected by verifiers, {dups} duplicates dropped)", s.records);
+    }
+    println!("  test records dropped for matching train: {}", m.overlap_dropped);
+    Ok(())
+}
+
+fn data_stats(dir: &Path, json: bool) -> Result<()> {
+    let m = odin_data::read_manifest(dir)?;
+    let s = odin_data::stats::compute(dir, &m)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!("records            {:?}", s.records);
+    println!("families (train)   {:?}", s.families);
+    println!("tasks (train)      {:?}", s.task_mix);
+    println!("operand lengths    {:?}", s.operand_lengths);
+    println!("carry chains       {:?}", s.carry_chains);
+    println!("distinct-1/2/3     {:.4} / {:.4} / {:.4}", s.distinct_n[0], s.distinct_n[1], s.distinct_n[2]);
+    println!("compression ratio  {:.4}", s.compression_ratio);
+    println!("near-dup rate      {:.4} (MinHash, {} sampled prompts)", s.near_duplicate_rate, s.sample_size);
+    println!("exact dups (train) {}", s.train_exact_duplicates);
+    println!("train/test overlap {}", s.train_test_overlap);
+    Ok(())
+}
+
+fn data_show(dir: &Path, split: &str, task: Option<&str>, count: usize, json: bool) -> Result<()> {
+    let m = odin_data::read_manifest(dir)?;
+    let recs = odin_data::read_split(dir, &m, split)?;
+    for r in recs.iter().filter(|r| task.is_none_or(|t| r.task == t)).take(count) {
+        if json {
+            println!("{}", serde_json::to_string(r)?);
+        } else {
+            println!("--- {} [{} / difficulty {}]", r.id, r.task, r.difficulty);
+            println!("{}\n>>>\n{}", r.prompt, r.completion);
+            for t in &r.tests {
+                println!("    {t}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn tokenizer_train(data: &Path, vocab: usize, out: &Path) -> Result<()> {
+    let m = odin_data::read_manifest(data)?;
+    let train = odin_data::read_split(data, &m, "train")?;
+    let tk = odin_data::tokenizer::train(&train, vocab)?;
+    odin_data::tokenizer::save(&tk, out)?;
+    let mut checked = 0;
+    for split in m.splits.keys() {
+        for r in odin_data::read_split(data, &m, split)? {
+            for text in [&r.prompt, &r.completion] {
+                if !odin_data::tokenizer::round_trips(&tk, text)? {
+                    bail!("tokenizer does not round-trip record {}", r.id);
+                }
+                checked += 1;
+            }
+        }
+    }
+    println!("wrote {} ({} tokens); decode(encode(x)) == x on {checked} texts", out.display(), tk.get_vocab_size(true));
     Ok(())
 }

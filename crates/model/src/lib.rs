@@ -6,6 +6,8 @@
 //! (or [`Shard::new`] for a block range) builds the model, and
 //! [`Shard::forward`] / [`Shard::step`] produce logits.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod error;
 pub mod init;
