@@ -169,7 +169,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Model(ModelCmd::Init(a)) => model_init(a),
         Command::Data(DataCmd::Build(a)) => data_build(a),
         Command::Data(DataCmd::Stats { dir, json }) => data_stats(&dir, json),
-        Command::Data(DataCmd::Show { dir, split, task, count, json }) => data_show(&dir, &split, task.as_deref(), count, json),
+        Command::Data(DataCmd::Show { dir, split, task, count, json }) => {
+            data_show(&dir, &split, task.as_deref(), count, json)
+        }
         Command::Tokenizer(TokenizerCmd::Train { data, vocab, out }) => tokenizer_train(&data, vocab, &out),
         Command::Model(ModelCmd::Id { dir }) => {
             println!("{}", model_id(&dir).with_context(|| format!("cannot hash model directory {}", dir.display()))?);

@@ -24,7 +24,11 @@ fn q(n: i64) -> Q {
 }
 
 fn fmt_q(x: &Q) -> String {
-    if x.is_integer() { x.to_integer().to_string() } else { format!("{}/{}", x.numer(), x.denom()) }
+    if x.is_integer() {
+        x.to_integer().to_string()
+    } else {
+        format!("{}/{}", x.numer(), x.denom())
+    }
 }
 
 /// Format Σ coef·var + constant, e.g. `3x - y + 5`.
@@ -46,7 +50,11 @@ fn fmt_terms(terms: &[(i64, &str)]) -> String {
             s.push_str(&body);
         }
     }
-    if s.is_empty() { "0".into() } else { s }
+    if s.is_empty() {
+        "0".into()
+    } else {
+        s
+    }
 }
 
 /// Generate one algebra problem of `task` (one of [`TASKS`]).
@@ -328,7 +336,8 @@ mod tests {
         assert!(verify("linear", "Solve for x: 2x = 3", "x = 3/2", "x = 3/2").is_ok());
         assert!(verify("system2", "Solve: x + y = 3, x - y = 1", "x = 2, y = 1", "x = 2, y = 1").is_ok());
         assert!(verify("system2", "Solve: x + y = 3, x - y = 1", "x = 1, y = 2", "x = 1, y = 2").is_err());
-        assert!(verify("quadratic", "Solve: x^2 - 5x + 6 = 0", "(x - 2)(x - 3) = 0\nx = 2 or x = 3", "x = 2 or x = 3").is_ok());
+        assert!(verify("quadratic", "Solve: x^2 - 5x + 6 = 0", "(x - 2)(x - 3) = 0\nx = 2 or x = 3", "x = 2 or x = 3")
+            .is_ok());
         // A correct root but not all of them.
         assert!(verify("quadratic", "Solve: x^2 - 5x + 6 = 0", "x = 2", "x = 2").is_err());
     }

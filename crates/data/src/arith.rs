@@ -33,7 +33,11 @@ fn digits_to_string(d: &[u8]) -> String {
     // d is least significant first; strip leading zeros of the number.
     let s: String = d.iter().rev().map(|x| char::from(b'0' + x)).collect();
     let t = s.trim_start_matches('0');
-    if t.is_empty() { "0".into() } else { t.into() }
+    if t.is_empty() {
+        "0".into()
+    } else {
+        t.into()
+    }
 }
 
 fn random_number(rng: &mut ChaCha8Rng, len: usize) -> Vec<u8> {
@@ -133,8 +137,8 @@ pub fn generate(task: &'static str, rng: &mut ChaCha8Rng, o: &ArithOptions) -> D
             let (sa, sb) = (digits_to_string(&a), digits_to_string(&b));
             let mut steps = Vec::new();
             let mut borrow = 0i32;
-            for i in 0..a.len() {
-                let (x, y) = (i32::from(a[i]), i32::from(b.get(i).copied().unwrap_or(0)));
+            for (i, ai) in a.iter().enumerate() {
+                let (x, y) = (i32::from(*ai), i32::from(b.get(i).copied().unwrap_or(0)));
                 let d = x - y - borrow;
                 if d < 0 {
                     steps.push(format!("{x}+10-{y}-{borrow}={}", d + 10));
@@ -197,7 +201,11 @@ pub fn generate(task: &'static str, rng: &mut ChaCha8Rng, o: &ArithOptions) -> D
                 steps.push(format!("{sa}//{sb}=0"));
                 steps.push(format!("{sa}-0*{sb}={sa}"));
             }
-            let ans = format!("{} r {}", num(&(&av / &bv).to_string(), o.reversed), num(&(&av % &bv).to_string(), o.reversed));
+            let ans = format!(
+                "{} r {}",
+                num(&(&av / &bv).to_string(), o.reversed),
+                num(&(&av % &bv).to_string(), o.reversed)
+            );
             (format!("{}/{}", num(&sa, o.reversed), num(&sb, o.reversed)), steps, ans, la)
         }
         _ => {

@@ -237,7 +237,11 @@ pub fn build(o: &BuildOptions, out: &Path, progress: Progress<'_>) -> Result<Man
             arith_lens: (1, o.train_max_len),
             word_templates: &word::HELDOUT_TEMPLATES,
             code_kinds: &code::HELDOUT_KINDS,
-            tasks: vec![("word", o.heldout.div_ceil(3) * 2), ("code_output", o.heldout / 6), ("code_write", o.heldout / 6)],
+            tasks: vec![
+                ("word", o.heldout.div_ceil(3) * 2),
+                ("code_output", o.heldout / 6),
+                ("code_write", o.heldout / 6),
+            ],
         },
         SplitPlan {
             name: "long",
@@ -388,7 +392,11 @@ fn write_shards(out: &Path, split: &str, records: &[Record]) -> Result<Vec<Shard
         }
         let path = out.join(&file);
         std::fs::write(&path, &text).map_err(io_err(&path))?;
-        shards.push(ShardInfo { file, records: chunk.len(), blake3: blake3::hash(text.as_bytes()).to_hex().to_string() });
+        shards.push(ShardInfo {
+            file,
+            records: chunk.len(),
+            blake3: blake3::hash(text.as_bytes()).to_hex().to_string(),
+        });
     }
     Ok(shards)
 }

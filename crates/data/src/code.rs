@@ -58,7 +58,8 @@ pub fn spec(kind: &'static str, rng: &mut ChaCha8Rng) -> Spec {
     let k = rng.random_range(2..=9);
     let (param, mut body, doc) = match kind {
         "list" => {
-            let cond = pick(rng, &["", "x % 2 == 0", "x % 2 == 1", "x > K", "x < K", "x % K == 0"]).replace('K', &k.to_string());
+            let cond = pick(rng, &["", "x % 2 == 0", "x % 2 == 1", "x > K", "x < K", "x % K == 0"])
+                .replace('K', &k.to_string());
             let map = pick(rng, &["x", "x * K", "x + K", "x * x", "x - K", "abs(x)"]).replace('K', &k.to_string());
             let red = pick(rng, &["sum", "count", "max", "min", "list", "sorted list", "reversed list", "product"]);
             let (init, update, ret): (&str, Vec<String>, &str) = match red {
@@ -66,10 +67,16 @@ pub fn spec(kind: &'static str, rng: &mut ChaCha8Rng) -> Spec {
                 "count" => ("acc = 0", vec!["acc = acc + 1".into()], "acc"),
                 "max" | "min" => (
                     "acc = None",
-                    vec![format!("v = {map}"), format!("if acc is None or v {} acc:", if red == "max" { ">" } else { "<" }), "    acc = v".into()],
+                    vec![
+                        format!("v = {map}"),
+                        format!("if acc is None or v {} acc:", if red == "max" { ">" } else { "<" }),
+                        "    acc = v".into(),
+                    ],
                     "acc if acc is not None else 0",
                 ),
-                "list" | "sorted list" => ("acc = []", vec![format!("acc.append({map})")], if red == "list" { "acc" } else { "sorted(acc)" }),
+                "list" | "sorted list" => {
+                    ("acc = []", vec![format!("acc.append({map})")], if red == "list" { "acc" } else { "sorted(acc)" })
+                }
                 "reversed list" => ("acc = []", vec![format!("acc.insert(0, {map})")], "acc"),
                 _ => ("acc = 1", vec![format!("acc = acc * ({map}) % 1000")], "acc"),
             };
@@ -90,7 +97,8 @@ pub fn spec(kind: &'static str, rng: &mut ChaCha8Rng) -> Spec {
             ("xs", lines, what)
         }
         "string" => {
-            let cond = pick(rng, &["", "ch.isdigit()", "ch in \"aeiou\"", "ch.isupper()", "ch != \" \"", "ch.isalpha()"]);
+            let cond =
+                pick(rng, &["", "ch.isdigit()", "ch in \"aeiou\"", "ch.isupper()", "ch != \" \"", "ch.isalpha()"]);
             let map = pick(rng, &["ch", "ch.upper()", "ch.lower()", "ch * 2"]);
             let ret = pick(rng, &["out", "out[::-1]", "len(out)", "out.upper()"]);
             let mut lines = vec!["    out = \"\"".to_string(), "    for ch in s:".into()];
@@ -101,7 +109,11 @@ pub fn spec(kind: &'static str, rng: &mut ChaCha8Rng) -> Spec {
                 lines.push(format!("            out = out + {map}"));
             }
             lines.push(format!("    return {ret}"));
-            let which = if cond.is_empty() { "every character ch of s".to_string() } else { format!("each character ch of s with {cond}") };
+            let which = if cond.is_empty() {
+                "every character ch of s".to_string()
+            } else {
+                format!("each character ch of s with {cond}")
+            };
             ("s", lines, format!("Build out from {map} for {which}, then return {ret}."))
         }
         "digits" => {
@@ -117,13 +129,20 @@ pub fn spec(kind: &'static str, rng: &mut ChaCha8Rng) -> Spec {
             }
             lines.push("        n = n // 10".into());
             lines.push("    return total".into());
-            let which = if cond.is_empty() { "every decimal digit d of n".to_string() } else { format!("each decimal digit d of n with {cond}") };
+            let which = if cond.is_empty() {
+                "every decimal digit d of n".to_string()
+            } else {
+                format!("each decimal digit d of n with {cond}")
+            };
             let agg = if op == "+" { "sum" } else { "product" };
             ("n", lines, format!("Return the {agg} of {map} over {which} (starting from {init})."))
         }
         _ => {
             let key = pick(rng, &["x % K", "x > K", "len(str(abs(x)))", "x // K"]).replace('K', &k.to_string());
-            let ret = pick(rng, &["counts", "len(counts)", "max(counts.values()) if counts else 0", "sorted(counts.items())"]);
+            let ret = pick(
+                rng,
+                &["counts", "len(counts)", "max(counts.values()) if counts else 0", "sorted(counts.items())"],
+            );
             let lines = vec![
                 "    counts = {}".to_string(),
                 "    for x in xs:".into(),
@@ -226,7 +245,9 @@ pub fn verification_job(id: usize, task: &str, prompt: &str, completion: &str, t
 pub fn judge(task: &str, answer: &str, tests: usize, result: &Option<Vec<Option<String>>>) -> bool {
     match (task, result) {
         ("code_output", Some(v)) => v.len() == 1 && v[0].as_deref() == Some(answer),
-        ("code_write", Some(v)) => tests >= HIDDEN_TESTS && v.len() == tests && v.iter().all(|r| r.as_deref() == Some("True")),
+        ("code_write", Some(v)) => {
+            tests >= HIDDEN_TESTS && v.len() == tests && v.iter().all(|r| r.as_deref() == Some("True"))
+        }
         _ => false,
     }
 }

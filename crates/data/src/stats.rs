@@ -164,7 +164,8 @@ pub fn minhash(text: &str) -> [u64; HASHES] {
 }
 
 fn near_duplicate_rate(rs: &[&Record]) -> f64 {
-    let sigs: Vec<([u64; HASHES], String)> = rs.iter().map(|r| (minhash(&r.prompt), normalize_prompt(&r.prompt))).collect();
+    let sigs: Vec<([u64; HASHES], String)> =
+        rs.iter().map(|r| (minhash(&r.prompt), normalize_prompt(&r.prompt))).collect();
     let rows = HASHES / BANDS;
     let mut flagged = vec![false; sigs.len()];
     for band in 0..BANDS {
@@ -187,7 +188,11 @@ fn near_duplicate_rate(rs: &[&Record]) -> f64 {
             }
         }
     }
-    if sigs.is_empty() { 0.0 } else { flagged.iter().filter(|f| **f).count() as f64 / sigs.len() as f64 }
+    if sigs.is_empty() {
+        0.0
+    } else {
+        flagged.iter().filter(|f| **f).count() as f64 / sigs.len() as f64
+    }
 }
 
 #[cfg(test)]

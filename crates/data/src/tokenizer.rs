@@ -42,12 +42,18 @@ pub fn train(records: &[Record], vocab: usize) -> Result<Tokenizer> {
         PreTokenizerWrapper::Digits(Digits::new(true)),
         PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
     ]);
-    let mut tk = TokenizerBuilder::<BPE, tokenizers::NormalizerWrapper, PreTokenizerWrapper, tokenizers::PostProcessorWrapper, tokenizers::DecoderWrapper>::new()
-        .with_model(BPE::default())
-        .with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(pre)))
-        .with_decoder(Some(tokenizers::DecoderWrapper::ByteLevel(ByteLevelDecoder::default())))
-        .build()
-        .map_err(tok_err)?;
+    let mut tk = TokenizerBuilder::<
+        BPE,
+        tokenizers::NormalizerWrapper,
+        PreTokenizerWrapper,
+        tokenizers::PostProcessorWrapper,
+        tokenizers::DecoderWrapper,
+    >::new()
+    .with_model(BPE::default())
+    .with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(pre)))
+    .with_decoder(Some(tokenizers::DecoderWrapper::ByteLevel(ByteLevelDecoder::default())))
+    .build()
+    .map_err(tok_err)?;
     let texts = records.iter().flat_map(|r| [r.prompt.clone(), r.completion.clone()]);
     tk.train(&mut trainer, texts).map_err(tok_err)?;
     Ok(tk.into())

@@ -17,7 +17,8 @@ pub const TRAIN_TEMPLATES: [&str; 12] = [
 /// Templates that appear only in the `heldout-family` split.
 pub const HELDOUT_TEMPLATES: [&str; 4] = ["fuel", "tickets", "pages", "temperature"];
 
-const NAMES: [&str; 12] = ["Ava", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "Iris", "Jon", "Kemi", "Liam"];
+const NAMES: [&str; 12] =
+    ["Ava", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "Iris", "Jon", "Kemi", "Liam"];
 const ITEMS: [&str; 10] = ["apple", "pencil", "marble", "sticker", "book", "cookie", "card", "shell", "coin", "button"];
 
 /// Generate one word problem from `template`.
@@ -40,7 +41,9 @@ pub fn generate(template: &'static str, rng: &mut ChaCha8Rng) -> Draft {
             let cost = st(format!("{a}*{p}"));
             let bill = (cost / 10 + 1 + r(0, 5)) * 10;
             st(format!("{bill}-{cost}"));
-            format!("{n1} buys {a} {item}s at ${p} each and pays with ${bill}. How many dollars of change does {n1} get?")
+            format!(
+                "{n1} buys {a} {item}s at ${p} each and pays with ${bill}. How many dollars of change does {n1} get?"
+            )
         }
         "boxes" => {
             let (a, b) = (r(2, m), r(2, m));
@@ -61,14 +64,18 @@ pub fn generate(template: &'static str, rng: &mut ChaCha8Rng) -> Draft {
             let t = st(format!("{a}*{w}"));
             let b = r(0, t);
             st(format!("{t}-{b}"));
-            format!("{n1} saves ${a} every week for {w} weeks and then spends ${b}. How many dollars does {n1} have left?")
+            format!(
+                "{n1} saves ${a} every week for {w} weeks and then spends ${b}. How many dollars does {n1} have left?"
+            )
         }
         "worktime" => {
             let (h, mm, d) = (r(1, 9), r(1, 59), r(2, 6 + m / 20));
             let a = st(format!("{h}*60"));
             let b = st(format!("{a}+{mm}"));
             st(format!("{b}*{d}"));
-            format!("{n1} works {h} hours and {mm} minutes a day for {d} days. How many minutes does {n1} work in total?")
+            format!(
+                "{n1} works {h} hours and {mm} minutes a day for {d} days. How many minutes does {n1} work in total?"
+            )
         }
         "bags" => {
             let per = r(2, 12);
@@ -206,7 +213,8 @@ mod tests {
 
     #[test]
     fn corrupted_records_are_rejected() {
-        let p = "Ava has 3 boxes with 4 apples in each box and gives away 5 apples. How many apples does Ava have left?";
+        let p =
+            "Ava has 3 boxes with 4 apples in each box and gives away 5 apples. How many apples does Ava have left?";
         assert!(verify(p, "3*4=12\n12-5=7\n7", "7").is_ok());
         assert!(verify(p, "3*4=12\n12-5=8\n8", "8").unwrap_err().contains("wrong step"));
         assert!(verify(p, "3*9=27\n27-5=22\n22", "22").unwrap_err().contains("appears nowhere"));

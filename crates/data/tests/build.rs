@@ -1,0 +1,168 @@
+//! Whole builds of the tiny preset: determinism, split hygiene, verifiers,
+//! tamper detection and the tokenizer round trip.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use odin_data::record::prompt_hash;
+use odin_data::sandbox::Sandbox;
+use odin_data::{algebra, arith, build, code, read_manifest, read_split, word, BuildOptions, Manifest, Record};
+
+fn opts(seed: u64) -> BuildOptions {
+    let mut o = BuildOptions::preset("tiny", seed).unwrap();
+    o.train = 1200;
+    o
+}
+
+fn quiet(_: &str, _: &str, _: usize, _: usize) {}
+
+/// One shared build for the read-only tests.
+fn shared() -> &'static (tempfile::TempDir, Manifest) {
+    static CELL: OnceLock<(tempfile::TempDir, Manifest)> = OnceLock::new();
+    CELL.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let m = build(&opts(11), dir.path(), &quiet).unwrap();
+        (dir, m)
+    })
+}
+
+fn all(dir: &Path, m: &Manifest, split: &str) -> Vec<Record> {
+    read_split(dir, m, split).unwrap()
+}
+
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p: PathBuf| (p.file_name().unwrap().to_string_lossy().to_string(), std::fs::read(&p).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn same_seed_and_options_give_byte_identical_output() {
+    let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    build(&opts(3), a.path(), &quiet).unwrap();
+    build(&opts(3), b.path(), &quiet).unwrap();
+    build(&opts(4), c.path(), &quiet).unwrap();
+    let (fa, fb, fc) = (files(a.path()), files(b.path()), files(c.path()));
+    assert!(fa.len() >= 5, "manifest plus a shard per split");
+    assert_eq!(fa, fb, "same seed, same bytes");
+    assert_ne!(fa, fc, "another seed, other data");
+}
+
+#[test]
+fn splits_are_disjoint_and_shaped_as_promised() {
+    let (dir, m) = shared();
+    let train = all(dir.path(), m, "train");
+    let train_hashes: std::collections::HashSet<u128> = train.iter().map(|r| prompt_hash(&r.prompt)).collect();
+    assert_eq!(train_hashes.len(), train.len(), "no exact duplicates within train");
+    for split in ["test", "heldout-family", "long"] {
+        let rs = all(dir.path(), m, split);
+        assert!(!rs.is_empty(), "{split} is empty");
+        assert!(rs.iter().all(|r| !train_hashes.contains(&prompt_hash(&r.prompt))), "{split} leaks into train");
+        assert!(rs.iter().all(|r| r.split == split));
+    }
+    let template =
+        |r: &Record| r.meta.get("template").or(r.meta.get("kind")).and_then(|v| v.as_str()).map(str::to_string);
+    let heldout: Vec<&str> = word::HELDOUT_TEMPLATES.iter().chain(&code::HELDOUT_KINDS).copied().collect();
+    assert!(train.iter().filter_map(template).all(|t| !heldout.contains(&t.as_str())), "held-out templates in train");
+    let h = all(dir.path(), m, "heldout-family");
+    assert!(h.iter().filter_map(template).all(|t| heldout.contains(&t.as_str())));
+    let max_len = |r: &Record| r.meta["lens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).max().unwrap();
+    assert!(train.iter().filter(|r| r.family == "arithmetic" && r.task != "chain").all(|r| max_len(r) <= 10));
+    assert!(all(dir.path(), m, "long").iter().all(|r| (11..=15).contains(&max_len(r))));
+    assert_eq!(m.stats["train_test_overlap"], 0);
+    let fams: std::collections::BTreeSet<&str> = train.iter().map(|r| r.family.as_str()).collect();
+    assert!(fams.len() >= 3, "{fams:?}");
+}
+
+#[test]
+fn every_record_passes_an_independent_verifier_and_corruptions_fail() {
+    let (dir, m) = shared();
+    let sb = Sandbox::detect();
+    for split in ["train", "test", "heldout-family", "long"] {
+        let rs = all(dir.path(), m, split);
+        let check = |r: &Record, answer: &str, completion: &str| -> bool {
+            match r.family.as_str() {
+                "arithmetic" => arith::verify(&r.prompt, completion, answer).is_ok(),
+                "algebra" => algebra::verify(&r.task, &r.prompt, completion, answer).is_ok(),
+                "word" => word::verify(&r.prompt, completion, answer).is_ok(),
+                _ => true,
+            }
+        };
+        for r in rs.iter().filter(|r| r.family != "code") {
+            assert!(check(r, &r.answer, &r.completion), "{} fails its verifier", r.id);
+            // Corrupt the answer consistently in completion and answer: the verifier must notice.
+            let bad = format!("{}1", r.answer);
+            let completion = format!("{}{}", &r.completion[..r.completion.len() - r.answer.len()], bad);
+            assert!(!check(r, &bad, &completion), "{} accepts a corrupted answer", r.id);
+        }
+        let code: Vec<&Record> = rs.iter().filter(|r| r.family == "code").collect();
+        if let (Some(sb), false) = (&sb, code.is_empty()) {
+            let mut jobs = Vec::new();
+            for (i, r) in code.iter().enumerate() {
+                jobs.push(code::verification_job(2 * i, &r.task, &r.prompt, &r.completion, &r.tests).unwrap());
+                // The corrupted twin: a wrong output, or a body that returns a constant.
+                let (bad_c, bad_a) = if r.task == "code_output" {
+                    (r.completion.clone(), format!("{}0", r.answer))
+                } else {
+                    ("    return 12345".to_string(), String::new())
+                };
+                jobs.push(code::verification_job(2 * i + 1, &r.task, &r.prompt, &bad_c, &r.tests).unwrap());
+                let _ = bad_a;
+            }
+            let res = sb.run(&jobs).unwrap();
+            for (i, r) in code.iter().enumerate() {
+                assert!(code::judge(&r.task, &r.answer, r.tests.len(), &res[2 * i]), "{} fails", r.id);
+                let bad_answer = format!("{}0", r.answer);
+                let bad_ok = if r.task == "code_output" {
+                    code::judge(&r.task, &bad_answer, r.tests.len(), &res[2 * i])
+                } else {
+                    code::judge(&r.task, &r.answer, r.tests.len(), &res[2 * i + 1])
+                };
+                assert!(!bad_ok, "{} accepts a corrupted record", r.id);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_modified_shard_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(5);
+    o.train = 300;
+    let m = build(&o, dir.path(), &quiet).unwrap();
+    let shard = dir.path().join(&m.splits["test"].shards[0].file);
+    let mut bytes = std::fs::read(&shard).unwrap();
+    bytes[10] ^= 0x20;
+    std::fs::write(&shard, bytes).unwrap();
+    let err = read_split(dir.path(), &read_manifest(dir.path()).unwrap(), "test").unwrap_err().to_string();
+    assert!(err.contains("does not match the hash"), "{err}");
+    assert!(read_split(dir.path(), &m, "nope").unwrap_err().to_string().contains("no split"));
+}
+
+#[test]
+fn tokenizer_round_trips_every_record_and_splits_digits() {
+    let (dir, m) = shared();
+    let train = all(dir.path(), m, "train");
+    let tk = odin_data::tokenizer::train(&train, 400).unwrap();
+    let path = dir.path().join("tok-test.json");
+    odin_data::tokenizer::save(&tk, &path).unwrap();
+    let tk = odin_data::tokenizer::load(&path).unwrap();
+    for split in m.splits.keys() {
+        for r in all(dir.path(), m, split) {
+            for t in [&r.prompt, &r.completion] {
+                assert!(odin_data::tokenizer::round_trips(&tk, t).unwrap(), "{}", r.id);
+            }
+        }
+    }
+    let enc = tk.encode("12345+678=", false).unwrap();
+    let digits: Vec<&String> = enc.get_tokens().iter().filter(|t| t.chars().any(|c| c.is_ascii_digit())).collect();
+    assert!(digits.iter().all(|t| t.chars().count() == 1), "{digits:?}");
+    for (i, s) in odin_data::tokenizer::SPECIAL_TOKENS.iter().enumerate() {
+        assert_eq!(tk.token_to_id(s), Some(i as u32));
+    }
+    assert!(odin_data::tokenizer::train(&train, 100).is_err(), "too small a vocab is refused");
+}
