@@ -214,43 +214,33 @@ pub fn build(o: &BuildOptions, out: &Path, progress: Progress<'_>) -> Result<Man
     let scaled = |n: usize| -> Vec<(&'static str, usize)> {
         MIX.iter().map(|&(t, pm)| (t, (n * pm as usize).div_ceil(1000))).collect()
     };
+    let plan = |name: &'static str, arith_lens, word_templates, code_kinds, tasks| SplitPlan {
+        name,
+        seed: split_seed(name),
+        arith_lens,
+        word_templates,
+        code_kinds,
+        tasks,
+    };
+    let (short, long) = ((1, o.train_max_len), (o.long_min_len, o.long_max_len));
+    let (tw, tk): (&'static [&'static str], &'static [&'static str]) = (&word::TRAIN_TEMPLATES, &code::TRAIN_KINDS);
     let plans = vec![
-        SplitPlan {
-            name: "train",
-            seed: split_seed("train"),
-            arith_lens: (1, o.train_max_len),
-            word_templates: &word::TRAIN_TEMPLATES,
-            code_kinds: &code::TRAIN_KINDS,
-            tasks: scaled(o.train),
-        },
-        SplitPlan {
-            name: "test",
-            seed: split_seed("test"),
-            arith_lens: (1, o.train_max_len),
-            word_templates: &word::TRAIN_TEMPLATES,
-            code_kinds: &code::TRAIN_KINDS,
-            tasks: scaled(o.test),
-        },
-        SplitPlan {
-            name: "heldout-family",
-            seed: split_seed("heldout-family"),
-            arith_lens: (1, o.train_max_len),
-            word_templates: &word::HELDOUT_TEMPLATES,
-            code_kinds: &code::HELDOUT_KINDS,
-            tasks: vec![
-                ("word", o.heldout.div_ceil(3) * 2),
-                ("code_output", o.heldout / 6),
-                ("code_write", o.heldout / 6),
-            ],
-        },
-        SplitPlan {
-            name: "long",
-            seed: split_seed("long"),
-            arith_lens: (o.long_min_len, o.long_max_len),
-            word_templates: &word::TRAIN_TEMPLATES,
-            code_kinds: &code::TRAIN_KINDS,
-            tasks: vec![("add", o.long * 2 / 5), ("sub", o.long / 5), ("mul", o.long / 5), ("div", o.long / 5)],
-        },
+        plan("train", short, tw, tk, scaled(o.train)),
+        plan("test", short, tw, tk, scaled(o.test)),
+        plan(
+            "heldout-family",
+            short,
+            &word::HELDOUT_TEMPLATES,
+            &code::HELDOUT_KINDS,
+            vec![("word", o.heldout.div_ceil(3) * 2), ("code_output", o.heldout / 6), ("code_write", o.heldout / 6)],
+        ),
+        plan(
+            "long",
+            long,
+            tw,
+            tk,
+            vec![("add", o.long * 2 / 5), ("sub", o.long / 5), ("mul", o.long / 5), ("div", o.long / 5)],
+        ),
     ];
     let mut train_hashes: HashSet<u128> = HashSet::new();
     let mut splits = BTreeMap::new();
