@@ -109,9 +109,11 @@ pub fn generate(task: &'static str, rng: &mut ChaCha8Rng) -> Draft {
             (format!("Solve: {}, {}", e(a1, b1, c1), e(a2, b2, c2)), steps, format!("x = {x}, y = {y}"))
         }
         _ => {
-            let k = if level >= 3 { nz(rng).clamp(-4, 4) } else { 1 };
-            let k = if k == 0 { 1 } else { k };
-            let (mut r1, mut r2) = (rng.random_range(-m..=m), rng.random_range(-m..=m));
+            // Roots up to ±99 and leading coefficients up to ±9 keep the space of distinct
+            // quadratics far above what the default preset asks for.
+            let k = if level >= 3 { nz(rng).clamp(-9, 9) } else { 1 };
+            let rm = [0, 9, 30, 60, 99][level as usize];
+            let (mut r1, mut r2) = (rng.random_range(-rm..=rm), rng.random_range(-rm..=rm));
             if r1 > r2 {
                 std::mem::swap(&mut r1, &mut r2);
             }
