@@ -7,7 +7,7 @@
 
 use num_bigint::BigInt;
 use num_integer::Integer;
-use num_traits::{Signed, Zero};
+use num_traits::Zero;
 
 /// Evaluate an integer expression with `+ - * // %` and parentheses
 /// (Python semantics: floor division and a remainder with the divisor's sign).
@@ -116,11 +116,6 @@ impl Parser {
             _ => None,
         }
     }
-}
-
-/// Absolute value helper used by verifiers.
-pub fn abs(x: &BigInt) -> BigInt {
-    x.abs()
 }
 
 #[cfg(test)]

@@ -105,13 +105,8 @@ fn every_record_passes_an_independent_verifier_and_corruptions_fail() {
             for (i, r) in code.iter().enumerate() {
                 jobs.push(code::verification_job(2 * i, &r.task, &r.prompt, &r.completion, &r.tests).unwrap());
                 // The corrupted twin: a wrong output, or a body that returns a constant.
-                let (bad_c, bad_a) = if r.task == "code_output" {
-                    (r.completion.clone(), format!("{}0", r.answer))
-                } else {
-                    ("    return 12345".to_string(), String::new())
-                };
+                let bad_c = if r.task == "code_output" { r.completion.clone() } else { "    return 12345".to_string() };
                 jobs.push(code::verification_job(2 * i + 1, &r.task, &r.prompt, &bad_c, &r.tests).unwrap());
-                let _ = bad_a;
             }
             let res = sb.run(&jobs).unwrap();
             for (i, r) in code.iter().enumerate() {

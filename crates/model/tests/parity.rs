@@ -10,6 +10,16 @@ use odin_model::{Shard, ShardState};
 
 const TOL: f32 = 1e-4;
 
+/// Logits of the prompt fed one token at a time through the recurrent form, [T, V].
+fn step_logits(model: &Shard, prompt: &Tensor) -> Tensor {
+    let mut state = model.new_state(1).unwrap();
+    let ids = prompt.squeeze(0).unwrap();
+    let rows: Vec<Tensor> = (0..ids.dim(0).unwrap())
+        .map(|t| model.step(&ids.narrow(0, t, 1).unwrap(), &mut state).unwrap().squeeze(0).unwrap())
+        .collect();
+    Tensor::stack(&rows, 0).unwrap()
+}
+
 #[test]
 fn rwkv6_parity_logits_match_reference_package() {
     let (m, exp) = load("rwkv6-tiny");
@@ -38,13 +48,7 @@ fn rwkv6_parity_state_after_prompt_matches_reference_package() {
 fn rwkv6_parity_recurrent_steps_match_reference_package() {
     let (m, exp) = load("rwkv6-tiny");
     let model = Shard::full(&m.config, &m.weights).unwrap();
-    let mut state = model.new_state(1).unwrap();
-    let ids = prompt(&exp).squeeze(0).unwrap();
-    let mut rows = Vec::new();
-    for t in 0..ids.dim(0).unwrap() {
-        rows.push(model.step(&ids.narrow(0, t, 1).unwrap(), &mut state).unwrap().squeeze(0).unwrap());
-    }
-    let d = max_abs_diff(&Tensor::stack(&rows, 0).unwrap(), &exp["step_logits"]);
+    let d = max_abs_diff(&step_logits(&model, &prompt(&exp)), &exp["step_logits"]);
     assert!(d <= TOL, "max abs diff {d}");
 }
 
@@ -61,12 +65,6 @@ fn llama_parity_logits_match_transformers() {
 fn llama_parity_kv_cache_steps_match_transformers() {
     let (m, exp) = load("llama-tiny");
     let model = Shard::full(&m.config, &m.weights).unwrap();
-    let mut cache = model.new_state(1).unwrap();
-    let ids = prompt(&exp).squeeze(0).unwrap();
-    let mut rows = Vec::new();
-    for t in 0..ids.dim(0).unwrap() {
-        rows.push(model.step(&ids.narrow(0, t, 1).unwrap(), &mut cache).unwrap().squeeze(0).unwrap());
-    }
-    let d = max_abs_diff(&Tensor::stack(&rows, 0).unwrap(), &exp["logits"]);
+    let d = max_abs_diff(&step_logits(&model, &prompt(&exp)), &exp["logits"]);
     assert!(d <= TOL, "max abs diff {d}");
 }
