@@ -86,6 +86,9 @@ struct BuildArgs {
     /// Write numbers least significant digit first.
     #[arg(long)]
     reversed: bool,
+    /// Fail when more than this fraction of a task's training drafts were exact duplicates.
+    #[arg(long)]
+    max_duplicate_rate: Option<f64>,
     /// Print the manifest as JSON.
     #[arg(long)]
     json: bool,
@@ -250,6 +253,9 @@ fn data_build(a: BuildArgs) -> Result<()> {
     }
     if let Some(n) = a.long_max_len {
         o.long_max_len = n;
+    }
+    if let Some(r) = a.max_duplicate_rate {
+        o.max_duplicate_rate = r;
     }
     o.reversed = a.reversed;
     if odin_data::sandbox::Sandbox::detect().is_none() {

@@ -59,7 +59,15 @@ fn fmt_terms(terms: &[(i64, &str)]) -> String {
 
 /// Generate one algebra problem of `task` (one of [`TASKS`]).
 pub fn generate(task: &'static str, rng: &mut ChaCha8Rng) -> Draft {
-    let level: u8 = rng.random_range(1..=4);
+    // Levels are drawn 1:2:3:4 because the space of distinct problems grows with the level;
+    // uniform levels would spend most level-1 draws on duplicates (e.g. only 1,891 distinct
+    // level-1 quadratics exist) and trip the build's duplicate guard.
+    let level: u8 = match rng.random_range(0..10) {
+        0 => 1,
+        1..=2 => 2,
+        3..=5 => 3,
+        _ => 4,
+    };
     let m = [0, 5, 10, 20, 50][level as usize];
     let nz = |rng: &mut ChaCha8Rng| loop {
         let v = rng.random_range(-m..=m);
@@ -109,10 +117,10 @@ pub fn generate(task: &'static str, rng: &mut ChaCha8Rng) -> Draft {
             (format!("Solve: {}, {}", e(a1, b1, c1), e(a2, b2, c2)), steps, format!("x = {x}, y = {y}"))
         }
         _ => {
-            // Roots up to ±99 and leading coefficients up to ±9 keep the space of distinct
-            // quadratics far above what the default preset asks for.
-            let k = if level >= 3 { nz(rng).clamp(-9, 9) } else { 1 };
-            let rm = [0, 9, 30, 60, 99][level as usize];
+            // Level 1-2 are monic; level 3-4 add a leading coefficient 2..9 of either sign.
+            // Roots reach ±30/±60 at levels 1/3 and ±150 at levels 2/4.
+            let k = if level >= 3 { rng.random_range(2..=9) * if rng.random_bool(0.5) { 1 } else { -1 } } else { 1 };
+            let rm: i64 = [0, 30, 150, 60, 150][level as usize];
             let (mut r1, mut r2) = (rng.random_range(-rm..=rm), rng.random_range(-rm..=rm));
             if r1 > r2 {
                 std::mem::swap(&mut r1, &mut r2);

@@ -60,12 +60,27 @@ pub fn carry_chain(a: &[u8], b: &[u8]) -> usize {
     best
 }
 
-/// Two addends whose longest carry chain is steered to a uniformly chosen length.
-fn addends(rng: &mut ChaCha8Rng, la: usize, lb: usize) -> (Vec<u8>, Vec<u8>) {
+/// Operand lengths and a carry-chain target for one addition. Half the draws pick both
+/// lengths uniformly (balanced lengths); the other half pick the chain length first, uniformly
+/// over 0..=max_len, and then lengths that can hold it. Lengths alone would make long chains
+/// rare, since a chain of c needs both operands to have at least c digits.
+fn add_plan(rng: &mut ChaCha8Rng, o: &ArithOptions) -> (usize, usize, usize) {
+    if rng.random_bool(0.5) {
+        let (la, lb) = (rng.random_range(o.min_len..=o.max_len), rng.random_range(o.min_len..=o.max_len));
+        (la, lb, rng.random_range(0..=la.min(lb)))
+    } else {
+        let target = rng.random_range(0..=o.max_len);
+        let lo = target.max(o.min_len).max(1);
+        (rng.random_range(lo..=o.max_len), rng.random_range(lo..=o.max_len), target)
+    }
+}
+
+/// Two addends whose longest carry chain is steered to `target` columns (at most the shorter length).
+fn addends(rng: &mut ChaCha8Rng, la: usize, lb: usize, target: usize) -> (Vec<u8>, Vec<u8>) {
     let mut a = random_number(rng, la);
     let mut b = random_number(rng, lb);
     let overlap = la.min(lb);
-    let target = rng.random_range(0..=overlap);
+    let target = target.min(overlap);
     let start = if target == 0 { 0 } else { rng.random_range(0..=overlap - target) };
     for i in 0..overlap {
         let top = |i: usize, len: usize| i + 1 == len && len > 1;
@@ -110,8 +125,8 @@ pub fn generate(task: &'static str, rng: &mut ChaCha8Rng, o: &ArithOptions) -> D
     let mut meta = serde_json::Map::new();
     let (lhs, steps, answer, maxlen) = match task {
         "add" => {
-            let (la, lb) = (len(rng), len(rng));
-            let (a, b) = addends(rng, la, lb);
+            let (la, lb, target) = add_plan(rng, o);
+            let (a, b) = addends(rng, la, lb, target);
             meta.insert("carry_chain".into(), json!(carry_chain(&a, &b)));
             meta.insert("lens".into(), json!([la, lb]));
             let (sa, sb) = (digits_to_string(&a), digits_to_string(&b));
@@ -346,9 +361,28 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(2);
         let mut seen = [0usize; 11];
         for _ in 0..5000 {
-            let (a, b) = addends(&mut rng, 10, 10);
+            let t = rng.random_range(0..=10);
+            let (a, b) = addends(&mut rng, 10, 10, t);
             seen[carry_chain(&a, &b).min(10)] += 1;
         }
         assert!(seen.iter().all(|&n| n > 100), "{seen:?}");
+    }
+
+    #[test]
+    fn addition_balances_chains_and_lengths() {
+        let o = ArithOptions { min_len: 1, max_len: 10, reversed: false };
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (mut chains, mut lens) = ([0usize; 11], [0usize; 11]);
+        let n = 6000;
+        for _ in 0..n {
+            let d = generate("add", &mut rng, &o);
+            chains[d.meta["carry_chain"].as_u64().unwrap_or(99).min(10) as usize] += 1;
+            for l in d.meta["lens"].as_array().into_iter().flatten() {
+                lens[l.as_u64().unwrap_or(0).min(10) as usize] += 1;
+            }
+        }
+        // Uniform would be 1/11 of draws per chain length and 1/10 per operand length.
+        assert!(chains.iter().all(|&c| c * 40 > n), "carry chains {chains:?}");
+        assert!(lens[1..].iter().all(|&c| c * 30 > 2 * n), "operand lengths {lens:?}");
     }
 }

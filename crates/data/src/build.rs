@@ -80,6 +80,12 @@ impl BuildOptions {
                 self.long_min_len, self.long_max_len, 1, self.train_max_len
             )));
         }
+        if !(0.0..=1.0).contains(&self.max_duplicate_rate) {
+            return Err(DataError::BadOptions(format!(
+                "max_duplicate_rate must be a fraction within 0..=1, got {}",
+                self.max_duplicate_rate
+            )));
+        }
         Ok(())
     }
 }

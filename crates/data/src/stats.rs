@@ -23,7 +23,7 @@ pub struct Stats {
     pub task_mix: BTreeMap<String, usize>,
     /// Records per family in train.
     pub families: BTreeMap<String, usize>,
-    /// Train arithmetic records by longest operand length.
+    /// Train arithmetic operands by length in digits (every operand counted).
     pub operand_lengths: BTreeMap<usize, usize>,
     /// Train additions by longest carry chain.
     pub carry_chains: BTreeMap<usize, usize>,
@@ -73,8 +73,9 @@ pub fn compute(dir: &Path, manifest: &Manifest) -> Result<Stats> {
         *task_mix.entry(r.task.clone()).or_default() += 1;
         *families.entry(r.family.clone()).or_default() += 1;
         if let Some(l) = r.meta.get("lens").and_then(|v| v.as_array()) {
-            let m = l.iter().filter_map(|x| x.as_u64()).max().unwrap_or(0) as usize;
-            *lens.entry(m).or_default() += 1;
+            for n in l.iter().filter_map(|x| x.as_u64()) {
+                *lens.entry(n as usize).or_default() += 1;
+            }
         }
         if let Some(c) = r.meta.get("carry_chain").and_then(|v| v.as_u64()) {
             *carries.entry(c as usize).or_default() += 1;

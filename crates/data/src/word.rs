@@ -19,6 +19,9 @@ pub const HELDOUT_TEMPLATES: [&str; 4] = ["fuel", "tickets", "pages", "temperatu
 
 const NAMES: [&str; 12] =
     ["Ava", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "Iris", "Jon", "Kemi", "Liam"];
+const GOODS: [&str; 6] = ["jacket", "lamp", "bike", "chair", "watch", "backpack"];
+const INGREDIENTS: [&str; 4] = ["eggs", "cups of flour", "spoons of sugar", "cups of milk"];
+const DISHES: [&str; 4] = ["cake", "pie", "loaf", "tart"];
 const ITEMS: [&str; 10] = ["apple", "pencil", "marble", "sticker", "book", "cookie", "card", "shell", "coin", "button"];
 
 /// Generate one word problem from `template`.
@@ -90,12 +93,16 @@ pub fn generate(template: &'static str, rng: &mut ChaCha8Rng) -> Draft {
             format!("A machine makes {a} {item}s per hour. How many {item}s do {k} machines make in {h} hours?")
         }
         "discount" => {
-            let d = [10, 20, 25, 50][r(0, 3) as usize];
-            let p = r(1, m / 4 + 2) * 20;
+            // Multiples of 5% on prices in steps of $20 keep every sale price a whole dollar.
+            let d = r(1, 15) * 5;
+            let p = r(1, m + 4) * 20;
+            let what = GOODS[r(0, GOODS.len() as i64 - 1) as usize];
             let x = st(format!("{p}*{d}"));
             let off = st(format!("{x}//100"));
             st(format!("{p}-{off}"));
-            format!("A jacket costs ${p}. It is on sale for {d}% off. What is the sale price in dollars?")
+            format!(
+                "{n1} wants a {what} that costs ${p}. It is on sale for {d}% off. What is the sale price in dollars?"
+            )
         }
         "ages" => {
             let (a, k, y) = (r(2, 15), r(2, 5), r(1, 20));
@@ -104,11 +111,12 @@ pub fn generate(template: &'static str, rng: &mut ChaCha8Rng) -> Draft {
             format!("{n1} is {a} years old. {n2} is {k} times as old as {n1}. How old will {n2} be in {y} years?")
         }
         "recipe" => {
-            let (e, c, k) = (r(1, 6), r(1, 4), r(2, m / 4 + 2));
+            let (e, c, k) = (r(1, 6 + m / 10), r(1, 4 + m / 20), r(2, m / 4 + 4));
+            let (ing, dish) = (INGREDIENTS[r(0, 3) as usize], DISHES[r(0, 3) as usize]);
             let cakes = c * k;
             let batches = st(format!("{cakes}//{c}"));
             st(format!("{batches}*{e}"));
-            format!("A recipe uses {e} eggs for {c} cakes. How many eggs are needed for {cakes} cakes?")
+            format!("{n1} uses {e} {ing} for {c} {dish}s. How many {ing} does {n1} need for {cakes} {dish}s?")
         }
         "garden" => {
             let (rows, cols) = (r(2, m / 2 + 2), r(2, m / 2 + 2));
