@@ -8,6 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use odin_model::{init_weights, model_id, ModelConfig, ModelDir};
 
+mod train_cmd;
+
 /// ODIN: create, train, serve and verify an efficient language model together.
 #[derive(Parser)]
 #[command(name = "odin", version, about, propagate_version = true)]
@@ -27,6 +29,12 @@ enum Command {
     /// Train tokenizers.
     #[command(subcommand)]
     Tokenizer(TokenizerCmd),
+    /// Train a model on a dataset (config in TOML; Ctrl-C saves a checkpoint).
+    Train(train_cmd::TrainArgs),
+    /// Exact-match accuracy of a model on a dataset split, with 95% intervals.
+    Eval(train_cmd::EvalArgs),
+    /// Continue a prompt with a model, streaming tokens.
+    Generate(train_cmd::GenerateArgs),
 }
 
 #[derive(Subcommand)]
@@ -176,6 +184,9 @@ fn run(cli: Cli) -> Result<()> {
             data_show(&dir, &split, task.as_deref(), count, json)
         }
         Command::Tokenizer(TokenizerCmd::Train { data, vocab, out }) => tokenizer_train(&data, vocab, &out),
+        Command::Train(a) => train_cmd::train(a),
+        Command::Eval(a) => train_cmd::eval(a),
+        Command::Generate(a) => train_cmd::generate(a),
         Command::Model(ModelCmd::Id { dir }) => {
             println!("{}", model_id(&dir).with_context(|| format!("cannot hash model directory {}", dir.display()))?);
             Ok(())

@@ -1,0 +1,232 @@
+//! `odin train`: run the local trainer with a progress bar, Ctrl-C checkpointing,
+//! and the end-of-run model, loss curve and report.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use odin_train::{RunEnd, TrainConfig, Trainer};
+
+/// `odin train` arguments.
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Training config (TOML): model, data, optimizer, schedule and budget.
+    #[arg(long)]
+    config: PathBuf,
+    /// Continue from the run's last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Stop (with a checkpoint) after this many steps in this sitting.
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// No progress bar (for logs).
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Run `odin train`.
+pub fn train(a: TrainArgs) -> Result<()> {
+    let cfg = TrainConfig::load(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
+    let out = cfg.out.clone();
+    if !a.resume && out.join("checkpoint").exists() {
+        anyhow::bail!(
+            "{} already holds a checkpoint; pass --resume to continue it or choose another `out`",
+            out.display()
+        );
+    }
+    let mut t = if a.resume { Trainer::resume(cfg)? } else { Trainer::new(cfg)? };
+    let (n, skipped, tasks) = t.data_summary();
+    eprintln!(
+        "training on {n} records ({skipped} longer than seq_len skipped), tasks {tasks:?}; step {} of {}",
+        t.step, t.cfg.run.steps
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("cannot install the Ctrl-C handler")?;
+    let total = t.cfg.run.steps;
+    let bar = if a.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(total) };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_position(t.step);
+    let sitting_limit = a.max_steps.map(|m| t.step + m);
+    let stop_in_loop = stop.clone();
+    let log_every = t.cfg.run.log_every;
+    let end = t.run(&stop, |s| {
+        bar.set_position(s.step);
+        bar.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", s.loss, s.lr, s.tokens_per_s));
+        if a.quiet && s.step % log_every == 0 {
+            eprintln!(
+                "step {} loss {:.4} lr {:.2e} gnorm {:.3} {:.0} tok/s",
+                s.step, s.loss, s.lr, s.grad_norm, s.tokens_per_s
+            );
+        }
+        if sitting_limit.is_some_and(|l| s.step >= l) {
+            stop_in_loop.store(true, Ordering::SeqCst);
+        }
+    })?;
+    bar.finish_and_clear();
+    let config_text = std::fs::read_to_string(&a.config).unwrap_or_default();
+    match end {
+        RunEnd::Interrupted => {
+            odin_train::report::write_report(&t, &config_text, "(unfinished run)", None)?;
+            eprintln!(
+                "stopped at step {}; checkpoint saved in {}; continue with --resume",
+                t.step,
+                out.join("checkpoint").display()
+            );
+        }
+        RunEnd::Finished => {
+            let model_dir = out.join("model");
+            let id = t.export(&model_dir)?;
+            let eval = if t.cfg.run.eval_per_task > 0 {
+                eprintln!("evaluating {} records per task on the test split", t.cfg.run.eval_per_task);
+                let (_, tk, shard) = load_model(&model_dir)?;
+                let data = &t.cfg.data.dir;
+                let records = odin_data::read_split(data, &odin_data::read_manifest(data)?, "test")?;
+                let opts = odin_train::eval::EvalOptions {
+                    per_task: Some(t.cfg.run.eval_per_task),
+                    seed: t.cfg.seed,
+                    ..Default::default()
+                };
+                let sb = odin_data::sandbox::Sandbox::detect();
+                let e = odin_train::eval::evaluate(&shard, &tk, "test", &records, &opts, sb.as_ref())?;
+                odin_train::report::write_eval(&model_dir, &e)?;
+                Some(e)
+            } else {
+                None
+            };
+            odin_train::report::write_report(&t, &config_text, &id.to_string(), eval.as_ref())?;
+            eprintln!(
+                "finished {} steps; model {id} in {}; report in {}",
+                t.step,
+                model_dir.display(),
+                out.join("report.md").display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `odin eval` arguments.
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Model directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Dataset directory.
+    #[arg(long)]
+    data: PathBuf,
+    /// Split: test, heldout-family or long.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// At most this many records per task (a seeded sample).
+    #[arg(long)]
+    per_task: Option<usize>,
+    /// Only these tasks (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<String>,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Seed of the per-task sample.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Also write every record's output and score to this JSONL file.
+    #[arg(long)]
+    outcomes: Option<PathBuf>,
+}
+
+fn load_model(dir: &std::path::Path) -> Result<(odin_model::ModelDir, tokenizers::Tokenizer, odin_model::Shard)> {
+    let m = odin_model::ModelDir::load(dir, &candle_core::Device::Cpu)
+        .with_context(|| format!("cannot load model directory {}", dir.display()))?;
+    let tok_path = m.tokenizer.clone().with_context(|| {
+        format!("{} has no tokenizer.json; copy the tokenizer the model was trained with into it", dir.display())
+    })?;
+    let tk = odin_data::tokenizer::load(&tok_path)?;
+    odin_train::data::check_tokenizer(&tk)?;
+    let shard = odin_model::Shard::full(&m.config, &m.weights)?;
+    Ok((m, tk, shard))
+}
+
+/// Run `odin eval`.
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let (m, tk, shard) = load_model(&a.model)?;
+    let manifest = odin_data::read_manifest(&a.data)?;
+    let records = odin_data::read_split(&a.data, &manifest, &a.split)?;
+    let opts = odin_train::eval::EvalOptions { per_task: a.per_task, tasks: a.tasks, batch: a.batch, seed: a.seed };
+    let sandbox = odin_data::sandbox::Sandbox::detect();
+    let report = odin_train::eval::evaluate(&shard, &tk, &a.split, &records, &opts, sandbox.as_ref())?;
+    if let Some(p) = &a.outcomes {
+        let text: String =
+            report.outcomes.iter().filter_map(|o| serde_json::to_string(o).ok()).map(|l| l + "\n").collect();
+        std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if a.json {
+        let mut slim = report.clone();
+        slim.outcomes.clear();
+        let mut v = serde_json::to_value(&slim)?;
+        v["model_id"] = serde_json::Value::String(m.id.to_string());
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("model {}\n", m.id);
+        print!("{}", report.markdown());
+        println!("\n{} records in {:.1}s", report.overall.n, report.seconds);
+    }
+    Ok(())
+}
+
+/// `odin generate` arguments.
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Model directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// The task prompt, e.g. "work: 123+989=" or "Solve for x: 3x + 4 = x - 6".
+    #[arg(long)]
+    prompt: String,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Keep only the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling threshold (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Sampler seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Engine: f32 (the model layer). The int8 engine arrives with its own issue.
+    #[arg(long, default_value = "f32")]
+    engine: String,
+}
+
+/// Run `odin generate`, streaming tokens to stdout.
+pub fn generate(a: GenerateArgs) -> Result<()> {
+    if a.engine != "f32" {
+        anyhow::bail!("engine {} is not available yet; use --engine f32", a.engine);
+    }
+    if !(a.temperature >= 0.0 && a.temperature.is_finite()) || !(a.top_p > 0.0 && a.top_p <= 1.0) {
+        anyhow::bail!("--temperature must be >= 0 and --top-p within (0, 1]");
+    }
+    let (_, tk, shard) = load_model(&a.model)?;
+    let s = odin_train::generate::Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
+    use std::io::Write;
+    let mut stdout = std::io::stdout();
+    odin_train::generate::generate(&shard, &tk, &a.prompt, a.max_tokens, &s, |piece| {
+        let _ = stdout.write_all(piece.as_bytes());
+        let _ = stdout.flush();
+    })?;
+    println!();
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Text generation through the f32 model layer (recurrent form), streamed.
+//! The int8 engine brings its own, bit-exact path; this one is the reference.
+
+use candle_core::{Device, IndexOp, Tensor};
+use odin_model::Shard;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokenizers::Tokenizer;
+
+use crate::data::{prompt_ids, special};
+use crate::error::{Result, TrainError};
+
+/// How the next token is chosen.
+#[derive(Debug, Clone, Copy)]
+pub struct Sampling {
+    /// 0: greedy.
+    pub temperature: f64,
+    /// Keep only the k most likely tokens (0: all).
+    pub top_k: usize,
+    /// Keep the smallest set whose probability reaches p (1: all).
+    pub top_p: f64,
+    /// Seed of the sampler.
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+    }
+}
+
+/// Pick a token from `logits` under `s`.
+pub fn sample(logits: &[f32], s: &Sampling, rng: &mut ChaCha8Rng) -> u32 {
+    let argmax = || {
+        logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
+            as u32
+    };
+    if s.temperature <= 0.0 {
+        return argmax();
+    }
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    if s.top_k > 0 {
+        idx.truncate(s.top_k);
+    }
+    let top = f64::from(logits[idx[0]]);
+    let mut probs: Vec<f64> = idx.iter().map(|&i| ((f64::from(logits[i]) - top) / s.temperature).exp()).collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    if s.top_p < 1.0 {
+        let mut acc = 0.0;
+        let keep = probs.iter().position(|p| {
+            acc += p;
+            acc >= s.top_p
+        });
+        let n = keep.map_or(probs.len(), |k| k + 1);
+        probs.truncate(n);
+        idx.truncate(n);
+        let t: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= t);
+    }
+    let mut u = rng.random_range(0.0..1.0);
+    for (p, &i) in probs.iter().zip(&idx) {
+        if u < *p {
+            return i as u32;
+        }
+        u -= p;
+    }
+    idx[idx.len() - 1] as u32
+}
+
+/// Continue `prompt` (formatted as a task prompt) for up to `max_new` tokens or until
+/// `<|eos|>`, calling `on_text` with each new piece of text. Returns the whole answer.
+pub fn generate(
+    shard: &Shard,
+    tk: &Tokenizer,
+    prompt: &str,
+    max_new: usize,
+    s: &Sampling,
+    mut on_text: impl FnMut(&str),
+) -> Result<String> {
+    let device = Device::Cpu;
+    let ids = prompt_ids(tk, prompt)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
+    let mut state = shard.new_state(1)?;
+    let logits = shard.forward(&Tensor::from_vec(ids.clone(), (1, ids.len()), &device)?, Some(&mut state))?;
+    let mut last = logits.i((0, ids.len() - 1, ..))?.to_vec1::<f32>()?;
+    let mut out: Vec<u32> = Vec::new();
+    let mut shown = String::new();
+    for _ in 0..max_new {
+        let tok = sample(&last, s, &mut rng);
+        if tok == special::EOS {
+            break;
+        }
+        out.push(tok);
+        // Decode the whole answer each time: a byte-level piece may complete a character only later.
+        let text = tk.decode(&out, false).map_err(|e| TrainError::Data(format!("cannot decode: {e}")))?;
+        if let Some(new) = text.strip_prefix(shown.as_str()) {
+            if !new.is_empty() && !new.ends_with('\u{fffd}') {
+                on_text(new);
+                shown = text;
+            }
+        }
+        let x = Tensor::new(&[tok], &device)?;
+        last = shard.step(&x, &mut state)?.squeeze(0)?.to_vec1::<f32>()?;
+    }
+    let text = tk.decode(&out, false).map_err(|e| TrainError::Data(format!("cannot decode: {e}")))?;
+    if let Some(rest) = text.strip_prefix(shown.as_str()) {
+        if !rest.is_empty() {
+            on_text(rest);
+        }
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_argmax_and_sampling_respects_top_k() {
+        let logits = [0.1f32, 3.0, 2.9, -1.0];
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        assert_eq!(sample(&logits, &Sampling::default(), &mut rng), 1);
+        let s = Sampling { temperature: 1.0, top_k: 2, top_p: 1.0, seed: 1 };
+        let mut seen = [0usize; 4];
+        for _ in 0..2000 {
+            seen[sample(&logits, &s, &mut rng) as usize] += 1;
+        }
+        assert_eq!(seen[0] + seen[3], 0, "{seen:?}");
+        assert!(seen[1] > 800 && seen[2] > 800, "{seen:?}");
+        let p = Sampling { temperature: 1.0, top_k: 0, top_p: 0.01, seed: 1 };
+        assert!((0..100).all(|_| sample(&logits, &p, &mut rng) == 1));
+    }
+
+    #[test]
+    fn the_same_seed_samples_the_same_tokens() {
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
+        let s = Sampling { temperature: 0.8, top_k: 0, top_p: 0.9, seed: 5 };
+        let run = || {
+            let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
+            (0..64).map(|_| sample(&logits, &s, &mut rng)).collect::<Vec<_>>()
+        };
+        assert_eq!(run(), run());
+    }
+}
