@@ -24,6 +24,28 @@ pub struct TrainArgs {
     /// No progress bar (for logs).
     #[arg(long)]
     quiet: bool,
+    /// Where to train: `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+/// The device named by `--device`.
+fn parse_device(name: &str) -> Result<candle_core::Device> {
+    let ordinal = match name {
+        "cpu" => return Ok(candle_core::Device::Cpu),
+        "cuda" => 0,
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            _ => anyhow::bail!("--device {other:?}: use cpu, cuda or cuda:N"),
+        },
+    };
+    if !cfg!(feature = "cuda") {
+        anyhow::bail!(
+            "this odin was built without CUDA; rebuild with `cargo build --release -p odin-cli --features cuda` \
+             (needs the CUDA toolkit) or train with --device cpu"
+        );
+    }
+    candle_core::Device::new_cuda(ordinal).with_context(|| format!("cannot open CUDA device {ordinal}"))
 }
 
 /// Run `odin train`.
@@ -36,7 +58,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
             out.display()
         );
     }
-    let mut t = if a.resume { Trainer::resume(cfg)? } else { Trainer::new(cfg)? };
+    let device = parse_device(&a.device)?;
+    let mut t = if a.resume { Trainer::resume_on(cfg, device)? } else { Trainer::new_on(cfg, device)? };
     let (n, skipped, tasks) = t.data_summary();
     eprintln!(
         "training on {n} records ({skipped} longer than seq_len skipped), tasks {tasks:?}; step {} of {}",

@@ -107,6 +107,15 @@ impl Weights {
     pub fn detached(&self) -> Self {
         Self { map: self.map.iter().map(|(k, t)| (k.clone(), t.detach())).collect() }
     }
+
+    /// A copy of every tensor on `device`.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        let mut map = BTreeMap::new();
+        for (k, t) in &self.map {
+            map.insert(k.clone(), t.to_device(device)?);
+        }
+        Ok(Self { map })
+    }
 }
 
 /// Trainable parameters: one [`Var`] per tensor name.

@@ -15,7 +15,7 @@
 //! state); the states it needs are recomputed chunk by chunk from
 //! checkpoints, so memory stays O(N²) per head whatever the sequence length.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor, WithDType};
 use num_traits::Float;
 use rayon::prelude::*;
 
@@ -320,9 +320,14 @@ fn check(r: &Tensor, k: &Tensor, v: &Tensor, w: &Tensor, u: &Tensor, s0: Option<
 /// Gradients flow to r, k, v, w and u.
 pub fn wkv6(r: &Tensor, k: &Tensor, v: &Tensor, w: &Tensor, u: &Tensor, s0: Option<&Tensor>) -> Result<Tensor> {
     let d = check(r, k, v, w, u, s0)?;
-    let packed = Tensor::stack(&[r, k, v, w], 0)?.contiguous()?;
-    let op = Wkv6Op { d, s0: s0.map(|s| s.detach()) };
-    Ok(packed.apply_op2(&u.contiguous()?, op)?)
+    // The op has a CPU kernel only. On an accelerator its inputs visit the host and the
+    // output goes back; `to_device` records a backward step, so gradients still flow.
+    let (dev, cpu) = (r.device().clone(), Device::Cpu);
+    let packed = Tensor::stack(&[r, k, v, w], 0)?.to_device(&cpu)?.contiguous()?;
+    let s0 = s0.map(|s| s.detach().to_device(&cpu)).transpose()?;
+    let op = Wkv6Op { d, s0 };
+    let y = packed.apply_op2(&u.to_device(&cpu)?.contiguous()?, op)?;
+    Ok(y.to_device(&dev)?)
 }
 
 /// WKV6 forward that also returns the final state [B, H, N, N]; records no gradient.

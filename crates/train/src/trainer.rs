@@ -48,6 +48,9 @@ pub struct StepStats {
     pub tokens: usize,
     /// Tokens per second of this step.
     pub tokens_per_s: f64,
+    /// Wall-clock seconds of this step.
+    #[serde(default)]
+    pub seconds: f64,
     /// Highest difficulty level the curriculum allowed.
     pub max_level: u8,
 }
@@ -122,11 +125,16 @@ fn config_hash(cfg: &TrainConfig) -> Result<String> {
 }
 
 impl Trainer {
-    /// A fresh run: weights initialised from the run seed.
+    /// A fresh run on the CPU: weights initialised from the run seed.
     pub fn new(cfg: TrainConfig) -> Result<Self> {
-        let device = Device::Cpu;
+        Self::new_on(cfg, Device::Cpu)
+    }
+
+    /// A fresh run on `device` (a CUDA device needs the `cuda` feature).
+    pub fn new_on(cfg: TrainConfig, device: Device) -> Result<Self> {
         let model_cfg = ModelConfig::from_file(&cfg.model.config)?;
-        let weights = init_weights(&model_cfg, cfg.seed, &device)?;
+        // Initialised on the CPU, so the same seed gives the same start on every device.
+        let weights = init_weights(&model_cfg, cfg.seed, &Device::Cpu)?.to_device(&device)?;
         Self::with_weights(cfg, model_cfg, &weights, device)
     }
 
@@ -168,8 +176,13 @@ impl Trainer {
         })
     }
 
-    /// Continue the run saved in `cfg.out/checkpoint`.
+    /// Continue the run saved in `cfg.out/checkpoint`, on the CPU.
     pub fn resume(cfg: TrainConfig) -> Result<Self> {
+        Self::resume_on(cfg, Device::Cpu)
+    }
+
+    /// Continue the run saved in `cfg.out/checkpoint` on `device`.
+    pub fn resume_on(cfg: TrainConfig, device: Device) -> Result<Self> {
         let dir = cfg.out.join("checkpoint");
         let state_path = dir.join("state.json");
         let text = std::fs::read_to_string(&state_path).map_err(|e| {
@@ -182,7 +195,6 @@ impl Trainer {
                 "the checkpoint was made with a different training config; resume with the same TOML".into(),
             ));
         }
-        let device = Device::Cpu;
         let model_cfg = ModelConfig::from_file(&cfg.model.config)?;
         let weights = Weights::load_safetensors(&dir.join("model.safetensors"), &device)?;
         weights.validate(&model_cfg)?;
@@ -266,6 +278,7 @@ impl Trainer {
             grad_norm,
             tokens,
             tokens_per_s: tokens as f64 / secs.max(1e-9),
+            seconds: secs,
             max_level,
         })
     }
