@@ -239,7 +239,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     if a.engine != "f32" {
         anyhow::bail!("engine {} is not available yet; use --engine f32", a.engine);
     }
-    if !(a.temperature >= 0.0 && a.temperature.is_finite()) || !(a.top_p > 0.0 && a.top_p <= 1.0) {
+    if !(a.temperature >= 0.0 && a.temperature.is_finite() && a.top_p > 0.0 && a.top_p <= 1.0) {
         anyhow::bail!("--temperature must be >= 0 and --top-p within (0, 1]");
     }
     let (_, tk, shard) = load_model(&a.model)?;

@@ -165,7 +165,7 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(TrainError::Config(m.to_string()));
         let o = &self.optim;
-        if !(o.lr > 0.0 && o.lr.is_finite()) || !(0.0..=o.lr).contains(&o.min_lr) {
+        if !(o.lr > 0.0 && o.lr.is_finite() && (0.0..=o.lr).contains(&o.min_lr)) {
             return bad("optim.lr must be positive and finite, with 0 <= min_lr <= lr");
         }
         if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) || o.eps <= 0.0 {

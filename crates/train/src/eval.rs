@@ -112,9 +112,13 @@ pub struct EvalReport {
     pub outcomes: Vec<Outcome>,
 }
 
+/// The sandbox's verdict on one code-writing output: per hidden test, the `repr` of its result
+/// (`None` where the call raised), or `None` as a whole when the program failed (syntax, timeout).
+pub type Judged = Option<Vec<Option<String>>>;
+
 /// Whether `output` (the text after `<|answer|>`) answers `r`. Code-writing
 /// needs `judged`: the result of running `output` against the hidden tests.
-pub fn is_correct(r: &Record, output: &str, judged: Option<&Option<Vec<Option<String>>>>) -> bool {
+pub fn is_correct(r: &Record, output: &str, judged: Option<&Judged>) -> bool {
     if r.task == "code_write" {
         return judged.is_some_and(|j| code::judge("code_write", &r.answer, r.tests.len(), j));
     }
@@ -123,11 +127,7 @@ pub fn is_correct(r: &Record, output: &str, judged: Option<&Option<Vec<Option<St
 
 /// Run the hidden tests of code-writing records on the model's outputs.
 /// Returns, per record, `Some(result)` for code-writing records and `None` otherwise.
-pub fn judge_code(
-    records: &[&Record],
-    outputs: &[String],
-    sandbox: Option<&Sandbox>,
-) -> Result<Vec<Option<Option<Vec<Option<String>>>>>> {
+pub fn judge_code(records: &[&Record], outputs: &[String], sandbox: Option<&Sandbox>) -> Result<Vec<Option<Judged>>> {
     let mut out = vec![None; records.len()];
     let jobs: Vec<_> = records
         .iter()
