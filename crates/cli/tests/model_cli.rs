@@ -74,3 +74,21 @@ fn bad_input_gets_a_clear_error_not_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a multiple of head_size"), "{err}");
 }
+
+#[test]
+fn the_bundled_model_has_its_recorded_id_and_solves_problems_it_was_scored_on() {
+    let dir = repo("models/odin-tiny");
+    let out = odin().args(["model", "id"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8(out.stdout).unwrap();
+    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(id.trim(), eval["test"]["model_id"].as_str().unwrap(), "the weights are not the ones evaluated");
+    // Two held-out test problems the model answered correctly in its evaluation (greedy is deterministic).
+    for (prompt, answer) in [("Solve for x: 6x - 5 = -10x + 59", "x = 4"), ("work: 831163096+168836905=", "1000000001")]
+    {
+        let out = odin().args(["generate", "--prompt", prompt, "--model"]).arg(&dir).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(text.trim_end().lines().last(), Some(answer), "{prompt} -> {text}");
+    }
+}

@@ -183,3 +183,25 @@ fn evaluation_scores_a_seeded_sample_of_every_task_reproducibly() {
     // An untrained model answers (almost) nothing right.
     assert!(a.overall.accuracy < 0.5);
 }
+
+#[test]
+fn the_shipped_training_configs_parse_and_compare_like_for_like() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let main = TrainConfig::load(&root.join("train-odin-tiny.toml")).unwrap();
+    assert!(main.model.config.ends_with("odin-tiny.json"));
+    let model = odin_model::ModelConfig::from_file(&main.model.config).unwrap();
+    assert!(model.param_counts().total <= 10_000_000, "the first model must stay under 10M parameters");
+    let r = TrainConfig::load(&root.join("compare-rwkv6.toml")).unwrap();
+    let l = TrainConfig::load(&root.join("compare-llama.toml")).unwrap();
+    // Everything but the model and the run directory is the same.
+    let strip = |c: &TrainConfig| {
+        let mut v = serde_json::to_value(c).unwrap();
+        v["model"] = serde_json::Value::Null;
+        v["out"] = serde_json::Value::Null;
+        v
+    };
+    assert_eq!(strip(&r), strip(&l));
+    let pr = odin_model::ModelConfig::from_file(&r.model.config).unwrap().param_counts().total as f64;
+    let pl = odin_model::ModelConfig::from_file(&l.model.config).unwrap().param_counts().total as f64;
+    assert!((pr - pl).abs() / pr < 0.01, "parameter budgets differ: {pr} vs {pl}");
+}
