@@ -16,8 +16,9 @@ use plotters::style::register_font;
 
 /// Image size in pixels (width, height).
 const SIZE: (u32, u32) = (900, 500);
-/// Smoothing factor of the moving-average series.
-const EMA_ALPHA: f64 = 0.05;
+/// The moving average spans this fraction of the logged points, so a long run's curve is smoothed
+/// as much as a short one's and the average does not lag far behind a fast early drop.
+const EMA_SPAN_FRACTION: f64 = 1.0 / 40.0;
 /// Family name the embedded font is registered under; plotters' own defaults (mesh labels) ask for it.
 const FONT_FAMILY: &str = "sans-serif";
 /// Runs with at most this many points also get a marker per point.
@@ -25,7 +26,7 @@ const MARKER_MAX_POINTS: usize = 50;
 /// Smallest max/min loss ratio that gets a log axis; below a decade the log ticks are too sparse to help.
 const LOG_MIN_RATIO: f64 = 10.0;
 
-/// Draw the training loss curve and its EMA (alpha 0.05) to a 900x500 PNG at `path`.
+/// Draw the training loss curve and its exponential moving average to a 900x500 PNG at `path`.
 pub fn loss_curve_png(path: &Path, title: &str, points: &[(u64, f64)]) -> Result<(), String> {
     // The bitmap backend picks the encoder from the extension; refusing early gives a clearer error.
     let is_png = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("png"));
@@ -38,7 +39,8 @@ pub fn loss_curve_png(path: &Path, title: &str, points: &[(u64, f64)]) -> Result
     }
     // Callers normally pass steps in order; sorting makes the lines and the EMA right regardless.
     raw.sort_by_key(|&(step, _)| step);
-    let smooth = ema(&raw, EMA_ALPHA);
+    let alpha = ema_alpha(raw.len());
+    let smooth = ema(&raw, alpha);
     ensure_font()?;
 
     // The EMA is a convex combination of the raw values, so the raw extremes bound both series.
@@ -46,7 +48,7 @@ pub fn loss_curve_png(path: &Path, title: &str, points: &[(u64, f64)]) -> Result
     let y = if lo > 0.0 && hi / lo >= LOG_MIN_RATIO { LossAxis::log(lo, hi)? } else { LossAxis::linear(lo, hi)? };
     let to_coord = |pts: &[(u64, f64)]| pts.iter().map(|&(step, v)| (step, y.to_coord(v))).collect::<Vec<_>>();
     let (raw, smooth) = (to_coord(&raw), to_coord(&smooth));
-    draw(path, title, step_range(&raw), y, &raw, &smooth)
+    draw(path, title, step_range(&raw), y, &raw, (&smooth, alpha))
 }
 
 /// The y axis. Plotters' own log axis labels ticks like `0.6000000000000001` and crowds them near
@@ -131,6 +133,12 @@ impl ValueFormatter<f64> for LossAxis {
 }
 
 /// Exponential moving average of `points`' values, seeded with the first value.
+/// Smoothing factor for `n` points: the usual 2 / (span + 1) for a span of `n * EMA_SPAN_FRACTION` points.
+fn ema_alpha(n: usize) -> f64 {
+    let span = (n as f64 * EMA_SPAN_FRACTION).max(1.0);
+    2.0 / (span + 1.0)
+}
+
 fn ema(points: &[(u64, f64)], alpha: f64) -> Vec<(u64, f64)> {
     let mut acc = None;
     points
@@ -222,7 +230,7 @@ fn draw(
     x: Range<u64>,
     y: LossAxis,
     raw: &[(u64, f64)],
-    smooth: &[(u64, f64)],
+    (smooth, alpha): (&[(u64, f64)], f64),
 ) -> Result<(), String> {
     let err = |e: &dyn Display| format!("drawing loss curve {}: {e}", path.display());
     let y_desc = y.desc();
@@ -258,7 +266,7 @@ fn draw(
     chart
         .draw_series(LineSeries::new(smooth.iter().copied(), smooth_color.stroke_width(2)))
         .map_err(|e| err(&e))?
-        .label(format!("EMA (alpha {EMA_ALPHA})"))
+        .label(format!("EMA (alpha {alpha:.2})"))
         .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], smooth_color.stroke_width(2)));
     chart
         .configure_series_labels()
@@ -341,5 +349,8 @@ mod tests {
     fn ema_follows_alpha() {
         let smooth = ema(&[(0, 1.0), (1, 0.0), (2, 0.0)], 0.5);
         assert_eq!(smooth, vec![(0, 1.0), (1, 0.5), (2, 0.25)]);
+        // Few points: no smoothing; 200 logged points: a span of 5.
+        assert_eq!(ema_alpha(10), 1.0);
+        assert!((ema_alpha(200) - 1.0 / 3.0).abs() < 1e-12);
     }
 }
