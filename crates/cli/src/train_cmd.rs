@@ -103,30 +103,14 @@ pub fn train(a: TrainArgs) -> Result<()> {
             );
         }
         RunEnd::Finished => {
-            let model_dir = out.join("model");
-            let id = t.export(&model_dir)?;
-            let eval = if t.cfg.run.eval_per_task > 0 {
+            if t.cfg.run.eval_per_task > 0 {
                 eprintln!("evaluating {} records per task on the test split", t.cfg.run.eval_per_task);
-                let (_, tk, shard) = load_model(&model_dir)?;
-                let data = &t.cfg.data.dir;
-                let records = odin_data::read_split(data, &odin_data::read_manifest(data)?, "test")?;
-                let opts = odin_train::eval::EvalOptions {
-                    per_task: Some(t.cfg.run.eval_per_task),
-                    seed: t.cfg.seed,
-                    ..Default::default()
-                };
-                let sb = odin_data::sandbox::Sandbox::detect();
-                let e = odin_train::eval::evaluate(&shard, &tk, "test", &records, &opts, sb.as_ref())?;
-                odin_train::report::write_eval(&model_dir, &e)?;
-                Some(e)
-            } else {
-                None
-            };
-            odin_train::report::write_report(&t, &config_text, &id.to_string(), eval.as_ref())?;
+            }
+            let (id, _) = odin_train::report::finish_run(&t, &config_text)?;
             eprintln!(
                 "finished {} steps; model {id} in {}; report in {}",
                 t.step,
-                model_dir.display(),
+                out.join("model").display(),
                 out.join("report.md").display()
             );
         }
@@ -166,39 +150,29 @@ pub struct EvalArgs {
     outcomes: Option<PathBuf>,
 }
 
-fn load_model(dir: &std::path::Path) -> Result<(odin_model::ModelDir, tokenizers::Tokenizer, odin_model::Shard)> {
-    let m = odin_model::ModelDir::load(dir, &candle_core::Device::Cpu)
-        .with_context(|| format!("cannot load model directory {}", dir.display()))?;
-    let tok_path = m.tokenizer.clone().with_context(|| {
-        format!("{} has no tokenizer.json; copy the tokenizer the model was trained with into it", dir.display())
-    })?;
-    let tk = odin_data::tokenizer::load(&tok_path)?;
-    odin_train::data::check_tokenizer(&tk)?;
-    let shard = odin_model::Shard::full(&m.config, &m.weights)?;
-    Ok((m, tk, shard))
+fn load_model(dir: &std::path::Path) -> Result<odin_train::generate::LoadedModel> {
+    odin_train::generate::load_model(dir).with_context(|| format!("cannot load model directory {}", dir.display()))
 }
 
 /// Run `odin eval`.
 pub fn eval(a: EvalArgs) -> Result<()> {
-    let (m, tk, shard) = load_model(&a.model)?;
+    let m = load_model(&a.model)?;
     let manifest = odin_data::read_manifest(&a.data)?;
     let records = odin_data::read_split(&a.data, &manifest, &a.split)?;
     let opts = odin_train::eval::EvalOptions { per_task: a.per_task, tasks: a.tasks, batch: a.batch, seed: a.seed };
     let sandbox = odin_data::sandbox::Sandbox::detect();
-    let report = odin_train::eval::evaluate(&shard, &tk, &a.split, &records, &opts, sandbox.as_ref())?;
+    let report = odin_train::eval::evaluate(&m.shard, &m.tokenizer, &a.split, &records, &opts, sandbox.as_ref())?;
     if let Some(p) = &a.outcomes {
         let text: String =
             report.outcomes.iter().filter_map(|o| serde_json::to_string(o).ok()).map(|l| l + "\n").collect();
         std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
     }
     if a.json {
-        let mut slim = report.clone();
-        slim.outcomes.clear();
-        let mut v = serde_json::to_value(&slim)?;
-        v["model_id"] = serde_json::Value::String(m.id.to_string());
+        let mut v = serde_json::to_value(&report)?;
+        v["model_id"] = serde_json::Value::String(m.dir.id.to_string());
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("model {}\n", m.id);
+        println!("model {}\n", m.dir.id);
         print!("{}", report.markdown());
         println!("\n{} records in {:.1}s", report.overall.n, report.seconds);
     }
@@ -242,11 +216,11 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     if !(a.temperature >= 0.0 && a.temperature.is_finite() && a.top_p > 0.0 && a.top_p <= 1.0) {
         anyhow::bail!("--temperature must be >= 0 and --top-p within (0, 1]");
     }
-    let (_, tk, shard) = load_model(&a.model)?;
+    let m = load_model(&a.model)?;
     let s = odin_train::generate::Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
     use std::io::Write;
     let mut stdout = std::io::stdout();
-    odin_train::generate::generate(&shard, &tk, &a.prompt, a.max_tokens, &s, |piece| {
+    odin_train::generate::generate(&m.shard, &m.tokenizer, &a.prompt, a.max_tokens, &s, |piece| {
         let _ = stdout.write_all(piece.as_bytes());
         let _ = stdout.flush();
     })?;

@@ -107,8 +107,8 @@ pub struct EvalReport {
     pub by_task_difficulty: BTreeMap<String, BTreeMap<u8, Cell>>,
     /// Wall-clock seconds.
     pub seconds: f64,
-    /// Every scored record.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Every scored record (not serialized: summaries stay small; `odin eval --outcomes` writes them).
+    #[serde(skip)]
     pub outcomes: Vec<Outcome>,
 }
 

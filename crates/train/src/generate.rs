@@ -10,6 +10,31 @@ use tokenizers::Tokenizer;
 use crate::data::{prompt_ids, special};
 use crate::error::{Result, TrainError};
 
+/// A model directory ready for inference: its files, its checked tokenizer and the whole model.
+pub struct LoadedModel {
+    /// The directory as loaded (config, weights, id).
+    pub dir: odin_model::ModelDir,
+    /// Its tokenizer, checked for ODIN's special tokens.
+    pub tokenizer: Tokenizer,
+    /// All its blocks, embedding to head, on the CPU.
+    pub shard: Shard,
+}
+
+/// Load `dir` (config.json, model.safetensors, tokenizer.json) for generation or evaluation.
+pub fn load_model(dir: &std::path::Path) -> Result<LoadedModel> {
+    let m = odin_model::ModelDir::load(dir, &Device::Cpu)?;
+    let tok_path = m.tokenizer.clone().ok_or_else(|| {
+        TrainError::Data(format!(
+            "{} has no tokenizer.json; copy the tokenizer the model was trained with into it",
+            dir.display()
+        ))
+    })?;
+    let tokenizer = odin_data::tokenizer::load(&tok_path)?;
+    crate::data::check_tokenizer(&tokenizer)?;
+    let shard = Shard::full(&m.config, &m.weights)?;
+    Ok(LoadedModel { dir: m, tokenizer, shard })
+}
+
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy)]
 pub struct Sampling {

@@ -3,9 +3,30 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::error::{io_err, Result};
-use crate::eval::EvalReport;
+use crate::error::{io_err, Result, TrainError};
+use crate::eval::{EvalOptions, EvalReport};
 use crate::trainer::{read_metrics, Trainer};
+
+/// Finish a completed run: export `out/model`, evaluate it on the test split when
+/// `run.eval_per_task` is set (writing `eval.json` / `eval.md` beside it), then write the report.
+pub fn finish_run(t: &Trainer, config_toml: &str) -> Result<(odin_model::ModelId, Option<EvalReport>)> {
+    let model_dir = t.cfg.out.join("model");
+    let id = t.export(&model_dir)?;
+    let eval = if t.cfg.run.eval_per_task > 0 {
+        let m = crate::generate::load_model(&model_dir)?;
+        let data = &t.cfg.data.dir;
+        let records = odin_data::read_split(data, &odin_data::read_manifest(data)?, "test")?;
+        let opts = EvalOptions { per_task: Some(t.cfg.run.eval_per_task), seed: t.cfg.seed, ..Default::default() };
+        let sb = odin_data::sandbox::Sandbox::detect();
+        let e = crate::eval::evaluate(&m.shard, &m.tokenizer, "test", &records, &opts, sb.as_ref())?;
+        write_eval(&model_dir, &e)?;
+        Some(e)
+    } else {
+        None
+    };
+    write_report(t, config_toml, &id.to_string(), eval.as_ref())?;
+    Ok((id, eval))
+}
 
 /// Write `out/loss.png` and `out/report.md` for `t`, with `eval` when one was run.
 pub fn write_report(t: &Trainer, config_toml: &str, model_id: &str, eval: Option<&EvalReport>) -> Result<()> {
@@ -67,10 +88,9 @@ fn arch(c: &odin_model::ModelConfig) -> &'static str {
 
 /// Write an evaluation as `eval.json` and `eval.md` into `dir`.
 pub fn write_eval(dir: &Path, e: &EvalReport) -> Result<()> {
-    let mut slim = e.clone();
-    slim.outcomes.clear();
     let j = dir.join("eval.json");
-    std::fs::write(&j, serde_json::to_string_pretty(&slim).unwrap_or_default()).map_err(io_err(&j))?;
+    let text = serde_json::to_string_pretty(e).map_err(|err| TrainError::Data(format!("cannot encode eval: {err}")))?;
+    std::fs::write(&j, text).map_err(io_err(&j))?;
     let m = dir.join("eval.md");
     std::fs::write(&m, format!("# Evaluation\n\n{}", e.markdown())).map_err(io_err(&m))
 }
