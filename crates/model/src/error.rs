@@ -18,18 +18,9 @@ pub enum ModelError {
         source: std::io::Error,
     },
 
-    /// `config.json` is not valid JSON or does not describe a known architecture.
-    #[error("invalid model config {path}: {reason}")]
-    BadConfigFile {
-        /// The config file.
-        path: PathBuf,
-        /// What the parser said.
-        reason: String,
-    },
-
-    /// The config parsed but its dimensions are inconsistent.
-    #[error("invalid model config: {0}")]
-    BadConfig(String),
+    /// `config.json` is missing, unreadable or inconsistent.
+    #[error(transparent)]
+    Format(#[from] odin_format::FormatError),
 
     /// A tensor the architecture needs is absent from the weights.
     #[error(

@@ -8,7 +8,6 @@
 
 #![warn(missing_docs)]
 
-pub mod config;
 pub mod error;
 pub mod init;
 pub mod llama;
@@ -18,8 +17,11 @@ pub mod shard;
 pub mod weights;
 pub mod wkv;
 
-pub use config::{LlamaConfig, ModelConfig, ParamCounts, Rwkv6Config, TensorPlace, TensorSpec};
 pub use error::{ModelError, Result};
 pub use init::init_weights;
+/// The model directory format (config, tensor table, content id) lives in `odin-format`.
+pub use odin_format::config;
+pub use odin_format::{model_id, FormatError, ModelId, CANONICAL_FILES};
+pub use odin_format::{LlamaConfig, ModelConfig, ParamCounts, Rwkv6Config, TensorPlace, TensorSpec};
 pub use shard::{Shard, ShardGrads, ShardState};
-pub use weights::{model_id, ModelDir, ModelId, VarStore, Weights};
+pub use weights::{ModelDir, VarStore, Weights};

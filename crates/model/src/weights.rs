@@ -1,13 +1,13 @@
 //! Named parameter tensors, trainable variables, and model directories on disk.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use odin_format::{model_id, ModelId};
 
 /// Parameter tensors by official name.
 ///
@@ -151,54 +151,6 @@ impl VarStore {
     }
 }
 
-/// A model's content id: blake3 over its canonical files.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ModelId(pub [u8; 32]);
-
-impl fmt::Display for ModelId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for ModelId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ModelId({self})")
-    }
-}
-
-/// The files that define a model, in the order they enter its id.
-/// `tokenizer.json` is optional: a model without one hashes without it.
-pub const CANONICAL_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
-
-/// Version tag mixed into every id, so a change of id scheme never collides.
-const ID_DOMAIN: &[u8] = b"odin-model-id/v1\0";
-
-/// Compute the id of the model directory at `dir` from its files' bytes.
-///
-/// Each present canonical file contributes its name, its length and the
-/// blake3 of its bytes, so anyone can recompute the id with standard tools.
-pub fn model_id(dir: &Path) -> Result<ModelId> {
-    let mut h = blake3::Hasher::new();
-    h.update(ID_DOMAIN);
-    for name in CANONICAL_FILES {
-        let path = dir.join(name);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && name == "tokenizer.json" => continue,
-            Err(source) => return Err(ModelError::Io { path, source }),
-        };
-        h.update(name.as_bytes());
-        h.update(&[0]);
-        h.update(&(bytes.len() as u64).to_le_bytes());
-        h.update(blake3::hash(&bytes).as_bytes());
-    }
-    Ok(ModelId(*h.finalize().as_bytes()))
-}
-
 /// A model directory: `config.json`, `model.safetensors` and an optional
 /// `tokenizer.json`, in the Hugging Face layout.
 #[derive(Debug, Clone)]
@@ -239,6 +191,6 @@ impl ModelDir {
                 std::fs::copy(src, &dst).map_err(|source| ModelError::Io { path: dst, source })?;
             }
         }
-        model_id(dir)
+        Ok(model_id(dir)?)
     }
 }

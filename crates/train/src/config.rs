@@ -40,6 +40,9 @@ pub struct TrainConfig {
 pub struct ModelSection {
     /// Model config JSON (see `configs/`).
     pub config: PathBuf,
+    /// Start from these weights (a `model.safetensors`) instead of a seeded init: fine-tuning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
 }
 
 /// `[data]`.
@@ -152,7 +155,10 @@ impl TrainConfig {
         let mut c: TrainConfig =
             toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut c.out, &mut c.model.config, &mut c.data.dir, &mut c.data.tokenizer] {
+        for p in [&mut c.out, &mut c.model.config, &mut c.data.dir, &mut c.data.tokenizer]
+            .into_iter()
+            .chain(c.model.init.as_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

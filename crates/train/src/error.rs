@@ -33,6 +33,9 @@ pub enum TrainError {
     /// An error from the model layer.
     #[error(transparent)]
     Model(#[from] odin_model::ModelError),
+    /// A model config or directory that cannot be read.
+    #[error(transparent)]
+    Format(#[from] odin_model::FormatError),
     /// An error from candle.
     #[error("tensor: {0}")]
     Candle(#[from] candle_core::Error),

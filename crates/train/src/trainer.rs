@@ -111,7 +111,7 @@ pub enum RunEnd {
 /// move with its repository); files are hashed by content instead.
 fn config_hash(cfg: &TrainConfig) -> Result<String> {
     let read = |p: &Path| std::fs::read(p).map_err(io_err(p));
-    let what = serde_json::json!({
+    let mut what = serde_json::json!({
         "seed": cfg.seed,
         "model_config": blake3::hash(&read(&cfg.model.config)?).to_hex().to_string(),
         "tokenizer": blake3::hash(&read(&cfg.data.tokenizer)?).to_hex().to_string(),
@@ -121,6 +121,10 @@ fn config_hash(cfg: &TrainConfig) -> Result<String> {
         "steps": cfg.run.steps,
         "curriculum": cfg.curriculum,
     });
+    // Only present when set, so runs from a seeded init keep their hashes.
+    if let Some(init) = &cfg.model.init {
+        what["init"] = blake3::hash(&read(init)?).to_hex().to_string().into();
+    }
     Ok(blake3::hash(what.to_string().as_bytes()).to_hex().to_string())
 }
 
@@ -133,8 +137,15 @@ impl Trainer {
     /// A fresh run on `device` (a CUDA device needs the `cuda` feature).
     pub fn new_on(cfg: TrainConfig, device: Device) -> Result<Self> {
         let model_cfg = ModelConfig::from_file(&cfg.model.config)?;
-        // Initialised on the CPU, so the same seed gives the same start on every device.
-        let weights = init_weights(&model_cfg, cfg.seed, &Device::Cpu)?.to_device(&device)?;
+        let weights = match &cfg.model.init {
+            Some(path) => {
+                let w = Weights::load_safetensors(path, &device)?;
+                w.validate(&model_cfg)?;
+                w
+            }
+            // Initialised on the CPU, so the same seed gives the same start on every device.
+            None => init_weights(&model_cfg, cfg.seed, &Device::Cpu)?.to_device(&device)?,
+        };
         Self::with_weights(cfg, model_cfg, &weights, device)
     }
 

@@ -42,7 +42,7 @@ fn config(out: &Path, steps: u64) -> TrainConfig {
     TrainConfig {
         seed: 11,
         out: out.to_path_buf(),
-        model: ModelSection { config: model.clone() },
+        model: ModelSection { config: model.clone(), init: None },
         data: DataSection { dir: data.clone(), tokenizer: tok.clone(), weights: BTreeMap::new() },
         optim: OptimSection {
             lr: 3e-3,

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ModelError, Result};
+use crate::error::{FormatError, Result};
 
 /// The architecture-tagged contents of a model's `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,9 +175,9 @@ impl ModelConfig {
     /// Read and validate a `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text =
-            std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+            std::fs::read_to_string(path).map_err(|source| FormatError::Io { path: path.to_path_buf(), source })?;
         let cfg: ModelConfig = serde_json::from_str(&text)
-            .map_err(|e| ModelError::BadConfigFile { path: path.to_path_buf(), reason: e.to_string() })?;
+            .map_err(|e| FormatError::BadConfigFile { path: path.to_path_buf(), reason: e.to_string() })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -226,7 +226,7 @@ impl ModelConfig {
 
     /// Check that the dimensions are consistent.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(ModelError::BadConfig(m));
+        let bad = |m: String| Err(FormatError::BadConfig(m));
         match self {
             ModelConfig::Rwkv6(c) => {
                 for (n, v) in [

@@ -1,0 +1,39 @@
+//! The engine's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading or running the int8 engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The model directory's config is unreadable or inconsistent.
+    #[error(transparent)]
+    Format(#[from] odin_format::FormatError),
+
+    /// A file could not be read or written.
+    #[error("cannot access {path}: {source}")]
+    Io {
+        /// The file that failed.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+
+    /// A weights or engine file is malformed or does not match the config.
+    #[error("bad weights: {0}")]
+    BadWeights(String),
+
+    /// The architecture has no int8 engine yet.
+    #[error("the int8 engine runs RWKV-6 models; `{0}` models run only on the f32 path (--engine f32)")]
+    Unsupported(String),
+
+    /// A call got input of the wrong shape, range or kind.
+    #[error("bad input: {0}")]
+    BadInput(String),
+
+    /// A session state does not belong to this shard.
+    #[error("state mismatch: {0}")]
+    StateMismatch(String),
+}
+
+/// Result alias for the engine crate.
+pub type Result<T> = std::result::Result<T, EngineError>;

@@ -1,0 +1,311 @@
+//! The int8 dot-product kernels: one 16-row tile of a [`QMatrix`] times one
+//! quantized vector, for every instruction set, all bit-identical.
+//!
+//! Why exactness holds: the products of a block are summed in i32, which is
+//! exact in any order (|sum| <= 32 * 127 * 127 < 2^24, so the conversion to
+//! f32 is exact too). Across blocks every kernel then performs, per row and
+//! in block order, the same two IEEE operations
+//! `acc = acc + (isum as f32) * (d_w * d_x)`, with no fused multiply-add.
+//! The tile layout puts each row in its own SIMD lane, so no kernel ever
+//! reduces horizontally in floating point.
+
+use crate::error::{EngineError, Result};
+use crate::quant::{QMatrix, QVec, BLOCK, TILE};
+
+/// An instruction set the engine can run its dot products on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Portable Rust, the reference every other kernel must match bit for bit.
+    Scalar,
+    /// x86-64 AVX2: `vpmaddubsw` + `vpmaddwd`, 8 rows per register.
+    Avx2,
+    /// x86-64 AVX-512 with VNNI: `vpdpbusd`, 16 rows per register.
+    Avx512Vnni,
+    /// wasm32 simd128 (chosen at compile time: wasm has no run-time detection).
+    Simd128,
+}
+
+impl Kernel {
+    /// Every kernel, fastest last.
+    pub const ALL: [Kernel; 4] = [Kernel::Scalar, Kernel::Simd128, Kernel::Avx2, Kernel::Avx512Vnni];
+
+    /// The name used by `ODIN_KERNEL` and the benchmarks.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "scalar",
+            Kernel::Avx2 => "avx2",
+            Kernel::Avx512Vnni => "avx512vnni",
+            Kernel::Simd128 => "simd128",
+        }
+    }
+
+    /// Parse a kernel name.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
+            EngineError::BadInput(format!("unknown kernel `{name}`; use scalar, avx2, avx512vnni or simd128"))
+        })
+    }
+
+    /// Whether this machine (or this wasm build) can run the kernel.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Kernel::Simd128 => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// Kernels this machine can run.
+    pub fn supported() -> Vec<Kernel> {
+        Self::ALL.into_iter().filter(|k| k.is_supported()).collect()
+    }
+
+    /// The fastest supported kernel, or the one `ODIN_KERNEL` names.
+    pub fn detect() -> Result<Self> {
+        if let Ok(name) = std::env::var("ODIN_KERNEL") {
+            let k = Self::from_name(&name)?;
+            if !k.is_supported() {
+                return Err(EngineError::BadInput(format!("ODIN_KERNEL={name} is not supported on this machine")));
+            }
+            return Ok(k);
+        }
+        Ok(Self::supported().last().copied().unwrap_or(Kernel::Scalar))
+    }
+
+    /// `out[i] = row (16t + i) of m · x` for the 16 rows of tile `t`.
+    ///
+    /// Callers obtain kernels only through [`Kernel::detect`] or after
+    /// checking [`Kernel::is_supported`]; an unsupported one falls back to scalar.
+    pub fn tile(self, m: &QMatrix, t: usize, x: &QVec, out: &mut [f32; TILE]) {
+        debug_assert_eq!(x.codes.len(), m.cols());
+        let (codes, scales) = (m.tile_codes(t), m.tile_scales(t));
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 if self.is_supported() => {
+                // SAFETY: AVX2 was detected at run time just above.
+                unsafe { x86::tile_avx2(codes, scales, m.blocks(), x, out) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni if self.is_supported() => {
+                // SAFETY: AVX-512 F, BW and VNNI were detected at run time just above.
+                unsafe { x86::tile_avx512vnni(codes, scales, m.blocks(), x, out) }
+            }
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Kernel::Simd128 => wasm::tile_simd128(codes, scales, m.blocks(), x, out),
+            _ => tile_scalar(codes, scales, m.blocks(), x, out),
+        }
+    }
+}
+
+/// The reference kernel.
+fn tile_scalar(codes: &[i8], scales: &[f32], nb: usize, x: &QVec, out: &mut [f32; TILE]) {
+    let mut acc = [0f32; TILE];
+    for b in 0..nb {
+        let mut isum = [0i32; TILE];
+        for g in 0..BLOCK / 4 {
+            let xs = &x.codes[b * BLOCK + g * 4..b * BLOCK + g * 4 + 4];
+            let base = (b * (BLOCK / 4) + g) * TILE * 4;
+            for (i, s) in isum.iter_mut().enumerate() {
+                let w = &codes[base + i * 4..base + i * 4 + 4];
+                *s += w.iter().zip(xs).map(|(&a, &c)| i32::from(a) * i32::from(c)).sum::<i32>();
+            }
+        }
+        let dx = x.scales[b];
+        for i in 0..TILE {
+            acc[i] += isum[i] as f32 * (scales[b * TILE + i] * dx);
+        }
+    }
+    *out = acc;
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    fn x4(x: &QVec, at: usize) -> i32 {
+        i32::from_le_bytes([x.codes[at] as u8, x.codes[at + 1] as u8, x.codes[at + 2] as u8, x.codes[at + 3] as u8])
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2; `codes`/`scales` must be one tile of an `nb`-block matrix.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn tile_avx2(codes: &[i8], scales: &[f32], nb: usize, x: &QVec, out: &mut [f32; TILE]) {
+        assert!(codes.len() >= nb * TILE * BLOCK && scales.len() >= nb * TILE && x.codes.len() >= nb * BLOCK);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc_lo = _mm256_setzero_ps();
+        let mut acc_hi = _mm256_setzero_ps();
+        for b in 0..nb {
+            let mut s_lo = _mm256_setzero_si256();
+            let mut s_hi = _mm256_setzero_si256();
+            for g in 0..BLOCK / 4 {
+                let xb = _mm256_set1_epi32(x4(x, b * BLOCK + g * 4));
+                let p = codes.as_ptr().add((b * (BLOCK / 4) + g) * TILE * 4);
+                let w_lo = _mm256_loadu_si256(p as *const __m256i);
+                let w_hi = _mm256_loadu_si256(p.add(32) as *const __m256i);
+                // |w| (u8) times x with w's sign (i8): exact pairs, no saturation since |codes| <= 127.
+                let p_lo = _mm256_maddubs_epi16(_mm256_abs_epi8(w_lo), _mm256_sign_epi8(xb, w_lo));
+                let p_hi = _mm256_maddubs_epi16(_mm256_abs_epi8(w_hi), _mm256_sign_epi8(xb, w_hi));
+                s_lo = _mm256_add_epi32(s_lo, _mm256_madd_epi16(p_lo, ones));
+                s_hi = _mm256_add_epi32(s_hi, _mm256_madd_epi16(p_hi, ones));
+            }
+            let dx = _mm256_set1_ps(x.scales[b]);
+            let sp = scales.as_ptr().add(b * TILE);
+            let d_lo = _mm256_mul_ps(_mm256_loadu_ps(sp), dx);
+            let d_hi = _mm256_mul_ps(_mm256_loadu_ps(sp.add(8)), dx);
+            acc_lo = _mm256_add_ps(acc_lo, _mm256_mul_ps(_mm256_cvtepi32_ps(s_lo), d_lo));
+            acc_hi = _mm256_add_ps(acc_hi, _mm256_mul_ps(_mm256_cvtepi32_ps(s_hi), d_hi));
+        }
+        _mm256_storeu_ps(out.as_mut_ptr(), acc_lo);
+        _mm256_storeu_ps(out.as_mut_ptr().add(8), acc_hi);
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VNNI; slices as for [`tile_avx2`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn tile_avx512vnni(codes: &[i8], scales: &[f32], nb: usize, x: &QVec, out: &mut [f32; TILE]) {
+        assert!(codes.len() >= nb * TILE * BLOCK && scales.len() >= nb * TILE && x.codes.len() >= nb * BLOCK);
+        let zero = _mm512_setzero_si512();
+        let mut acc = _mm512_setzero_ps();
+        for b in 0..nb {
+            let mut s = _mm512_setzero_si512();
+            for g in 0..BLOCK / 4 {
+                let xb = _mm512_set1_epi32(x4(x, b * BLOCK + g * 4));
+                let w = _mm512_loadu_si512(codes.as_ptr().add((b * (BLOCK / 4) + g) * TILE * 4) as *const _);
+                // vpdpbusd wants u8 × i8: feed |w| and x negated where w < 0.
+                let neg = _mm512_movepi8_mask(w);
+                let xs = _mm512_mask_sub_epi8(xb, neg, zero, xb);
+                s = _mm512_dpbusd_epi32(s, _mm512_abs_epi8(w), xs);
+            }
+            let d = _mm512_mul_ps(_mm512_loadu_ps(scales.as_ptr().add(b * TILE)), _mm512_set1_ps(x.scales[b]));
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(s), d));
+        }
+        _mm512_storeu_ps(out.as_mut_ptr(), acc);
+    }
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm {
+    use super::*;
+    use std::arch::wasm32::*;
+
+    pub fn tile_simd128(codes: &[i8], scales: &[f32], nb: usize, x: &QVec, out: &mut [f32; TILE]) {
+        let mut acc = [f32x4_splat(0.0); 4];
+        for b in 0..nb {
+            let mut s = [i32x4_splat(0); 4];
+            for g in 0..BLOCK / 4 {
+                let at = b * BLOCK + g * 4;
+                let xs = &x.codes[at..at + 4];
+                let (a, bb, c, d) = (i16::from(xs[0]), i16::from(xs[1]), i16::from(xs[2]), i16::from(xs[3]));
+                let x16 = i16x8(a, bb, c, d, a, bb, c, d);
+                let base = (b * (BLOCK / 4) + g) * TILE * 4;
+                for (q, sq) in s.iter_mut().enumerate() {
+                    let mut w = [0u8; 16];
+                    for (o, v) in w.iter_mut().zip(&codes[base + q * 16..base + q * 16 + 16]) {
+                        *o = *v as u8;
+                    }
+                    let w = u8x16(
+                        w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9], w[10], w[11], w[12], w[13], w[14],
+                        w[15],
+                    );
+                    // Rows 4q..4q+1 in the low half, 4q+2..4q+3 in the high half; each dot
+                    // lane holds half a row's 4 products, so pairs of lanes are added.
+                    let lo = i32x4_dot_i16x8(i16x8_extend_low_i8x16(w), x16);
+                    let hi = i32x4_dot_i16x8(i16x8_extend_high_i8x16(w), x16);
+                    let even = i32x4_shuffle::<0, 2, 4, 6>(lo, hi);
+                    let odd = i32x4_shuffle::<1, 3, 5, 7>(lo, hi);
+                    *sq = i32x4_add(*sq, i32x4_add(even, odd));
+                }
+            }
+            let dx = f32x4_splat(x.scales[b]);
+            for (q, aq) in acc.iter_mut().enumerate() {
+                let sp = &scales[b * TILE + q * 4..b * TILE + q * 4 + 4];
+                let d = f32x4_mul(f32x4(sp[0], sp[1], sp[2], sp[3]), dx);
+                *aq = f32x4_add(*aq, f32x4_mul(f32x4_convert_i32x4(s[q]), d));
+            }
+        }
+        for (q, aq) in acc.iter().enumerate() {
+            for l in 0..4 {
+                out[q * 4 + l] = match l {
+                    0 => f32x4_extract_lane::<0>(*aq),
+                    1 => f32x4_extract_lane::<1>(*aq),
+                    2 => f32x4_extract_lane::<2>(*aq),
+                    _ => f32x4_extract_lane::<3>(*aq),
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn matrix(rows: usize, cols: usize, seed: u64) -> QMatrix {
+        let data: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                let h = (i as u64 ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                ((h >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0
+            })
+            .collect();
+        QMatrix::quantize(&data, rows, cols)
+    }
+
+    proptest! {
+        #[test]
+        fn every_supported_kernel_matches_scalar_bit_for_bit(
+            rows in 1usize..48, nb in 1usize..9, seed in any::<u64>(),
+            x in proptest::collection::vec(-1e3f32..1e3, 32 * 8),
+        ) {
+            let m = matrix(rows, nb * BLOCK, seed);
+            let q = QVec::from_f32(&x[..nb * BLOCK]);
+            for t in 0..m.tiles() {
+                let mut want = [0f32; TILE];
+                Kernel::Scalar.tile(&m, t, &q, &mut want);
+                for k in Kernel::supported() {
+                    let mut got = [0f32; TILE];
+                    k.tile(&m, t, &q, &mut got);
+                    prop_assert_eq!(want.map(f32::to_bits), got.map(f32::to_bits), "kernel {}", k.name());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn extreme_codes_do_not_saturate() {
+        // All codes ±127 in every lane: the i16 pair sums reach 2 * 127 * 127.
+        let rows = 16;
+        let data: Vec<f32> = (0..rows * 64).map(|i| if i % 3 == 0 { -1.0 } else { 1.0 }).collect();
+        let m = QMatrix::quantize(&data, rows, 64);
+        let x: Vec<f32> = (0..64).map(|i| if i % 2 == 0 { 1.0 } else { -1.0 }).collect();
+        let q = QVec::from_f32(&x);
+        let mut want = [0f32; TILE];
+        Kernel::Scalar.tile(&m, 0, &q, &mut want);
+        let exact: f32 = (0..64).map(|j| data[j] * x[j]).sum();
+        assert!((want[0] - exact).abs() < 1e-3, "{} vs {exact}", want[0]);
+        for k in Kernel::supported() {
+            let mut got = [0f32; TILE];
+            k.tile(&m, 0, &q, &mut got);
+            assert_eq!(want, got, "{}", k.name());
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for k in Kernel::ALL {
+            assert_eq!(Kernel::from_name(k.name()).unwrap(), k);
+        }
+        assert!(Kernel::from_name("sse9").is_err());
+    }
+}

@@ -1,0 +1,41 @@
+//! ODIN's int8 inference engine.
+//!
+//! Decoding one token is a chain of memory-bound matrix-vector products; at
+//! 10–100M parameters a framework's per-op overhead dominates, and the same
+//! code must build for wasm32. So this engine is written by hand, and it is
+//! **deterministic**: int8 weights in blocks of 32 ([`quant`]), activations
+//! quantized per block, integer dot products, a fixed reduction order, no
+//! fused multiply-add, and `libm` for every transcendental function. The
+//! same input gives the same bits on every CPU, every kernel ([`Kernel`]),
+//! every thread count and in the browser, so verifying a node's work is a
+//! hash comparison.
+//!
+//! A prompt's walk: [`Shard::load`] reads a model directory (quantizing, or
+//! taking the saved engine file), [`Shard::forward`] runs token ids or
+//! hidden states through its blocks, and [`sample::generate`] decodes.
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod kernels;
+pub mod math;
+pub mod quant;
+pub mod sample;
+pub mod shard;
+pub mod synthetic;
+pub mod weights;
+
+pub use error::{EngineError, Result};
+pub use kernels::Kernel;
+pub use sample::{generate, Sampler, SamplerConfig};
+pub use shard::{Input, LayerState, Logits, Options, Shard, State};
+pub use weights::ENGINE_FILE;
+
+/// blake3 of logits as little-endian f32 bytes: the value verifiers compare.
+pub fn hash_logits(logits: &[f32]) -> String {
+    let mut h = blake3::Hasher::new();
+    for v in logits {
+        h.update(&v.to_le_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}

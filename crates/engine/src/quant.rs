@@ -1,0 +1,259 @@
+//! Block-wise int8 quantization (Q8_0-like: 32 values share one scale).
+//!
+//! Weights: `d = f16(max|x| / 127)`, `q = round_ties_even(x / d)` in
+//! [-127, 127]. Keeping d representable in f16 makes the blocks exactly
+//! GGUF's Q8_0, so an export carries the very weights we run.
+//! Activations use an f32 scale: they are quantized once per matrix-vector
+//! product and never stored.
+//!
+//! -128 never appears, so `|q|` fits in an i8 and the SIMD kernels' sign
+//! tricks stay exact.
+
+use half::f16;
+
+/// Values per quantization block.
+pub const BLOCK: usize = 32;
+/// Rows per tile of a [`QMatrix`]: the unit every kernel computes at once.
+pub const TILE: usize = 16;
+/// Bytes of one row's slice of one block inside a tile group (the SIMD lanes' unit).
+const GROUP: usize = 4;
+
+/// Quantize one block of weights: returns the f16-exact scale and writes 32 codes.
+pub fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = f16::from_f32(amax / 127.0).to_f32();
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (o, v) in q.iter_mut().zip(x) {
+        *o = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
+    }
+    d
+}
+
+/// A weight matrix [rows, cols] in int8 blocks, stored tile-interleaved.
+///
+/// Layout: for tile t (16 rows), block b (32 columns), group g (4 columns)
+/// and row i of the tile, the 4 codes sit at `((t*nb + b)*8 + g)*64 + i*4`.
+/// One SIMD load then covers the same 4 columns of 16 (or 8) rows, so the
+/// kernels accumulate each row in its own lane and never reduce horizontally.
+/// Scales sit at `(t*nb + b)*16 + i`. Rows past `rows` are zero padding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QMatrix {
+    rows: usize,
+    cols: usize,
+    codes: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl QMatrix {
+    /// Quantize a row-major f32 matrix. `cols` must be a multiple of 32.
+    pub fn quantize(data: &[f32], rows: usize, cols: usize) -> Self {
+        let (codes, scales) = quantize_rows(data, rows, cols);
+        Self::from_rows(&codes, &scales, rows, cols)
+    }
+
+    /// Build from row-major codes [rows, cols] and scales [rows, cols/32] (the file layout).
+    pub fn from_rows(codes: &[i8], scales: &[f32], rows: usize, cols: usize) -> Self {
+        let nb = cols / BLOCK;
+        let tiles = rows.div_ceil(TILE);
+        let mut tc = vec![0i8; tiles * TILE * cols];
+        let mut ts = vec![0f32; tiles * TILE * nb];
+        for r in 0..rows {
+            let (t, i) = (r / TILE, r % TILE);
+            for b in 0..nb {
+                ts[(t * nb + b) * TILE + i] = scales[r * nb + b];
+                for g in 0..BLOCK / GROUP {
+                    let src = r * cols + b * BLOCK + g * GROUP;
+                    let dst = ((t * nb + b) * (BLOCK / GROUP) + g) * TILE * GROUP + i * GROUP;
+                    tc[dst..dst + GROUP].copy_from_slice(&codes[src..src + GROUP]);
+                }
+            }
+        }
+        Self { rows, cols, codes: tc, scales: ts }
+    }
+
+    /// Back to row-major codes and scales (the file layout).
+    pub fn to_rows(&self) -> (Vec<i8>, Vec<f32>) {
+        let nb = self.cols / BLOCK;
+        let mut codes = vec![0i8; self.rows * self.cols];
+        let mut scales = vec![0f32; self.rows * nb];
+        for r in 0..self.rows {
+            let (t, i) = (r / TILE, r % TILE);
+            for b in 0..nb {
+                scales[r * nb + b] = self.scales[(t * nb + b) * TILE + i];
+                for g in 0..BLOCK / GROUP {
+                    let dst = r * self.cols + b * BLOCK + g * GROUP;
+                    let src = ((t * nb + b) * (BLOCK / GROUP) + g) * TILE * GROUP + i * GROUP;
+                    codes[dst..dst + GROUP].copy_from_slice(&self.codes[src..src + GROUP]);
+                }
+            }
+        }
+        (codes, scales)
+    }
+
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Number of 16-row tiles (the last may be padded).
+    pub fn tiles(&self) -> usize {
+        self.rows.div_ceil(TILE)
+    }
+
+    /// Blocks per row.
+    pub fn blocks(&self) -> usize {
+        self.cols / BLOCK
+    }
+
+    /// Codes of tile `t`: `blocks() * 512` bytes.
+    pub fn tile_codes(&self, t: usize) -> &[i8] {
+        let n = self.blocks() * TILE * BLOCK;
+        &self.codes[t * n..(t + 1) * n]
+    }
+
+    /// Scales of tile `t`: `blocks() * 16` values, block-major.
+    pub fn tile_scales(&self, t: usize) -> &[f32] {
+        let n = self.blocks() * TILE;
+        &self.scales[t * n..(t + 1) * n]
+    }
+
+    /// Bytes the matrix occupies (codes and f32 scales, padding included).
+    pub fn bytes(&self) -> usize {
+        self.codes.len() + self.scales.len() * 4
+    }
+
+    /// Bytes a decode step reads: the same, since every code is read once per token.
+    pub fn bytes_per_token(&self) -> usize {
+        self.bytes()
+    }
+}
+
+/// Quantize a row-major matrix to codes [rows, cols] and scales [rows, cols/32].
+pub fn quantize_rows(data: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
+    let nb = cols / BLOCK;
+    let mut codes = vec![0i8; rows * cols];
+    let mut scales = vec![0f32; rows * nb];
+    for (i, (x, q)) in data.chunks_exact(BLOCK).zip(codes.chunks_exact_mut(BLOCK)).enumerate() {
+        scales[i] = quantize_block(x, q);
+    }
+    (codes, scales)
+}
+
+/// An activation vector quantized per block, ready for the kernels.
+#[derive(Debug, Clone, Default)]
+pub struct QVec {
+    /// Codes in [-127, 127].
+    pub codes: Vec<i8>,
+    /// One f32 scale per block.
+    pub scales: Vec<f32>,
+}
+
+impl QVec {
+    /// Quantize `x` (length a multiple of 32) into `self`, reusing its buffers.
+    pub fn quantize(&mut self, x: &[f32]) {
+        let nb = x.len() / BLOCK;
+        self.codes.resize(x.len(), 0);
+        self.scales.resize(nb, 0.0);
+        for b in 0..nb {
+            let xs = &x[b * BLOCK..(b + 1) * BLOCK];
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            for (j, v) in xs.iter().enumerate() {
+                let q = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
+                self.codes[b * BLOCK + j] = q;
+            }
+            self.scales[b] = d;
+        }
+    }
+
+    /// A quantized copy of `x`.
+    pub fn from_f32(x: &[f32]) -> Self {
+        let mut v = Self::default();
+        v.quantize(x);
+        v
+    }
+}
+
+/// Row-wise int8 storage for lookups (the embedding): row r is `codes[r*cols..] * scales[r*nb + b]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QRows {
+    /// Rows.
+    pub rows: usize,
+    /// Columns (a multiple of 32).
+    pub cols: usize,
+    /// Codes [rows, cols].
+    pub codes: Vec<i8>,
+    /// Scales [rows, cols/32], each exactly representable in f16.
+    pub scales: Vec<f32>,
+}
+
+impl QRows {
+    /// Quantize a row-major f32 matrix.
+    pub fn quantize(data: &[f32], rows: usize, cols: usize) -> Self {
+        let (codes, scales) = quantize_rows(data, rows, cols);
+        Self { rows, cols, codes, scales }
+    }
+
+    /// Dequantize row `r` into `out`.
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        let nb = self.cols / BLOCK;
+        for (j, o) in out.iter_mut().enumerate().take(self.cols) {
+            *o = f32::from(self.codes[r * self.cols + j]) * self.scales[r * nb + j / BLOCK];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn quantized_blocks_reconstruct_within_half_a_step(x in proptest::collection::vec(-50f32..50.0, 32)) {
+            let mut q = [0i8; 32];
+            let d = quantize_block(&x, &mut q);
+            prop_assert_eq!(f16::from_f32(d).to_f32(), d);
+            for (v, c) in x.iter().zip(q) {
+                prop_assert!(c != -128);
+                // f16 rounding of d can push a code past the half-step bound by d/127 at most.
+                prop_assert!((f32::from(c) * d - v).abs() <= d * 0.51 + 1e-6, "{} vs {}", f32::from(c) * d, v);
+            }
+        }
+
+        #[test]
+        fn tiling_round_trips(rows in 1usize..40, nb in 1usize..4, seed in 0u64..1000) {
+            let cols = nb * BLOCK;
+            let data: Vec<f32> = (0..rows * cols).map(|i| ((i as u64 * 2654435761 + seed) % 1000) as f32 / 100.0 - 5.0).collect();
+            let m = QMatrix::quantize(&data, rows, cols);
+            let (codes, scales) = quantize_rows(&data, rows, cols);
+            prop_assert_eq!(m.to_rows(), (codes, scales));
+            prop_assert_eq!(m.tiles(), rows.div_ceil(TILE));
+        }
+    }
+
+    #[test]
+    fn zero_blocks_have_zero_scale_and_codes() {
+        let mut q = [5i8; 32];
+        assert_eq!(quantize_block(&[0.0; 32], &mut q), 0.0);
+        assert!(q.iter().all(|&c| c == 0));
+        let v = QVec::from_f32(&[0.0; 64]);
+        assert_eq!(v.scales, vec![0.0, 0.0]);
+        assert!(v.codes.iter().all(|&c| c == 0));
+    }
+
+    #[test]
+    fn the_largest_value_maps_to_127() {
+        let mut x = [0.5f32; 32];
+        x[3] = -2.0;
+        let v = QVec::from_f32(&x);
+        assert_eq!(v.codes[3], -127);
+        assert_eq!(v.codes[0], 32); // 0.5 / (2/127) = 31.75
+    }
+}

@@ -1,0 +1,711 @@
+//! An RWKV-6 shard in the int8 engine: blocks [a, b) of a model, with the
+//! embedding when a = 0 and the head when b is the last block.
+//!
+//! [`Shard::forward`] is the call a node makes: a hidden state (or token
+//! ids) and a session state in, a hidden state (or logits) and the advanced
+//! state out. A prompt of T tokens runs as one call (prefill: each weight
+//! matrix is read once for all T tokens) and gives bit-for-bit the same
+//! result as T one-token calls, because every token's products go through
+//! the same kernel in the same order.
+
+use std::ops::Range;
+use std::path::Path;
+
+use odin_format::{model_id, ModelConfig, ModelId, Rwkv6Config, TensorSpec};
+
+use crate::error::{EngineError, Result};
+use crate::kernels::Kernel;
+use crate::math::{exp, layer_norm, layer_norm_into, matmul_in_out, sigmoid, tanh};
+use crate::quant::{QMatrix, QRows, QVec, TILE};
+use crate::weights::{
+    engine_file_source, is_quantized, parse, shard_specs, write_engine_file, FileBytes, OutTensor, Source, ENGINE_FILE,
+};
+
+/// How the engine runs: which kernel and how many threads. Neither changes a single output bit.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Worker threads for the matrix products (0: one per core).
+    pub threads: usize,
+    /// Kernel; `None` picks the fastest this machine supports (or `ODIN_KERNEL`).
+    pub kernel: Option<Kernel>,
+    /// Products with fewer multiply-adds stay on the calling thread, where waking
+    /// workers would cost more than they save. Tests set 0 to split everything.
+    pub parallel_min_macs: usize,
+}
+
+impl Options {
+    /// `threads` workers and the fastest kernel.
+    pub fn threads(threads: usize) -> Self {
+        Self { threads, ..Self::default() }
+    }
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { threads: 1, kernel: None, parallel_min_macs: 1 << 17 }
+    }
+}
+
+/// Runs the matrix products: a kernel and, with the `threads` feature, a pool.
+pub struct Exec {
+    kernel: Kernel,
+    threads: usize,
+    #[cfg(feature = "threads")]
+    pool: Option<rayon::ThreadPool>,
+    #[cfg(feature = "threads")]
+    parallel_min_macs: usize,
+}
+
+impl Exec {
+    /// Set up `opts`.
+    pub fn new(opts: Options) -> Result<Self> {
+        let kernel = match opts.kernel {
+            Some(k) if !k.is_supported() => {
+                return Err(EngineError::BadInput(format!("kernel {} is not supported on this machine", k.name())))
+            }
+            Some(k) => k,
+            None => Kernel::detect()?,
+        };
+        let threads = match opts.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        #[cfg(feature = "threads")]
+        {
+            let pool = if threads > 1 {
+                Some(
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .map_err(|e| EngineError::BadInput(format!("cannot start {threads} threads: {e}")))?,
+                )
+            } else {
+                None
+            };
+            Ok(Self { kernel, threads, pool, parallel_min_macs: opts.parallel_min_macs })
+        }
+        #[cfg(not(feature = "threads"))]
+        Ok(Self { kernel, threads: 1 })
+    }
+
+    /// The kernel in use.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// Threads in use.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// `out[t*rows + r] = m[r] · xs[t]` for every token t.
+    fn matmul(&self, m: &QMatrix, xs: &[QVec], out: &mut [f32]) {
+        let rows = m.rows();
+        let tile = |t: usize, buf: &mut Vec<[f32; TILE]>| {
+            buf.clear();
+            for x in xs {
+                let mut o = [0f32; TILE];
+                self.kernel.tile(m, t, x, &mut o);
+                buf.push(o);
+            }
+        };
+        let scatter = |t: usize, res: &[[f32; TILE]], out: &mut [f32]| {
+            for (tok, o) in res.iter().enumerate() {
+                let n = TILE.min(rows - t * TILE);
+                out[tok * rows + t * TILE..tok * rows + t * TILE + n].copy_from_slice(&o[..n]);
+            }
+        };
+        #[cfg(feature = "threads")]
+        if let Some(pool) = &self.pool {
+            if m.rows() * m.cols() * xs.len() >= self.parallel_min_macs {
+                use rayon::prelude::*;
+                // Rows are split between threads; each row is computed whole by one of them,
+                // so the thread count cannot change a bit of the result.
+                let results: Vec<Vec<[f32; TILE]>> = pool.install(|| {
+                    (0..m.tiles())
+                        .into_par_iter()
+                        .map(|t| {
+                            let mut buf = Vec::with_capacity(xs.len());
+                            tile(t, &mut buf);
+                            buf
+                        })
+                        .collect()
+                });
+                for (t, res) in results.iter().enumerate() {
+                    scatter(t, res, out);
+                }
+                return;
+            }
+        }
+        let mut buf = Vec::with_capacity(xs.len());
+        for t in 0..m.tiles() {
+            tile(t, &mut buf);
+            scatter(t, &buf, out);
+        }
+    }
+
+    /// Quantize each row of `x` ([T, cols]) and multiply: returns [T, rows].
+    fn linear(&self, m: &QMatrix, x: &[f32]) -> Vec<f32> {
+        let xs: Vec<QVec> = x.chunks_exact(m.cols()).map(QVec::from_f32).collect();
+        let mut out = vec![0f32; xs.len() * m.rows()];
+        self.matmul(m, &xs, &mut out);
+        out
+    }
+}
+
+struct Block {
+    ln0: Option<(Vec<f32>, Vec<f32>)>,
+    ln1: (Vec<f32>, Vec<f32>),
+    ln2: (Vec<f32>, Vec<f32>),
+    maa_x: Vec<f32>,
+    maa: [Vec<f32>; 5], // w, k, v, r, g
+    maa_w1: Vec<f32>,
+    maa_w2: Vec<f32>,
+    decay: Vec<f32>,
+    decay_w1: Vec<f32>,
+    decay_w2: Vec<f32>,
+    faaaa: Vec<f32>,
+    wr: QMatrix,
+    wk: QMatrix,
+    wv: QMatrix,
+    wg: QMatrix,
+    wo: QMatrix,
+    lnx: (Vec<f32>, Vec<f32>),
+    ffn_maa_k: Vec<f32>,
+    ffn_maa_r: Vec<f32>,
+    ffn_wk: QMatrix,
+    ffn_wr: QMatrix,
+    ffn_wv: QMatrix,
+}
+
+struct Head {
+    ln: (Vec<f32>, Vec<f32>),
+    w: QMatrix,
+}
+
+/// The recurrent state of one block for one session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerState {
+    /// Last ln1 output seen by time mixing [C].
+    pub att_shift: Vec<f32>,
+    /// WKV state [H, N, N] (key index, value index).
+    pub wkv: Vec<f32>,
+    /// Last ln2 output seen by channel mixing [C].
+    pub ffn_shift: Vec<f32>,
+}
+
+/// A session's state on a shard: one [`LayerState`] per block it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct State {
+    /// First block the state belongs to.
+    pub first_block: usize,
+    /// Per-block states in block order.
+    pub layers: Vec<LayerState>,
+}
+
+impl State {
+    /// blake3 of the state's bytes: what verifiers compare.
+    pub fn hash(&self) -> blake3::Hash {
+        let mut h = blake3::Hasher::new();
+        h.update(&(self.first_block as u64).to_le_bytes());
+        for l in &self.layers {
+            for v in [&l.att_shift, &l.wkv, &l.ffn_shift] {
+                for x in v.iter() {
+                    h.update(&x.to_le_bytes());
+                }
+            }
+        }
+        h.finalize()
+    }
+}
+
+/// What a shard takes in.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// Token ids (the first shard).
+    Tokens(&'a [u32]),
+    /// Hidden states [T, C], row-major (every other shard).
+    Hidden(&'a [f32]),
+}
+
+/// Which positions the last shard turns into logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's (decoding and prefill).
+    Last,
+    /// Every token's (evaluation and tests).
+    All,
+}
+
+/// Blocks [a, b) of an RWKV-6 model on the int8 engine.
+pub struct Shard {
+    cfg: Rwkv6Config,
+    id: ModelId,
+    range: Range<usize>,
+    emb: Option<QRows>,
+    blocks: Vec<Block>,
+    head: Option<Head>,
+    exec: Exec,
+}
+
+impl Shard {
+    /// Load blocks `range` (all of them when `None`) of the model directory `dir`.
+    ///
+    /// Uses `model.int8.safetensors` when it was made from these exact
+    /// files (its metadata names the model id), otherwise quantizes
+    /// `model.safetensors` on load.
+    pub fn load(dir: &Path, range: Option<Range<usize>>, opts: Options) -> Result<Self> {
+        let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+        let id = model_id(dir)?;
+        let range = range.unwrap_or(0..cfg.num_layers());
+        let engine_path = dir.join(ENGINE_FILE);
+        if engine_path.is_file() {
+            let file = FileBytes::open(&engine_path)?;
+            if engine_file_source(file.bytes(), &engine_path)?.as_deref() == Some(id.to_string().as_str()) {
+                let st = parse(file.bytes(), &engine_path)?;
+                return Self::build(&cfg, id, range, &Source::Int8(st), opts);
+            }
+        }
+        let path = dir.join("model.safetensors");
+        let file = FileBytes::open(&path)?;
+        let st = parse(file.bytes(), &path)?;
+        Self::build(&cfg, id, range, &Source::Float(st), opts)
+    }
+
+    /// Whether `dir` holds an engine file made from its current weights.
+    pub fn has_engine_file(dir: &Path) -> Result<bool> {
+        let path = dir.join(ENGINE_FILE);
+        if !path.is_file() {
+            return Ok(false);
+        }
+        let id = model_id(dir)?;
+        let file = FileBytes::open(&path)?;
+        Ok(engine_file_source(file.bytes(), &path)?.as_deref() == Some(id.to_string().as_str()))
+    }
+
+    /// Build a shard from any tensor source.
+    pub fn build(cfg: &ModelConfig, id: ModelId, range: Range<usize>, src: &Source<'_>, opts: Options) -> Result<Self> {
+        let c = match cfg {
+            ModelConfig::Rwkv6(c) => c.clone(),
+            other => return Err(EngineError::Unsupported(other.architecture().to_string())),
+        };
+        let l = c.num_layers;
+        if range.start >= range.end || range.end > l {
+            return Err(EngineError::BadInput(format!(
+                "block range {}..{} does not fit a model of {l} blocks; use a..b with a < b <= {l}",
+                range.start, range.end
+            )));
+        }
+        for (what, n) in [("hidden_size", c.hidden_size), ("ffn_size", c.ffn_size)] {
+            if n % crate::quant::BLOCK != 0 {
+                return Err(EngineError::Unsupported(format!("rwkv6 with {what} {n} (not a multiple of 32)")));
+            }
+        }
+        let specs = shard_specs(cfg, &range);
+        let spec = |name: &str| -> Result<&TensorSpec> {
+            specs.get(name).ok_or_else(|| EngineError::BadWeights(format!("the config has no tensor `{name}`")))
+        };
+        let f = |name: &str| -> Result<Vec<f32>> { src.f32s(spec(name)?) };
+        let q = |name: &str| -> Result<QMatrix> { src.matrix(spec(name)?) };
+        let emb = if range.start == 0 { Some(src.rows(spec("emb.weight")?)?) } else { None };
+        let mut blocks = Vec::new();
+        for i in range.clone() {
+            let p = |n: &str| format!("blocks.{i}.{n}");
+            let pair = |a: &str, b: &str| -> Result<(Vec<f32>, Vec<f32>)> { Ok((f(&p(a))?, f(&p(b))?)) };
+            blocks.push(Block {
+                ln0: if i == 0 { Some(pair("ln0.weight", "ln0.bias")?) } else { None },
+                ln1: pair("ln1.weight", "ln1.bias")?,
+                ln2: pair("ln2.weight", "ln2.bias")?,
+                maa_x: f(&p("att.time_maa_x"))?,
+                maa: [
+                    f(&p("att.time_maa_w"))?,
+                    f(&p("att.time_maa_k"))?,
+                    f(&p("att.time_maa_v"))?,
+                    f(&p("att.time_maa_r"))?,
+                    f(&p("att.time_maa_g"))?,
+                ],
+                maa_w1: f(&p("att.time_maa_w1"))?,
+                maa_w2: f(&p("att.time_maa_w2"))?,
+                decay: f(&p("att.time_decay"))?,
+                decay_w1: f(&p("att.time_decay_w1"))?,
+                decay_w2: f(&p("att.time_decay_w2"))?,
+                faaaa: f(&p("att.time_faaaa"))?,
+                wr: q(&p("att.receptance.weight"))?,
+                wk: q(&p("att.key.weight"))?,
+                wv: q(&p("att.value.weight"))?,
+                wg: q(&p("att.gate.weight"))?,
+                wo: q(&p("att.output.weight"))?,
+                lnx: pair("att.ln_x.weight", "att.ln_x.bias")?,
+                ffn_maa_k: f(&p("ffn.time_maa_k"))?,
+                ffn_maa_r: f(&p("ffn.time_maa_r"))?,
+                ffn_wk: q(&p("ffn.key.weight"))?,
+                ffn_wr: q(&p("ffn.receptance.weight"))?,
+                ffn_wv: q(&p("ffn.value.weight"))?,
+            });
+        }
+        let head = if range.end == l {
+            Some(Head { ln: (f("ln_out.weight")?, f("ln_out.bias")?), w: q("head.weight")? })
+        } else {
+            None
+        };
+        Ok(Self { cfg: c, id, range, emb, blocks, head, exec: Exec::new(opts)? })
+    }
+
+    /// Write the whole model's engine file into `dir`; the shard must hold every block.
+    pub fn save_engine_file(&self, dir: &Path) -> Result<std::path::PathBuf> {
+        if self.range != (0..self.cfg.num_layers) {
+            return Err(EngineError::BadInput("only a whole model can be saved as an engine file".into()));
+        }
+        let full = ModelConfig::Rwkv6(self.cfg.clone());
+        let mut out = Vec::new();
+        for spec in full.tensor_specs() {
+            let name = spec.name.as_str();
+            if name == "emb.weight" {
+                let e = self.emb.as_ref().ok_or_else(|| EngineError::BadInput("no embedding".into()))?;
+                out.extend(OutTensor::q8(name, e.rows, e.cols, &e.codes, &e.scales));
+            } else if is_quantized(name) {
+                let m = self.matrix(name)?;
+                let (codes, scales) = m.to_rows();
+                out.extend(OutTensor::q8(name, m.rows(), m.cols(), &codes, &scales));
+            } else {
+                out.push(OutTensor::f32(name, &spec.shape, self.vector(name)?));
+            }
+        }
+        let path = dir.join(ENGINE_FILE);
+        write_engine_file(&path, &self.id, &out)?;
+        Ok(path)
+    }
+
+    /// A quantized matrix by its official name.
+    pub fn matrix(&self, name: &str) -> Result<&QMatrix> {
+        if name == "head.weight" {
+            return self
+                .head
+                .as_ref()
+                .map(|h| &h.w)
+                .ok_or_else(|| EngineError::BadInput("no head in this shard".into()));
+        }
+        let (blk, rest) = self.block_of(name)?;
+        Ok(match rest {
+            "att.receptance.weight" => &blk.wr,
+            "att.key.weight" => &blk.wk,
+            "att.value.weight" => &blk.wv,
+            "att.gate.weight" => &blk.wg,
+            "att.output.weight" => &blk.wo,
+            "ffn.key.weight" => &blk.ffn_wk,
+            "ffn.receptance.weight" => &blk.ffn_wr,
+            "ffn.value.weight" => &blk.ffn_wv,
+            _ => return Err(EngineError::BadInput(format!("`{name}` is not a quantized matrix"))),
+        })
+    }
+
+    /// An f32 tensor (norms, mixing vectors, LoRA matrices) by its official name.
+    pub fn vector(&self, name: &str) -> Result<&[f32]> {
+        match name {
+            "ln_out.weight" | "ln_out.bias" => {
+                let h = self.head.as_ref().ok_or_else(|| EngineError::BadInput("no head in this shard".into()))?;
+                return Ok(if name.ends_with("weight") { &h.ln.0 } else { &h.ln.1 });
+            }
+            _ => {}
+        }
+        let (blk, rest) = self.block_of(name)?;
+        let ln0 = || blk.ln0.as_ref().ok_or_else(|| EngineError::BadInput(format!("no `{name}`")));
+        Ok(match rest {
+            "ln0.weight" => &ln0()?.0,
+            "ln0.bias" => &ln0()?.1,
+            "ln1.weight" => &blk.ln1.0,
+            "ln1.bias" => &blk.ln1.1,
+            "ln2.weight" => &blk.ln2.0,
+            "ln2.bias" => &blk.ln2.1,
+            "att.time_maa_x" => &blk.maa_x,
+            "att.time_maa_w" => &blk.maa[0],
+            "att.time_maa_k" => &blk.maa[1],
+            "att.time_maa_v" => &blk.maa[2],
+            "att.time_maa_r" => &blk.maa[3],
+            "att.time_maa_g" => &blk.maa[4],
+            "att.time_maa_w1" => &blk.maa_w1,
+            "att.time_maa_w2" => &blk.maa_w2,
+            "att.time_decay" => &blk.decay,
+            "att.time_decay_w1" => &blk.decay_w1,
+            "att.time_decay_w2" => &blk.decay_w2,
+            "att.time_faaaa" => &blk.faaaa,
+            "att.ln_x.weight" => &blk.lnx.0,
+            "att.ln_x.bias" => &blk.lnx.1,
+            "ffn.time_maa_k" => &blk.ffn_maa_k,
+            "ffn.time_maa_r" => &blk.ffn_maa_r,
+            _ => return Err(EngineError::BadInput(format!("`{name}` is not an f32 tensor of RWKV-6"))),
+        })
+    }
+
+    /// The embedding, when this shard starts the model.
+    pub fn embedding(&self) -> Option<&QRows> {
+        self.emb.as_ref()
+    }
+
+    fn block_of<'n>(&self, name: &'n str) -> Result<(&Block, &'n str)> {
+        let bad = || EngineError::BadInput(format!("`{name}` is not a tensor of this shard"));
+        let rest = name.strip_prefix("blocks.").ok_or_else(bad)?;
+        let (idx, rest) = rest.split_once('.').ok_or_else(bad)?;
+        let i: usize = idx.parse().map_err(|_| bad())?;
+        if !self.range.contains(&i) {
+            return Err(bad());
+        }
+        Ok((&self.blocks[i - self.range.start], rest))
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &Rwkv6Config {
+        &self.cfg
+    }
+
+    /// The content id of the model the weights came from.
+    pub fn model_id(&self) -> ModelId {
+        self.id
+    }
+
+    /// The blocks this shard holds.
+    pub fn range(&self) -> Range<usize> {
+        self.range.clone()
+    }
+
+    /// Whether the shard takes token ids.
+    pub fn has_embedding(&self) -> bool {
+        self.emb.is_some()
+    }
+
+    /// Whether the shard returns logits.
+    pub fn has_head(&self) -> bool {
+        self.head.is_some()
+    }
+
+    /// The kernel and threads in use.
+    pub fn exec(&self) -> &Exec {
+        &self.exec
+    }
+
+    /// Bytes of weights one decode step reads (the roofline's numerator).
+    pub fn bytes_per_token(&self) -> usize {
+        let mut n = 0;
+        for b in &self.blocks {
+            for m in [&b.wr, &b.wk, &b.wv, &b.wg, &b.wo, &b.ffn_wk, &b.ffn_wr, &b.ffn_wv] {
+                n += m.bytes_per_token();
+            }
+            for v in [&b.maa_w1, &b.maa_w2, &b.decay_w1, &b.decay_w2] {
+                n += v.len() * 4;
+            }
+        }
+        if let Some(h) = &self.head {
+            n += h.w.bytes_per_token();
+        }
+        n + self.emb.as_ref().map_or(0, |e| e.cols * 2)
+    }
+
+    /// A zero state for one session.
+    pub fn new_state(&self) -> State {
+        let c = self.cfg.hidden_size;
+        let n = self.cfg.head_size;
+        let layers = self
+            .blocks
+            .iter()
+            .map(|_| LayerState { att_shift: vec![0.0; c], wkv: vec![0.0; c * n], ffn_shift: vec![0.0; c] })
+            .collect();
+        State { first_block: self.range.start, layers }
+    }
+
+    /// Run the shard over T tokens, advancing `state`.
+    ///
+    /// Returns [T, C] hidden states, or for the last shard the logits of the
+    /// positions `logits` selects ([1, V] or [T, V]).
+    pub fn forward(&self, input: Input<'_>, state: &mut State, logits: Logits) -> Result<Vec<f32>> {
+        let c = self.cfg.hidden_size;
+        self.check_state(state)?;
+        let mut x = match (input, &self.emb) {
+            (Input::Tokens(ids), Some(emb)) => {
+                if ids.is_empty() {
+                    return Err(EngineError::BadInput("no tokens".into()));
+                }
+                let mut x = vec![0f32; ids.len() * c];
+                for (t, &id) in ids.iter().enumerate() {
+                    if id as usize >= emb.rows {
+                        return Err(EngineError::BadInput(format!(
+                            "token id {id} is outside the vocabulary of {}",
+                            emb.rows
+                        )));
+                    }
+                    emb.row(id as usize, &mut x[t * c..(t + 1) * c]);
+                }
+                x
+            }
+            (Input::Hidden(h), None) => {
+                if h.is_empty() || h.len() % c != 0 {
+                    return Err(EngineError::BadInput(format!(
+                        "hidden state of {} values is not a whole number of {c}-wide rows",
+                        h.len()
+                    )));
+                }
+                if h.iter().any(|v| !v.is_finite()) {
+                    return Err(EngineError::BadInput("hidden state holds NaN or infinity".into()));
+                }
+                h.to_vec()
+            }
+            (Input::Tokens(_), None) => {
+                return Err(EngineError::BadInput(format!(
+                    "this shard starts at block {}; send it hidden states, not token ids",
+                    self.range.start
+                )))
+            }
+            (Input::Hidden(_), Some(_)) => {
+                return Err(EngineError::BadInput("the first shard takes token ids, not hidden states".into()))
+            }
+        };
+        for (blk, st) in self.blocks.iter().zip(state.layers.iter_mut()) {
+            self.block(blk, &mut x, st);
+        }
+        match &self.head {
+            None => Ok(x),
+            Some(h) => {
+                let t = x.len() / c;
+                let rows = if logits == Logits::Last { &mut x[(t - 1) * c..] } else { &mut x[..] };
+                for row in rows.chunks_exact_mut(c) {
+                    layer_norm(row, &h.ln.0, &h.ln.1, self.cfg.layer_norm_eps as f32);
+                }
+                Ok(self.exec.linear(&h.w, rows))
+            }
+        }
+    }
+
+    fn check_state(&self, st: &State) -> Result<()> {
+        let (c, n) = (self.cfg.hidden_size, self.cfg.head_size);
+        let ok = st.first_block == self.range.start
+            && st.layers.len() == self.blocks.len()
+            && st.layers.iter().all(|l| l.att_shift.len() == c && l.ffn_shift.len() == c && l.wkv.len() == c * n);
+        if !ok {
+            return Err(EngineError::StateMismatch(format!(
+                "the state covers blocks {}..{} and this shard holds {}..{}",
+                st.first_block,
+                st.first_block + st.layers.len(),
+                self.range.start,
+                self.range.end
+            )));
+        }
+        Ok(())
+    }
+
+    /// One block over T tokens: time mixing then channel mixing, each residual.
+    fn block(&self, blk: &Block, x: &mut [f32], st: &mut LayerState) {
+        let cfg = &self.cfg;
+        let (c, n, m) = (cfg.hidden_size, cfg.head_size, cfg.mix_lora);
+        let h = c / n;
+        let t_len = x.len() / c;
+        let eps = cfg.layer_norm_eps as f32;
+        if let Some((w, b)) = &blk.ln0 {
+            x.chunks_exact_mut(c).for_each(|row| layer_norm(row, w, b, eps));
+        }
+
+        // Time mixing: token shift, data-dependent lerp (ddlerp), projections.
+        let (xx, sx) = shifted(x, c, &blk.ln1, eps, &mut st.att_shift);
+        let mut mixed: [Vec<f32>; 5] = std::array::from_fn(|_| vec![0f32; t_len * c]);
+        let mut lora = vec![0f32; 5 * m];
+        let mut mq = vec![0f32; c];
+        let mut xxx = vec![0f32; c];
+        for t in 0..t_len {
+            let (xt, st_) = (&xx[t * c..(t + 1) * c], &sx[t * c..(t + 1) * c]);
+            for j in 0..c {
+                xxx[j] = xt[j] + st_[j] * blk.maa_x[j];
+            }
+            matmul_in_out(&xxx, &blk.maa_w1, &mut lora);
+            lora.iter_mut().for_each(|v| *v = tanh(*v));
+            for (q, out) in mixed.iter_mut().enumerate() {
+                matmul_in_out(&lora[q * m..(q + 1) * m], &blk.maa_w2[q * m * c..(q + 1) * m * c], &mut mq);
+                for j in 0..c {
+                    out[t * c + j] = xt[j] + st_[j] * (mq[j] + blk.maa[q][j]);
+                }
+            }
+        }
+        let r = self.exec.linear(&blk.wr, &mixed[3]);
+        let k = self.exec.linear(&blk.wk, &mixed[1]);
+        let v = self.exec.linear(&blk.wv, &mixed[2]);
+        let mut g = self.exec.linear(&blk.wg, &mixed[4]);
+        g.iter_mut().for_each(|v| *v *= sigmoid(*v));
+        let dl = cfg.decay_lora;
+        let mut dlo = vec![0f32; dl];
+        let mut w = vec![0f32; t_len * c];
+        for t in 0..t_len {
+            matmul_in_out(&mixed[0][t * c..(t + 1) * c], &blk.decay_w1, &mut dlo);
+            dlo.iter_mut().for_each(|v| *v = tanh(*v));
+            matmul_in_out(&dlo, &blk.decay_w2, &mut w[t * c..(t + 1) * c]);
+            for j in 0..c {
+                let d = w[t * c + j] + blk.decay[j];
+                w[t * c + j] = exp(-exp(d));
+            }
+        }
+
+        // WKV recurrence per head: y = r · (u ⊙ kᵀv + S); S ← kᵀv + w ⊙ S.
+        let mut y = vec![0f32; t_len * c];
+        for t in 0..t_len {
+            for hd in 0..h {
+                let o = t * c + hd * n;
+                let s = &mut st.wkv[hd * n * n..(hd + 1) * n * n];
+                let yh = &mut y[o..o + n];
+                for i in 0..n {
+                    let (ri, ki, wi, ui) = (r[o + i], k[o + i], w[o + i], blk.faaaa[hd * n + i]);
+                    let srow = &mut s[i * n..(i + 1) * n];
+                    for (j, (sv, yv)) in srow.iter_mut().zip(yh.iter_mut()).enumerate() {
+                        let a = ki * v[o + j];
+                        *yv += ri * (ui * a + *sv);
+                        *sv = a + wi * *sv;
+                    }
+                }
+            }
+        }
+        // Per-head GroupNorm, gate, output projection.
+        let geps = cfg.group_norm_eps as f32;
+        for t in 0..t_len {
+            for hd in 0..h {
+                let o = t * c + hd * n;
+                layer_norm(&mut y[o..o + n], &blk.lnx.0[hd * n..(hd + 1) * n], &blk.lnx.1[hd * n..(hd + 1) * n], geps);
+            }
+        }
+        y.iter_mut().zip(&g).for_each(|(a, b)| *a *= b);
+        let out = self.exec.linear(&blk.wo, &y);
+        x.iter_mut().zip(&out).for_each(|(a, b)| *a += b);
+
+        // Channel mixing.
+        let (xx, sx) = shifted(x, c, &blk.ln2, eps, &mut st.ffn_shift);
+        let mut kx = vec![0f32; t_len * c];
+        let mut rx = vec![0f32; t_len * c];
+        for i in 0..t_len * c {
+            kx[i] = xx[i] + sx[i] * blk.ffn_maa_k[i % c];
+            rx[i] = xx[i] + sx[i] * blk.ffn_maa_r[i % c];
+        }
+        let mut kk = self.exec.linear(&blk.ffn_wk, &kx);
+        kk.iter_mut().for_each(|v| {
+            let r = v.max(0.0);
+            *v = r * r;
+        });
+        let rr = self.exec.linear(&blk.ffn_wr, &rx);
+        let vv = self.exec.linear(&blk.ffn_wv, &kk);
+        for i in 0..t_len * c {
+            x[i] += sigmoid(rr[i]) * vv[i];
+        }
+    }
+}
+
+/// Normalise each token of `x` and take the token-shift difference:
+/// returns (xx, prev - xx) and leaves the last xx in `shift`.
+fn shifted(x: &[f32], c: usize, ln: &(Vec<f32>, Vec<f32>), eps: f32, shift: &mut [f32]) -> (Vec<f32>, Vec<f32>) {
+    let t_len = x.len() / c;
+    let mut xx = vec![0f32; x.len()];
+    for t in 0..t_len {
+        layer_norm_into(&x[t * c..(t + 1) * c], &ln.0, &ln.1, eps, &mut xx[t * c..(t + 1) * c]);
+    }
+    let mut sx = vec![0f32; x.len()];
+    for t in 0..t_len {
+        for j in 0..c {
+            let prev = if t == 0 { shift[j] } else { xx[(t - 1) * c + j] };
+            sx[t * c + j] = prev - xx[t * c + j];
+        }
+    }
+    shift.copy_from_slice(&xx[(t_len - 1) * c..]);
+    (xx, sx)
+}

@@ -1,0 +1,54 @@
+//! A model's content id: what the network trusts instead of names.
+
+use std::fmt;
+use std::path::Path;
+
+use crate::error::{FormatError, Result};
+
+/// A model's content id: blake3 over its canonical files.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ModelId(pub [u8; 32]);
+
+impl fmt::Display for ModelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ModelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ModelId({self})")
+    }
+}
+
+/// The files that define a model, in the order they enter its id.
+/// `tokenizer.json` is optional: a model without one hashes without it.
+pub const CANONICAL_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+
+/// Version tag mixed into every id, so a change of id scheme never collides.
+const ID_DOMAIN: &[u8] = b"odin-model-id/v1\0";
+
+/// Compute the id of the model directory at `dir` from its files' bytes.
+///
+/// Each present canonical file contributes its name, its length and the
+/// blake3 of its bytes, so anyone can recompute the id with standard tools.
+pub fn model_id(dir: &Path) -> Result<ModelId> {
+    let mut h = blake3::Hasher::new();
+    h.update(ID_DOMAIN);
+    for name in CANONICAL_FILES {
+        let path = dir.join(name);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && name == "tokenizer.json" => continue,
+            Err(source) => return Err(FormatError::Io { path, source }),
+        };
+        h.update(name.as_bytes());
+        h.update(&[0]);
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(blake3::hash(&bytes).as_bytes());
+    }
+    Ok(ModelId(*h.finalize().as_bytes()))
+}
