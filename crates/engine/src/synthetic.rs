@@ -80,6 +80,10 @@ pub fn golden_config() -> Rwkv6Config {
     }
 }
 
+/// blake3 of the golden model's logits and final state ([`golden_hash`]). It changes only
+/// when the engine's arithmetic changes, and then every verifier must update with it.
+pub const GOLDEN_HASH: &str = "f65cface23080d42ff8ee92d695f8acd2878311fef3f145d085a6b417761134a";
+
 /// Seed of the golden model's weights.
 pub const GOLDEN_SEED: u64 = 2024;
 /// The golden prompt (token ids).

@@ -4,14 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use odin_engine::synthetic::{golden_config, golden_hash, weights, GOLDEN_SEED};
+use odin_engine::synthetic::{golden_config, golden_hash, weights, GOLDEN_HASH as GOLDEN, GOLDEN_SEED};
 use odin_engine::weights::Source;
 use odin_engine::{generate, EngineError, Input, Kernel, Logits, Options, Sampler, SamplerConfig, Shard};
 use odin_format::{ModelConfig, ModelId};
-
-/// blake3 of the golden model's logits (see `synthetic::golden_hash`). It changes only
-/// when the engine's arithmetic changes; then every verifier must update together.
-const GOLDEN: &str = "f65cface23080d42ff8ee92d695f8acd2878311fef3f145d085a6b417761134a";
 
 fn bundled() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/odin-tiny")
