@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use odin_model::{init_weights, model_id, ModelConfig, ModelDir};
 
+mod engine_cmd;
 mod train_cmd;
 
 /// ODIN: create, train, serve and verify an efficient language model together.
@@ -33,8 +34,10 @@ enum Command {
     Train(train_cmd::TrainArgs),
     /// Exact-match accuracy of a model on a dataset split, with 95% intervals.
     Eval(train_cmd::EvalArgs),
-    /// Continue a prompt with a model, streaming tokens.
-    Generate(train_cmd::GenerateArgs),
+    /// Continue a prompt with a model, streaming tokens (int8 engine by default).
+    Generate(engine_cmd::GenerateArgs),
+    /// Quantize a model to int8 blocks and save the engine file next to it.
+    Quantize(engine_cmd::QuantizeArgs),
 }
 
 #[derive(Subcommand)]
@@ -186,7 +189,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Tokenizer(TokenizerCmd::Train { data, vocab, out }) => tokenizer_train(&data, vocab, &out),
         Command::Train(a) => train_cmd::train(a),
         Command::Eval(a) => train_cmd::eval(a),
-        Command::Generate(a) => train_cmd::generate(a),
+        Command::Generate(a) => engine_cmd::generate(a),
+        Command::Quantize(a) => engine_cmd::quantize(a),
         Command::Model(ModelCmd::Id { dir }) => {
             println!("{}", model_id(&dir).with_context(|| format!("cannot hash model directory {}", dir.display()))?);
             Ok(())

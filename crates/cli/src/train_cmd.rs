@@ -148,6 +148,9 @@ pub struct EvalArgs {
     /// Also write every record's output and score to this JSONL file.
     #[arg(long)]
     outcomes: Option<PathBuf>,
+    /// Engine: f32 (the model layer, the reference) or int8 (the deterministic engine).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "int8"])]
+    engine: String,
 }
 
 fn load_model(dir: &std::path::Path) -> Result<odin_train::generate::LoadedModel> {
@@ -156,12 +159,19 @@ fn load_model(dir: &std::path::Path) -> Result<odin_train::generate::LoadedModel
 
 /// Run `odin eval`.
 pub fn eval(a: EvalArgs) -> Result<()> {
-    let m = load_model(&a.model)?;
     let manifest = odin_data::read_manifest(&a.data)?;
     let records = odin_data::read_split(&a.data, &manifest, &a.split)?;
     let opts = odin_train::eval::EvalOptions { per_task: a.per_task, tasks: a.tasks, batch: a.batch, seed: a.seed };
     let sandbox = odin_data::sandbox::Sandbox::detect();
-    let report = odin_train::eval::evaluate(&m.shard, &m.tokenizer, &a.split, &records, &opts, sandbox.as_ref())?;
+    let (report, id) = if a.engine == "int8" {
+        let tk = odin_train::generate::load_tokenizer(&a.model)?;
+        let engine = crate::engine_cmd::Int8::load(&a.model, 1)?;
+        let id = engine.0.model_id();
+        (odin_train::eval::evaluate(&engine, &tk, &a.split, &records, &opts, sandbox.as_ref())?, id)
+    } else {
+        let m = load_model(&a.model)?;
+        (odin_train::eval::evaluate(&m.shard, &m.tokenizer, &a.split, &records, &opts, sandbox.as_ref())?, m.dir.id)
+    };
     if let Some(p) = &a.outcomes {
         let text: String =
             report.outcomes.iter().filter_map(|o| serde_json::to_string(o).ok()).map(|l| l + "\n").collect();
@@ -169,61 +179,13 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     if a.json {
         let mut v = serde_json::to_value(&report)?;
-        v["model_id"] = serde_json::Value::String(m.dir.id.to_string());
+        v["model_id"] = serde_json::Value::String(id.to_string());
+        v["engine"] = serde_json::Value::String(a.engine.clone());
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("model {}\n", m.dir.id);
+        println!("model {id} (engine {})\n", a.engine);
         print!("{}", report.markdown());
         println!("\n{} records in {:.1}s", report.overall.n, report.seconds);
     }
-    Ok(())
-}
-
-/// `odin generate` arguments.
-#[derive(Args)]
-pub struct GenerateArgs {
-    /// Model directory (config.json, model.safetensors, tokenizer.json).
-    #[arg(long)]
-    model: PathBuf,
-    /// The task prompt, e.g. "work: 123+989=" or "Solve for x: 3x + 4 = x - 6".
-    #[arg(long)]
-    prompt: String,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 256)]
-    max_tokens: usize,
-    /// Sampling temperature (0: greedy).
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f64,
-    /// Keep only the k most likely tokens (0: all).
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
-    /// Nucleus sampling threshold (1: off).
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f64,
-    /// Sampler seed.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Engine: f32 (the model layer). The int8 engine arrives with its own issue.
-    #[arg(long, default_value = "f32")]
-    engine: String,
-}
-
-/// Run `odin generate`, streaming tokens to stdout.
-pub fn generate(a: GenerateArgs) -> Result<()> {
-    if a.engine != "f32" {
-        anyhow::bail!("engine {} is not available yet; use --engine f32", a.engine);
-    }
-    if !(a.temperature >= 0.0 && a.temperature.is_finite() && a.top_p > 0.0 && a.top_p <= 1.0) {
-        anyhow::bail!("--temperature must be >= 0 and --top-p within (0, 1]");
-    }
-    let m = load_model(&a.model)?;
-    let s = odin_train::generate::Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
-    use std::io::Write;
-    let mut stdout = std::io::stdout();
-    odin_train::generate::generate(&m.shard, &m.tokenizer, &a.prompt, a.max_tokens, &s, |piece| {
-        let _ = stdout.write_all(piece.as_bytes());
-        let _ = stdout.flush();
-    })?;
-    println!();
     Ok(())
 }

@@ -75,6 +75,16 @@ fn train_writes_model_report_and_curve_then_eval_and_generate_use_it() {
     assert!(tasks.len() >= 5, "{tasks:?}");
     assert_eq!(v["overall"]["n"].as_u64().unwrap(), 2 * tasks.len() as u64);
     assert!(v["model_id"].as_str().unwrap().len() == 64);
+    let out = run_ok(
+        odin()
+            .args(["eval", "--engine", "int8", "--split", "test", "--per-task", "2", "--json", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(tmp.path().join("data")),
+    );
+    let v8: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v8["engine"], "int8");
+    assert_eq!(v8["overall"]["n"], v["overall"]["n"]);
 
     let g = |seed: &str| {
         run_ok(

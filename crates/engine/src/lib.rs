@@ -27,7 +27,7 @@ pub mod weights;
 
 pub use error::{EngineError, Result};
 pub use kernels::Kernel;
-pub use sample::{generate, Sampler, SamplerConfig};
+pub use sample::{generate, greedy_many, Sampler, SamplerConfig};
 pub use shard::{Input, LayerState, Logits, Options, Shard, State};
 pub use weights::ENGINE_FILE;
 

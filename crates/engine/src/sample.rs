@@ -109,6 +109,22 @@ pub fn generate(
     Ok((out, state))
 }
 
+/// Greedy continuations of many prompts, until `stop` or `max_new` tokens (evaluation).
+/// Each prompt decodes alone; with the `threads` feature they run in parallel.
+pub fn greedy_many(shard: &Shard, prompts: &[Vec<u32>], max_new: usize, stop: u32) -> Result<Vec<Vec<u32>>> {
+    let one = |p: &Vec<u32>| {
+        let mut greedy = Sampler::new(SamplerConfig::default());
+        generate(shard, p, max_new, &mut greedy, Some(stop), |_| true).map(|(toks, _)| toks)
+    };
+    #[cfg(feature = "threads")]
+    {
+        use rayon::prelude::*;
+        prompts.par_iter().map(one).collect()
+    }
+    #[cfg(not(feature = "threads"))]
+    prompts.iter().map(one).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -148,6 +148,20 @@ pub fn judge_code(records: &[&Record], outputs: &[String], sandbox: Option<&Sand
     Ok(out)
 }
 
+/// A model that can continue prompts greedily: the f32 model layer here, the
+/// int8 engine through an adapter in the binary (the train layer does not import the engine).
+pub trait Greedy {
+    /// Continue each prompt (all of one length) until `<|eos|>` or `max_new`
+    /// tokens; return the generated ids without the `<|eos|>`.
+    fn greedy(&self, prompts: &[Vec<u32>], max_new: usize) -> Result<Vec<Vec<u32>>>;
+}
+
+impl Greedy for Shard {
+    fn greedy(&self, prompts: &[Vec<u32>], max_new: usize) -> Result<Vec<Vec<u32>>> {
+        greedy_batch(self, prompts, max_new, &Device::Cpu)
+    }
+}
+
 /// Greedy continuation of each prompt (already tokenised, all the same length) until
 /// `<|eos|>` or `max_new` tokens. Returns the generated ids without the `<|eos|>`.
 pub fn greedy_batch(shard: &Shard, prompts: &[Vec<u32>], max_new: usize, device: &Device) -> Result<Vec<Vec<u32>>> {
@@ -182,9 +196,9 @@ pub fn greedy_batch(shard: &Shard, prompts: &[Vec<u32>], max_new: usize, device:
     Ok(out)
 }
 
-/// Evaluate `records` (one split) with `shard` (a whole model).
+/// Evaluate `records` (one split) with `model` (a whole model).
 pub fn evaluate(
-    shard: &Shard,
+    model: &dyn Greedy,
     tk: &Tokenizer,
     split: &str,
     records: &[Record],
@@ -224,7 +238,6 @@ pub fn evaluate(
             .len();
         groups.entry(ids.len()).or_default().push((i, ids, want));
     }
-    let device = Device::Cpu;
     let mut outputs = vec![String::new(); chosen.len()];
     for (_, members) in groups {
         for part in members.chunks(opts.batch.max(1)) {
@@ -232,7 +245,7 @@ pub fn evaluate(
             // A reference-length bound keeps a rambling model from stalling the run; a correct
             // answer is never longer than twice the reference plus slack.
             let max_new = part.iter().map(|m| 2 * m.2 + 16).max().unwrap_or(16);
-            let gen = greedy_batch(shard, &prompts, max_new, &device)?;
+            let gen = model.greedy(&prompts, max_new)?;
             for (m, g) in part.iter().zip(gen) {
                 outputs[m.0] = tk.decode(&g, false).map_err(|e| TrainError::Data(format!("cannot decode: {e}")))?;
             }

@@ -22,15 +22,8 @@ pub struct LoadedModel {
 
 /// Load `dir` (config.json, model.safetensors, tokenizer.json) for generation or evaluation.
 pub fn load_model(dir: &std::path::Path) -> Result<LoadedModel> {
+    let tokenizer = load_tokenizer(dir)?;
     let m = odin_model::ModelDir::load(dir, &Device::Cpu)?;
-    let tok_path = m.tokenizer.clone().ok_or_else(|| {
-        TrainError::Data(format!(
-            "{} has no tokenizer.json; copy the tokenizer the model was trained with into it",
-            dir.display()
-        ))
-    })?;
-    let tokenizer = odin_data::tokenizer::load(&tok_path)?;
-    crate::data::check_tokenizer(&tokenizer)?;
     let shard = Shard::full(&m.config, &m.weights)?;
     Ok(LoadedModel { dir: m, tokenizer, shard })
 }
@@ -94,6 +87,66 @@ pub fn sample(logits: &[f32], s: &Sampling, rng: &mut ChaCha8Rng) -> u32 {
     idx[idx.len() - 1] as u32
 }
 
+/// Turns generated token ids into text pieces as they arrive. A byte-level
+/// token may complete a character only later, so the whole answer is decoded
+/// each time and only the new, complete suffix is handed out.
+pub struct TextStream<'a> {
+    tk: &'a Tokenizer,
+    ids: Vec<u32>,
+    shown: String,
+}
+
+impl<'a> TextStream<'a> {
+    /// An empty stream over `tk`.
+    pub fn new(tk: &'a Tokenizer) -> Self {
+        Self { tk, ids: Vec::new(), shown: String::new() }
+    }
+
+    /// Add a token; returns the text it completes, if any.
+    pub fn push(&mut self, tok: u32) -> Result<Option<String>> {
+        self.ids.push(tok);
+        let text = self.decode()?;
+        match text.strip_prefix(self.shown.as_str()) {
+            Some(new) if !new.is_empty() && !new.ends_with('\u{fffd}') => {
+                let new = new.to_string();
+                self.shown = text;
+                Ok(Some(new))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The text not handed out yet, and the whole answer.
+    pub fn finish(self) -> Result<(String, String)> {
+        let text = self.decode()?;
+        let rest = text.strip_prefix(self.shown.as_str()).unwrap_or("").to_string();
+        Ok((rest, text))
+    }
+
+    /// The ids pushed so far.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    fn decode(&self) -> Result<String> {
+        self.tk.decode(&self.ids, false).map_err(|e| TrainError::Data(format!("cannot decode: {e}")))
+    }
+}
+
+/// Load and check the tokenizer of the model directory `dir`.
+pub fn load_tokenizer(dir: &std::path::Path) -> Result<Tokenizer> {
+    let path = dir.join("tokenizer.json");
+    if !path.is_file() {
+        return Err(TrainError::Data(format!(
+            "{} has no tokenizer.json; copy the tokenizer the model was trained with into it",
+            dir.display()
+        )));
+    }
+    let tokenizer = odin_data::tokenizer::load(&path)?;
+    crate::data::check_tokenizer(&tokenizer)?;
+    Ok(tokenizer)
+}
+
 /// Continue `prompt` (formatted as a task prompt) for up to `max_new` tokens or until
 /// `<|eos|>`, calling `on_text` with each new piece of text. Returns the whole answer.
 pub fn generate(
@@ -110,30 +163,21 @@ pub fn generate(
     let mut state = shard.new_state(1)?;
     let logits = shard.forward(&Tensor::from_vec(ids.clone(), (1, ids.len()), &device)?, Some(&mut state))?;
     let mut last = logits.i((0, ids.len() - 1, ..))?.to_vec1::<f32>()?;
-    let mut out: Vec<u32> = Vec::new();
-    let mut shown = String::new();
+    let mut stream = TextStream::new(tk);
     for _ in 0..max_new {
         let tok = sample(&last, s, &mut rng);
         if tok == special::EOS {
             break;
         }
-        out.push(tok);
-        // Decode the whole answer each time: a byte-level piece may complete a character only later.
-        let text = tk.decode(&out, false).map_err(|e| TrainError::Data(format!("cannot decode: {e}")))?;
-        if let Some(new) = text.strip_prefix(shown.as_str()) {
-            if !new.is_empty() && !new.ends_with('\u{fffd}') {
-                on_text(new);
-                shown = text;
-            }
+        if let Some(piece) = stream.push(tok)? {
+            on_text(&piece);
         }
         let x = Tensor::new(&[tok], &device)?;
         last = shard.step(&x, &mut state)?.squeeze(0)?.to_vec1::<f32>()?;
     }
-    let text = tk.decode(&out, false).map_err(|e| TrainError::Data(format!("cannot decode: {e}")))?;
-    if let Some(rest) = text.strip_prefix(shown.as_str()) {
-        if !rest.is_empty() {
-            on_text(rest);
-        }
+    let (rest, text) = stream.finish()?;
+    if !rest.is_empty() {
+        on_text(&rest);
     }
     Ok(text)
 }
