@@ -155,3 +155,267 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// `odin export` formats.
+#[derive(clap::Subcommand)]
+pub enum ExportCmd {
+    /// llama.cpp GGUF (`rwkv6` architecture, Q8_0: the engine's own int8 weights).
+    Gguf(ExportArgs),
+    /// web-rwkv `.st` (safetensors, f16) for WebGPU runtimes.
+    St(ExportArgs),
+}
+
+/// `odin export` arguments.
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Model directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Output file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Run `odin export`.
+pub fn export(cmd: ExportCmd) -> Result<()> {
+    let (a, kind) = match &cmd {
+        ExportCmd::Gguf(a) => (a, "gguf"),
+        ExportCmd::St(a) => (a, "st"),
+    };
+    let shard = Int8::load(&a.model, 1)?.0;
+    let t = Instant::now();
+    match kind {
+        "gguf" => odin_engine::export::write_gguf(&shard, &a.model.join("tokenizer.json"), &a.out),
+        _ => odin_engine::export::write_st(&shard, &a.out),
+    }
+    .with_context(|| format!("cannot export {} to {}", a.model.display(), a.out.display()))?;
+    let size = std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "wrote {} ({kind}, {:.1} MB) for model {} in {:.2}s",
+        a.out.display(),
+        size as f64 / 1e6,
+        shard.model_id(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `odin bench` arguments.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Model directory (run `odin quantize` first to time loading from the engine file).
+    #[arg(long)]
+    model: PathBuf,
+    /// Thread counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
+    /// Prompt length for prefill.
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Tokens decoded after the prompt.
+    #[arg(long, default_value_t = 64)]
+    decode_tokens: usize,
+    /// Repetitions; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Also time the f32 candle path (in a child process per thread count).
+    #[arg(long)]
+    f32: bool,
+    /// Also run llama.cpp's `llama-bench` at this path on the GGUF export, same threads.
+    #[arg(long)]
+    llama_bench: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `odin bench-f32` (hidden): the f32 path's speed, in its own process so its thread count is its own.
+#[derive(Args)]
+pub struct BenchF32Args {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    prompt_tokens: usize,
+    #[arg(long)]
+    decode_tokens: usize,
+    #[arg(long)]
+    runs: usize,
+}
+
+/// Run `odin bench-f32`: print `{"prefill_tok_s":..,"decode_tok_s":..}`.
+pub fn bench_f32(a: BenchF32Args) -> Result<()> {
+    use candle_core::{Device, Tensor};
+    let m = odin_model::ModelDir::load(&a.model, &Device::Cpu)?;
+    let shard = odin_model::Shard::full(&m.config, &m.weights)?;
+    let ids = odin_engine::bench::prompt(a.prompt_tokens.max(1), m.config.vocab_size());
+    let (mut pre, mut dec) = (Vec::new(), Vec::new());
+    for _ in 0..a.runs.max(1) {
+        let mut st = shard.new_state(1)?;
+        let t = Instant::now();
+        let x = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu)?;
+        let logits = shard.forward(&x, Some(&mut st))?;
+        let mut tok = logits.squeeze(0)?.get(ids.len() - 1)?.argmax(0)?.to_scalar::<u32>()?;
+        pre.push(ids.len() as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for _ in 0..a.decode_tokens {
+            let l = shard.step(&Tensor::new(&[tok], &Device::Cpu)?, &mut st)?;
+            tok = l.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+        }
+        dec.push(a.decode_tokens as f64 / t.elapsed().as_secs_f64());
+    }
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("{}", serde_json::json!({"prefill_tok_s": med(pre), "decode_tok_s": med(dec)}));
+    Ok(())
+}
+
+/// One row of the bench table.
+#[derive(serde::Serialize)]
+struct Row {
+    engine: String,
+    threads: usize,
+    prefill_tok_s: f64,
+    decode_tok_s: f64,
+}
+
+fn llama_bench(exe: &Path, gguf: &Path, a: &BenchArgs, threads: usize) -> Result<Row> {
+    let out = std::process::Command::new(exe)
+        .arg("-m")
+        .arg(gguf)
+        .args(["-p", &a.prompt_tokens.to_string(), "-n", &a.decode_tokens.to_string()])
+        .args(["-t", &threads.to_string(), "-r", &a.runs.to_string(), "-o", "json"])
+        .output()
+        .with_context(|| format!("cannot run {}", exe.display()))?;
+    if !out.status.success() {
+        bail!("llama-bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("llama-bench printed no JSON")?;
+    let (mut pre, mut dec) = (0.0, 0.0);
+    for r in v.as_array().into_iter().flatten() {
+        let ts = r["avg_ts"].as_f64().unwrap_or(0.0);
+        if r["n_gen"].as_u64().unwrap_or(0) > 0 {
+            dec = ts;
+        } else {
+            pre = ts;
+        }
+    }
+    Ok(Row { engine: "llama.cpp Q8_0".into(), threads, prefill_tok_s: pre, decode_tok_s: dec })
+}
+
+/// Run `odin bench`.
+pub fn bench(a: BenchArgs) -> Result<()> {
+    let mut rows = Vec::new();
+    let mut bytes_per_token = 0;
+    let mut kernel = String::new();
+    let t_load = Instant::now();
+    let mut load_s = 0.0;
+    for &t in &a.threads {
+        let shard = Int8::load(&a.model, t)?.0;
+        if load_s == 0.0 {
+            load_s = t_load.elapsed().as_secs_f64();
+        }
+        bytes_per_token = shard.bytes_per_token();
+        kernel = shard.exec().kernel().name().to_string();
+        let s = odin_engine::bench::measure(&shard, a.prompt_tokens, a.decode_tokens, a.runs)?;
+        rows.push(Row {
+            engine: format!("odin int8 ({kernel})"),
+            threads: t,
+            prefill_tok_s: s.prefill_tok_s,
+            decode_tok_s: s.decode_tok_s,
+        });
+    }
+    // Read before anything else allocates: the engine's own peak.
+    let peak = odin_engine::bench::peak_rss();
+    let engine_file = a.model.join(odin_engine::ENGINE_FILE);
+    let disk = std::fs::metadata(&engine_file).map(|m| m.len()).ok();
+    let mut roofline = Vec::new();
+    for &t in &a.threads {
+        let bw = odin_engine::bench::read_bandwidth(t);
+        roofline.push(
+            serde_json::json!({"threads": t, "bandwidth_gb_s": bw / 1e9, "decode_tok_s": bw / bytes_per_token as f64}),
+        );
+    }
+    if a.f32 {
+        for &t in &a.threads {
+            let exe = std::env::current_exe()?;
+            let out = std::process::Command::new(exe)
+                .args(["bench-f32", "--model"])
+                .arg(&a.model)
+                .args([
+                    "--prompt-tokens",
+                    &a.prompt_tokens.to_string(),
+                    "--decode-tokens",
+                    &a.decode_tokens.to_string(),
+                ])
+                .args(["--runs", &a.runs.to_string()])
+                .env("RAYON_NUM_THREADS", t.to_string())
+                .output()?;
+            if !out.status.success() {
+                bail!("the f32 bench failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            rows.push(Row {
+                engine: "candle f32".into(),
+                threads: t,
+                prefill_tok_s: v["prefill_tok_s"].as_f64().unwrap_or(0.0),
+                decode_tok_s: v["decode_tok_s"].as_f64().unwrap_or(0.0),
+            });
+        }
+    }
+    if let Some(exe) = &a.llama_bench {
+        let dir = tempfile_dir()?;
+        let gguf = dir.join("model.gguf");
+        let shard = Int8::load(&a.model, 1)?.0;
+        odin_engine::export::write_gguf(&shard, &a.model.join("tokenizer.json"), &gguf)?;
+        for &t in &a.threads {
+            rows.push(llama_bench(exe, &gguf, &a, t)?);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if a.json {
+        let v = serde_json::json!({
+            "model": a.model, "kernel": kernel, "prompt_tokens": a.prompt_tokens, "decode_tokens": a.decode_tokens,
+            "runs": a.runs, "rows": rows, "weights_bytes_per_token": bytes_per_token, "roofline": roofline,
+            "peak_rss_bytes": peak, "engine_file_bytes": disk, "load_seconds": load_s,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "model {} · prompt {} tokens · decode {} tokens · median of {} runs",
+        a.model.display(),
+        a.prompt_tokens,
+        a.decode_tokens,
+        a.runs
+    );
+    println!("\n| engine | threads | prefill tok/s | decode tok/s |\n|---|---:|---:|---:|");
+    for r in &rows {
+        println!("| {} | {} | {:.0} | {:.0} |", r.engine, r.threads, r.prefill_tok_s, r.decode_tok_s);
+    }
+    println!("\nweights read per decoded token: {:.2} MB", bytes_per_token as f64 / 1e6);
+    for (r, t) in roofline.iter().zip(&a.threads) {
+        let achieved = rows.iter().find(|x| x.threads == *t).map_or(0.0, |x| x.decode_tok_s);
+        let roof = r["decode_tok_s"].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "roofline at {t} thread(s): {:.1} GB/s read → {:.0} tok/s; int8 decode reaches {:.0}%",
+            r["bandwidth_gb_s"].as_f64().unwrap_or(0.0),
+            roof,
+            100.0 * achieved / roof
+        );
+    }
+    if let Some(p) = peak {
+        println!("peak memory (engine runs): {:.1} MB", p as f64 / 1e6);
+    }
+    if let Some(d) = disk {
+        println!("engine file on disk: {:.1} MB", d as f64 / 1e6);
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("odin-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

@@ -38,6 +38,14 @@ enum Command {
     Generate(engine_cmd::GenerateArgs),
     /// Quantize a model to int8 blocks and save the engine file next to it.
     Quantize(engine_cmd::QuantizeArgs),
+    /// Write a model for another runtime: llama.cpp GGUF or web-rwkv .st.
+    #[command(subcommand)]
+    Export(engine_cmd::ExportCmd),
+    /// Decode and prefill speed of the int8 engine, side by side with f32 and llama.cpp.
+    Bench(engine_cmd::BenchArgs),
+    /// The f32 path's speed for `odin bench` (runs in a child process).
+    #[command(hide = true)]
+    BenchF32(engine_cmd::BenchF32Args),
 }
 
 #[derive(Subcommand)]
@@ -191,6 +199,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => train_cmd::eval(a),
         Command::Generate(a) => engine_cmd::generate(a),
         Command::Quantize(a) => engine_cmd::quantize(a),
+        Command::Export(c) => engine_cmd::export(c),
+        Command::Bench(a) => engine_cmd::bench(a),
+        Command::BenchF32(a) => engine_cmd::bench_f32(a),
         Command::Model(ModelCmd::Id { dir }) => {
             println!("{}", model_id(&dir).with_context(|| format!("cannot hash model directory {}", dir.display()))?);
             Ok(())

@@ -16,7 +16,9 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod error;
+pub mod export;
 pub mod kernels;
 pub mod math;
 pub mod quant;

@@ -1,0 +1,76 @@
+//! Measurements for `odin bench`: decode and prefill speed, the machine's
+//! own memory bandwidth (for the roofline), and peak resident memory.
+
+use std::time::Instant;
+
+use crate::error::Result;
+use crate::shard::{Input, Logits, Shard};
+
+/// Speed of one shard configuration, medians over runs.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Speed {
+    /// Prompt tokens per second (one forward over the whole prompt).
+    pub prefill_tok_s: f64,
+    /// Generated tokens per second (one forward per token, after the prompt).
+    pub decode_tok_s: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A fixed pseudo-random prompt of `n` tokens inside the vocabulary.
+pub fn prompt(n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i as u64 * 2_654_435_761 + 12_345) % vocab as u64) as u32).collect()
+}
+
+/// Time prefill of `prompt_len` tokens and decode of `decode_len` tokens, `runs` times each.
+pub fn measure(shard: &Shard, prompt_len: usize, decode_len: usize, runs: usize) -> Result<Speed> {
+    let ids = prompt(prompt_len.max(1), shard.config().vocab_size);
+    let (mut pre, mut dec) = (Vec::new(), Vec::new());
+    for _ in 0..runs.max(1) {
+        let mut st = shard.new_state();
+        let t = Instant::now();
+        let mut logits = shard.forward(Input::Tokens(&ids), &mut st, Logits::Last)?;
+        pre.push(ids.len() as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for _ in 0..decode_len {
+            let tok = crate::math::argmax(&logits) as u32;
+            logits = shard.forward(Input::Tokens(&[tok]), &mut st, Logits::Last)?;
+        }
+        dec.push(decode_len as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(Speed { prefill_tok_s: median(pre), decode_tok_s: median(dec) })
+}
+
+/// Read bandwidth in bytes per second over a buffer far larger than any cache,
+/// with `threads` readers (each sums its own slice), median of 5 passes.
+pub fn read_bandwidth(threads: usize) -> f64 {
+    const BYTES: usize = 512 << 20;
+    let buf: Vec<u64> = (0..BYTES / 8).map(|i| i as u64).collect();
+    let threads = threads.max(1);
+    let chunk = buf.len().div_ceil(threads);
+    let mut rates = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let total: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = buf
+                .chunks(chunk)
+                .map(|part| s.spawn(move || part.iter().fold(0u64, |a, &x| a.wrapping_add(x))))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).fold(0u64, u64::wrapping_add)
+        });
+        std::hint::black_box(total);
+        rates.push(BYTES as f64 / t.elapsed().as_secs_f64());
+    }
+    median(rates)
+}
+
+/// Peak resident memory of this process so far, in bytes (Linux; `None` elsewhere).
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
