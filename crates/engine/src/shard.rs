@@ -18,7 +18,7 @@ use crate::kernels::Kernel;
 use crate::math::{exp, layer_norm, layer_norm_into, matmul_in_out, sigmoid, tanh};
 use crate::quant::{QMatrix, QRows, QVec, TILE};
 use crate::weights::{
-    engine_file_source, is_quantized, parse, shard_specs, write_engine_file, FileBytes, OutTensor, Source, ENGINE_FILE,
+    engine_file_source, is_quantized, shard_specs, write_engine_file, OutTensor, Source, TensorFile, ENGINE_FILE,
 };
 
 /// How the engine runs: which kernel and how many threads. Neither changes a single output bit.
@@ -260,16 +260,13 @@ impl Shard {
         let range = range.unwrap_or(0..cfg.num_layers());
         let engine_path = dir.join(ENGINE_FILE);
         if engine_path.is_file() {
-            let file = FileBytes::open(&engine_path)?;
-            if engine_file_source(file.bytes(), &engine_path)?.as_deref() == Some(id.to_string().as_str()) {
-                let st = parse(file.bytes(), &engine_path)?;
-                return Self::build(&cfg, id, range, &Source::Int8(st), opts);
+            let file = TensorFile::open(&engine_path)?;
+            if engine_file_source(&file).as_deref() == Some(id.to_string().as_str()) {
+                return Self::build(&cfg, id, range, &Source::Int8(file), opts);
             }
         }
-        let path = dir.join("model.safetensors");
-        let file = FileBytes::open(&path)?;
-        let st = parse(file.bytes(), &path)?;
-        Self::build(&cfg, id, range, &Source::Float(st), opts)
+        let file = TensorFile::open(&dir.join("model.safetensors"))?;
+        Self::build(&cfg, id, range, &Source::Float(file), opts)
     }
 
     /// Whether `dir` holds an engine file made from its current weights.
@@ -279,8 +276,8 @@ impl Shard {
             return Ok(false);
         }
         let id = model_id(dir)?;
-        let file = FileBytes::open(&path)?;
-        Ok(engine_file_source(file.bytes(), &path)?.as_deref() == Some(id.to_string().as_str()))
+        let file = TensorFile::open(&path)?;
+        Ok(engine_file_source(&file).as_deref() == Some(id.to_string().as_str()))
     }
 
     /// Build a shard from any tensor source.

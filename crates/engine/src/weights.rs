@@ -13,7 +13,6 @@ use std::path::Path;
 use half::f16;
 use odin_format::{ModelConfig, ModelId, TensorPlace, TensorSpec};
 use safetensors::tensor::{Dtype, TensorView};
-use safetensors::SafeTensors;
 
 use crate::error::{EngineError, Result};
 use crate::quant::{quantize_rows, QMatrix, QRows, BLOCK};
@@ -52,22 +51,150 @@ pub fn shard_specs(cfg: &ModelConfig, range: &std::ops::Range<usize>) -> HashMap
         .collect()
 }
 
+/// A safetensors file read tensor by tensor: only its header stays in memory,
+/// so loading a shard costs the shard's own weights plus one tensor in flight.
+pub struct TensorFile {
+    path: std::path::PathBuf,
+    file: std::sync::Mutex<std::fs::File>,
+    data_start: u64,
+    tensors: HashMap<String, TensorInfo>,
+    metadata: HashMap<String, String>,
+}
+
+/// A tensor's entry in a safetensors header.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    /// Element type, as safetensors spells it ("F32", "F16", "BF16", "I8", ...).
+    pub dtype: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Byte range within the data section.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+/// A tensor read from a file.
+struct Loaded {
+    dtype: String,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+fn dtype_size(d: &str) -> Option<usize> {
+    Some(match d {
+        "F64" | "I64" | "U64" => 8,
+        "F32" | "I32" | "U32" => 4,
+        "F16" | "BF16" | "I16" | "U16" => 2,
+        "I8" | "U8" | "BOOL" => 1,
+        _ => return None,
+    })
+}
+
+/// The most header bytes we accept (safetensors' own limit).
+const MAX_HEADER: u64 = 100_000_000;
+
+impl TensorFile {
+    /// Open `path` and check its header: every tensor's bytes must lie inside the file
+    /// and match its dtype and shape.
+    pub fn open(path: &Path) -> Result<Self> {
+        use std::io::Read;
+        let io = |source| EngineError::Io { path: path.to_path_buf(), source };
+        let bad =
+            |m: String| EngineError::BadWeights(format!("{} is not a valid safetensors file: {m}", path.display()));
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let mut n8 = [0u8; 8];
+        file.read_exact(&mut n8).map_err(|e| bad(format!("no header ({e})")))?;
+        let n = u64::from_le_bytes(n8);
+        if n > MAX_HEADER || 8 + n > len {
+            return Err(bad(format!("header of {n} bytes does not fit a {len}-byte file")));
+        }
+        let mut header = vec![0u8; n as usize];
+        file.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
+        let json: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|e| bad(format!("header is not a JSON object ({e})")))?;
+        let data_len = len - 8 - n;
+        let mut tensors = HashMap::new();
+        let mut metadata = HashMap::new();
+        for (name, v) in json {
+            if name == "__metadata__" {
+                for (k, val) in v.as_object().into_iter().flatten() {
+                    if let Some(s) = val.as_str() {
+                        metadata.insert(k.clone(), s.to_string());
+                    }
+                }
+                continue;
+            }
+            let dtype = v["dtype"].as_str().ok_or_else(|| bad(format!("tensor `{name}` has no dtype")))?.to_string();
+            let shape = v["shape"]
+                .as_array()
+                .ok_or_else(|| bad(format!("tensor `{name}` has no shape")))?
+                .iter()
+                .map(|d| d.as_u64().map(|d| d as usize))
+                .collect::<Option<Vec<usize>>>()
+                .ok_or_else(|| bad(format!("tensor `{name}` has a bad shape")))?;
+            let offs = v["data_offsets"].as_array().filter(|o| o.len() == 2);
+            let (start, end) = match offs.map(|o| (o[0].as_u64(), o[1].as_u64())) {
+                Some((Some(a), Some(b))) if a <= b && b <= data_len => (a, b),
+                _ => return Err(bad(format!("tensor `{name}` has data offsets outside the file"))),
+            };
+            let want = shape
+                .iter()
+                .try_fold(dtype_size(&dtype).unwrap_or(0), |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| bad(format!("tensor `{name}` is too large")))?;
+            if dtype_size(&dtype).is_none() || want as u64 != end - start {
+                return Err(bad(format!(
+                    "tensor `{name}` ({dtype} {shape:?}) does not match its {} bytes",
+                    end - start
+                )));
+            }
+            tensors.insert(name, TensorInfo { dtype, shape, start, end });
+        }
+        Ok(Self { path: path.to_path_buf(), file: std::sync::Mutex::new(file), data_start: 8 + n, tensors, metadata })
+    }
+
+    /// The header's `__metadata__`.
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
+    }
+
+    /// A tensor's header entry.
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(name)
+    }
+
+    fn read(&self, name: &str) -> Result<Loaded> {
+        use std::io::{Read, Seek, SeekFrom};
+        let info = self.tensors.get(name).ok_or_else(|| {
+            EngineError::BadWeights(format!(
+                "tensor `{name}` is missing from {}; the file does not match config.json",
+                self.path.display()
+            ))
+        })?;
+        let io = |source| EngineError::Io { path: self.path.clone(), source };
+        let mut data = vec![0u8; (info.end - info.start) as usize];
+        let mut f = self.file.lock().map_err(|_| EngineError::BadWeights("tensor file lock poisoned".into()))?;
+        f.seek(SeekFrom::Start(self.data_start + info.start)).map_err(io)?;
+        f.read_exact(&mut data).map_err(io)?;
+        Ok(Loaded { dtype: info.dtype.clone(), shape: info.shape.clone(), data })
+    }
+}
+
 /// Where a shard's tensors come from.
 pub enum Source<'a> {
     /// f32 tensors by name (a synthetic model, or tests).
     Memory(&'a HashMap<String, Vec<f32>>),
-    /// A parsed `model.safetensors` (f32, f16 or bf16): matrices are quantized on load.
-    Float(SafeTensors<'a>),
-    /// A parsed engine file: matrices are taken as stored.
-    Int8(SafeTensors<'a>),
+    /// `model.safetensors` (f32, f16 or bf16): matrices are quantized on load.
+    Float(TensorFile),
+    /// An engine file: matrices are taken as stored.
+    Int8(TensorFile),
 }
 
 impl Source<'_> {
-    fn view(&self, name: &str) -> Result<TensorView<'_>> {
+    fn load(&self, name: &str) -> Result<Loaded> {
         match self {
-            Source::Float(st) | Source::Int8(st) => st.tensor(name).map_err(|_| {
-                EngineError::BadWeights(format!("tensor `{name}` is missing; the file does not match config.json"))
-            }),
+            Source::Float(f) | Source::Int8(f) => f.read(name),
             Source::Memory(_) => Err(EngineError::BadWeights(format!("tensor `{name}` is missing"))),
         }
     }
@@ -90,9 +217,9 @@ impl Source<'_> {
                 v.clone()
             }
             _ => {
-                let view = self.view(&spec.name)?;
-                check_shape(&spec.name, view.shape(), &spec.shape)?;
-                to_f32(&spec.name, &view)?
+                let t = self.load(&spec.name)?;
+                check_shape(&spec.name, &t.shape, &spec.shape)?;
+                to_f32(&spec.name, &t.dtype, &t.data)?
             }
         };
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
@@ -115,27 +242,23 @@ impl Source<'_> {
         }
         match self {
             Source::Int8(_) => {
-                let q = self.view(&spec.name)?;
-                check_shape(&spec.name, q.shape(), &spec.shape)?;
-                if q.dtype() != Dtype::I8 {
-                    return Err(EngineError::BadWeights(format!(
-                        "tensor `{}` is {:?}, expected I8",
-                        spec.name,
-                        q.dtype()
-                    )));
+                let q = self.load(&spec.name)?;
+                check_shape(&spec.name, &q.shape, &spec.shape)?;
+                if q.dtype != "I8" {
+                    return Err(EngineError::BadWeights(format!("tensor `{}` is {}, expected I8", spec.name, q.dtype)));
                 }
                 let sname = format!("{}.scale", spec.name);
-                let s = self.view(&sname)?;
-                check_shape(&sname, s.shape(), &[rows, cols / BLOCK])?;
-                if s.dtype() != Dtype::F16 {
-                    return Err(EngineError::BadWeights(format!("tensor `{sname}` is {:?}, expected F16", s.dtype())));
+                let s = self.load(&sname)?;
+                check_shape(&sname, &s.shape, &[rows, cols / BLOCK])?;
+                if s.dtype != "F16" {
+                    return Err(EngineError::BadWeights(format!("tensor `{sname}` is {}, expected F16", s.dtype)));
                 }
-                let codes: Vec<i8> = q.data().iter().map(|&b| b as i8).collect();
+                let codes: Vec<i8> = q.data.iter().map(|&b| b as i8).collect();
                 if codes.contains(&-128) {
                     return Err(EngineError::BadWeights(format!("tensor `{}` holds the code -128", spec.name)));
                 }
                 let scales: Vec<f32> =
-                    s.data().chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+                    s.data.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
                 if scales.iter().any(|d| !d.is_finite()) {
                     return Err(EngineError::BadWeights(format!("tensor `{sname}` has a non-finite scale")));
                 }
@@ -172,76 +295,23 @@ fn check_shape(name: &str, found: &[usize], want: &[usize]) -> Result<()> {
     Ok(())
 }
 
-fn to_f32(name: &str, v: &TensorView<'_>) -> Result<Vec<f32>> {
-    let d = v.data();
-    Ok(match v.dtype() {
-        Dtype::F32 => d.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        Dtype::F16 => d.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::BF16 => d.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+fn to_f32(name: &str, dtype: &str, d: &[u8]) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        "F32" => d.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        "F16" => d.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        "BF16" => d.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         other => {
             return Err(EngineError::BadWeights(format!(
-                "tensor `{name}` has dtype {other:?}; expected F32, F16 or BF16"
+                "tensor `{name}` has dtype {other}; expected F32, F16 or BF16"
             )))
         }
     })
 }
 
-/// A file's bytes: memory-mapped where the platform allows, so a shard reads only its own tensors.
-pub struct FileBytes {
-    #[cfg(not(target_arch = "wasm32"))]
-    map: memmap2::Mmap,
-    #[cfg(target_arch = "wasm32")]
-    buf: Vec<u8>,
-}
-
-impl FileBytes {
-    /// Open `path`.
-    pub fn open(path: &Path) -> Result<Self> {
-        let io = |source| EngineError::Io { path: path.to_path_buf(), source };
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            let f = std::fs::File::open(path).map_err(io)?;
-            // SAFETY: the file is only read; a concurrent writer could change the bytes under us,
-            // which at worst yields wrong weights that the model id check or parser rejects.
-            let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
-            Ok(Self { map })
-        }
-        #[cfg(target_arch = "wasm32")]
-        {
-            Ok(Self { buf: std::fs::read(path).map_err(io)? })
-        }
-    }
-
-    /// The bytes.
-    pub fn bytes(&self) -> &[u8] {
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            &self.map
-        }
-        #[cfg(target_arch = "wasm32")]
-        {
-            &self.buf
-        }
-    }
-}
-
-/// Parse safetensors bytes with the file named in errors.
-pub fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<SafeTensors<'a>> {
-    SafeTensors::deserialize(bytes)
-        .map_err(|e| EngineError::BadWeights(format!("{} is not a valid safetensors file: {e}", path.display())))
-}
-
 /// The model id an engine file was made from, if its metadata names one in our format.
-/// A file that is not valid safetensors is an error: it would otherwise be silently skipped.
-pub fn engine_file_source(bytes: &[u8], path: &Path) -> Result<Option<String>> {
-    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| {
-        EngineError::BadWeights(format!(
-            "{} is not a valid safetensors file ({e}); delete it or run `odin quantize` again",
-            path.display()
-        ))
-    })?;
-    let Some(m) = meta.metadata().as_ref() else { return Ok(None) };
-    Ok((m.get("format").map(String::as_str) == Some(ENGINE_FORMAT)).then(|| m.get("model_id").cloned()).flatten())
+pub fn engine_file_source(file: &TensorFile) -> Option<String> {
+    let m = file.metadata();
+    (m.get("format").map(String::as_str) == Some(ENGINE_FORMAT)).then(|| m.get("model_id").cloned()).flatten()
 }
 
 /// One tensor to write: name, dtype, shape and little-endian bytes.

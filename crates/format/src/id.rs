@@ -40,15 +40,19 @@ pub fn model_id(dir: &Path) -> Result<ModelId> {
     h.update(ID_DOMAIN);
     for name in CANONICAL_FILES {
         let path = dir.join(name);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && name == "tokenizer.json" => continue,
             Err(source) => return Err(FormatError::Io { path, source }),
         };
+        // Streamed, so hashing a large model never holds its weights in memory.
+        let mut fh = blake3::Hasher::new();
+        let len = std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, file), &mut fh)
+            .map_err(|source| FormatError::Io { path: path.clone(), source })?;
         h.update(name.as_bytes());
         h.update(&[0]);
-        h.update(&(bytes.len() as u64).to_le_bytes());
-        h.update(blake3::hash(&bytes).as_bytes());
+        h.update(&len.to_le_bytes());
+        h.update(fh.finalize().as_bytes());
     }
     Ok(ModelId(*h.finalize().as_bytes()))
 }
