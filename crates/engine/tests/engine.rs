@@ -161,6 +161,39 @@ fn int8_agrees_with_the_f32_model() {
     assert!(agree * 100 >= total * 95, "top-1 agreement {agree}/{total}");
 }
 
+/// Teacher-forced next-token agreement with the f32 model on held-out test records
+/// (1,100 committed records, 100 per task, from the seed-7 test split): the bar is 99%.
+/// Measured 99.06% here; a 220-record sample gave 98.99%, so the engine sits right at the bar.
+#[test]
+fn int8_next_token_agrees_with_f32_on_held_out_records() {
+    use candle_core::{Device, Tensor};
+    let dir = bundled();
+    let m = odin_model::ModelDir::load(&dir, &Device::Cpu).unwrap();
+    let f32_shard = odin_model::Shard::full(&m.config, &m.weights).unwrap();
+    let engine = Shard::load(&dir, None, Options::default()).unwrap();
+    let tk = odin_train::generate::load_tokenizer(&dir).unwrap();
+    let v = m.config.vocab_size();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/odin-tiny-test-sample.jsonl");
+    let (mut agree, mut total) = (0usize, 0usize);
+    for line in std::fs::read_to_string(sample).unwrap().lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        let mut ids = odin_train::data::prompt_ids(&tk, r["prompt"].as_str().unwrap()).unwrap();
+        let answer_at = ids.len() - 1;
+        ids.extend(tk.encode(r["completion"].as_str().unwrap(), false).unwrap().get_ids());
+        let x = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu).unwrap();
+        let want = f32_shard.forward(&x, None).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut st = engine.new_state();
+        let got = engine.forward(Input::Tokens(&ids), &mut st, Logits::All).unwrap();
+        for (a, b) in want.chunks(v).zip(got.chunks(v)).skip(answer_at) {
+            total += 1;
+            agree += usize::from(odin_engine::math::argmax(a) == odin_engine::math::argmax(b));
+        }
+    }
+    let rate = agree as f64 / total as f64;
+    println!("top-1 agreement on answer positions: {agree}/{total} = {:.2}%", 100.0 * rate);
+    assert!(rate >= 0.99, "top-1 agreement {agree}/{total}");
+}
+
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
