@@ -89,6 +89,9 @@ pub struct GenerateArgs {
     /// Print no speed line on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Print one JSON object (text, prompt and generated token ids, speed) instead of streaming text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Run `odin generate`, streaming text to stdout and speed to stderr.
@@ -97,11 +100,17 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         bail!("--temperature must be >= 0 and --top-p within (0, 1]");
     }
     let mut stdout = std::io::stdout();
+    let json = a.json;
     let mut emit = |piece: &str| {
-        let _ = stdout.write_all(piece.as_bytes());
-        let _ = stdout.flush();
+        if !json {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+        }
     };
     if a.engine == "f32" {
+        if a.json {
+            bail!("--json is available with --engine int8");
+        }
         let m = odin_train::generate::load_model(&a.model)
             .with_context(|| format!("cannot load model directory {}", a.model.display()))?;
         let s =
@@ -138,11 +147,21 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         steps += 1;
     }
     let decode = t1.elapsed();
-    let (rest, _) = stream.finish()?;
+    let generated = stream.ids().to_vec();
+    let (rest, text) = stream.finish()?;
+    let rate = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
+    if a.json {
+        let v = serde_json::json!({
+            "model_id": shard.model_id().to_string(), "engine": "int8", "kernel": shard.exec().kernel().name(),
+            "threads": shard.exec().threads(), "prompt_ids": ids, "ids": generated, "text": text,
+            "prefill_tok_s": rate(ids.len(), prefill), "decode_tok_s": rate(steps, decode),
+        });
+        println!("{v}");
+        return Ok(());
+    }
     emit(&rest);
     println!();
     if !a.quiet {
-        let rate = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
         eprintln!(
             "[int8 {}, {} thread(s)] prefill {} tokens at {:.0} tok/s; decode {} tokens at {:.0} tok/s",
             shard.exec().kernel().name(),

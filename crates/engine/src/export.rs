@@ -30,7 +30,6 @@ const ALIGN: usize = 32;
 /// A GGUF metadata value.
 enum Value {
     U32(u32),
-    I32(i32),
     F32(f32),
     Bool(bool),
     Str(String),
@@ -58,10 +57,6 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
     match v {
         Value::U32(x) => {
             out.extend(4u32.to_le_bytes());
-            out.extend(x.to_le_bytes());
-        }
-        Value::I32(x) => {
-            out.extend(5u32.to_le_bytes());
             out.extend(x.to_le_bytes());
         }
         Value::F32(x) => {
@@ -218,9 +213,9 @@ pub fn write_gguf(shard: &Shard, tokenizer: &Path, out: &Path) -> Result<()> {
         ("tokenizer.ggml.tokens", Value::StrArray(vocab.tokens)),
         ("tokenizer.ggml.token_type", Value::I32Array(vocab.types)),
         ("tokenizer.ggml.merges", Value::StrArray(vocab.merges)),
-        ("tokenizer.ggml.bos_token_id", Value::I32(0)),
-        ("tokenizer.ggml.eos_token_id", Value::I32(1)),
-        ("tokenizer.ggml.padding_token_id", Value::I32(2)),
+        ("tokenizer.ggml.bos_token_id", Value::U32(0)),
+        ("tokenizer.ggml.eos_token_id", Value::U32(1)),
+        ("tokenizer.ggml.padding_token_id", Value::U32(2)),
         ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
     ];
 

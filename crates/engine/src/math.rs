@@ -21,7 +21,27 @@ pub fn layer_norm_into(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32
 }
 
 /// `out = x @ w` for `w` stored [in, out] (RWKV's LoRA matrices), summing over `in` in order.
+///
+/// Each output accumulates its own products in input order, so vectorising
+/// across outputs (as the AVX2 and AVX-512 builds of the same loop do)
+/// cannot change a bit.
 pub fn matmul_in_out(x: &[f32], w: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F was detected just above.
+            return unsafe { matmul_in_out_avx512(x, w, out) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 was detected just above.
+            return unsafe { matmul_in_out_avx2(x, w, out) };
+        }
+    }
+    matmul_in_out_portable(x, w, out)
+}
+
+#[inline(always)]
+fn matmul_in_out_portable(x: &[f32], w: &[f32], out: &mut [f32]) {
     let n = out.len();
     out.fill(0.0);
     for (i, &xi) in x.iter().enumerate() {
@@ -29,6 +49,18 @@ pub fn matmul_in_out(x: &[f32], w: &[f32], out: &mut [f32]) {
             *o += xi * wv;
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn matmul_in_out_avx2(x: &[f32], w: &[f32], out: &mut [f32]) {
+    matmul_in_out_portable(x, w, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn matmul_in_out_avx512(x: &[f32], w: &[f32], out: &mut [f32]) {
+    matmul_in_out_portable(x, w, out)
 }
 
 /// Logistic sigmoid through `libm::expf`.

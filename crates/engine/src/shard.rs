@@ -42,7 +42,7 @@ impl Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { threads: 1, kernel: None, parallel_min_macs: 1 << 17 }
+        Self { threads: 1, kernel: None, parallel_min_macs: 1 << 18 }
     }
 }
 
@@ -101,16 +101,21 @@ impl Exec {
     /// `out[t*rows + r] = m[r] · xs[t]` for every token t.
     fn matmul(&self, m: &QMatrix, xs: &[QVec], out: &mut [f32]) {
         let rows = m.rows();
-        let tile = |t: usize, buf: &mut Vec<[f32; TILE]>| {
-            buf.clear();
-            for x in xs {
-                let mut o = [0f32; TILE];
-                self.kernel.tile(m, t, x, &mut o);
-                buf.push(o);
+        // Tiles [from, to) for every token, into `res` laid out [tile][token].
+        let run = |from: usize, to: usize| -> Vec<[f32; TILE]> {
+            let mut res = Vec::with_capacity((to - from) * xs.len());
+            for t in from..to {
+                for x in xs {
+                    let mut o = [0f32; TILE];
+                    self.kernel.tile(m, t, x, &mut o);
+                    res.push(o);
+                }
             }
+            res
         };
-        let scatter = |t: usize, res: &[[f32; TILE]], out: &mut [f32]| {
-            for (tok, o) in res.iter().enumerate() {
+        let scatter = |from: usize, res: &[[f32; TILE]], out: &mut [f32]| {
+            for (k, o) in res.iter().enumerate() {
+                let (t, tok) = (from + k / xs.len(), k % xs.len());
                 let n = TILE.min(rows - t * TILE);
                 out[tok * rows + t * TILE..tok * rows + t * TILE + n].copy_from_slice(&o[..n]);
             }
@@ -119,29 +124,23 @@ impl Exec {
         if let Some(pool) = &self.pool {
             if m.rows() * m.cols() * xs.len() >= self.parallel_min_macs {
                 use rayon::prelude::*;
-                // Rows are split between threads; each row is computed whole by one of them,
-                // so the thread count cannot change a bit of the result.
-                let results: Vec<Vec<[f32; TILE]>> = pool.install(|| {
-                    (0..m.tiles())
+                // One contiguous run of tiles per thread: rows are split between threads and
+                // each row is computed whole by one of them, so the thread count cannot change
+                // a bit of the result.
+                let per = m.tiles().div_ceil(self.threads);
+                let parts: Vec<(usize, Vec<[f32; TILE]>)> = pool.install(|| {
+                    (0..self.threads)
                         .into_par_iter()
-                        .map(|t| {
-                            let mut buf = Vec::with_capacity(xs.len());
-                            tile(t, &mut buf);
-                            buf
-                        })
+                        .map(|i| (i * per, run((i * per).min(m.tiles()), ((i + 1) * per).min(m.tiles()))))
                         .collect()
                 });
-                for (t, res) in results.iter().enumerate() {
-                    scatter(t, res, out);
+                for (from, res) in &parts {
+                    scatter(*from, res, out);
                 }
                 return;
             }
         }
-        let mut buf = Vec::with_capacity(xs.len());
-        for t in 0..m.tiles() {
-            tile(t, &mut buf);
-            scatter(t, &buf, out);
-        }
+        scatter(0, &run(0, m.tiles()), out);
     }
 
     /// Quantize each row of `x` ([T, cols]) and multiply: returns [T, rows].
