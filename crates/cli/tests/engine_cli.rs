@@ -70,3 +70,28 @@ fn engine_errors_are_clear() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown kernel"));
 }
+
+#[test]
+fn export_and_bench_run_on_the_bundled_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("m.gguf");
+    let out = ok(odin().args(["export", "gguf", "--model"]).arg(bundled()).arg("--out").arg(&gguf).output().unwrap());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("gguf"));
+    assert_eq!(&std::fs::read(&gguf).unwrap()[..4], b"GGUF");
+    let st = tmp.path().join("m.st");
+    ok(odin().args(["export", "st", "--model"]).arg(bundled()).arg("--out").arg(&st).output().unwrap());
+    assert!(std::fs::metadata(&st).unwrap().len() > 1_000_000);
+
+    let out = ok(odin()
+        .args(["bench", "--threads", "1,2", "--runs", "1", "--prompt-tokens", "8", "--decode-tokens", "4", "--json"])
+        .arg("--model")
+        .arg(bundled())
+        .output()
+        .unwrap());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["decode_tok_s"].as_f64().unwrap() > 0.0));
+    assert!(v["roofline"][0]["bandwidth_gb_s"].as_f64().unwrap() > 0.0);
+    assert!(v["weights_bytes_per_token"].as_u64().unwrap() > 1_000_000);
+}

@@ -112,45 +112,7 @@ impl TensorFile {
         }
         let mut header = vec![0u8; n as usize];
         file.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
-        let json: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&header).map_err(|e| bad(format!("header is not a JSON object ({e})")))?;
-        let data_len = len - 8 - n;
-        let mut tensors = HashMap::new();
-        let mut metadata = HashMap::new();
-        for (name, v) in json {
-            if name == "__metadata__" {
-                for (k, val) in v.as_object().into_iter().flatten() {
-                    if let Some(s) = val.as_str() {
-                        metadata.insert(k.clone(), s.to_string());
-                    }
-                }
-                continue;
-            }
-            let dtype = v["dtype"].as_str().ok_or_else(|| bad(format!("tensor `{name}` has no dtype")))?.to_string();
-            let shape = v["shape"]
-                .as_array()
-                .ok_or_else(|| bad(format!("tensor `{name}` has no shape")))?
-                .iter()
-                .map(|d| d.as_u64().map(|d| d as usize))
-                .collect::<Option<Vec<usize>>>()
-                .ok_or_else(|| bad(format!("tensor `{name}` has a bad shape")))?;
-            let offs = v["data_offsets"].as_array().filter(|o| o.len() == 2);
-            let (start, end) = match offs.map(|o| (o[0].as_u64(), o[1].as_u64())) {
-                Some((Some(a), Some(b))) if a <= b && b <= data_len => (a, b),
-                _ => return Err(bad(format!("tensor `{name}` has data offsets outside the file"))),
-            };
-            let want = shape
-                .iter()
-                .try_fold(dtype_size(&dtype).unwrap_or(0), |acc, &d| acc.checked_mul(d))
-                .ok_or_else(|| bad(format!("tensor `{name}` is too large")))?;
-            if dtype_size(&dtype).is_none() || want as u64 != end - start {
-                return Err(bad(format!(
-                    "tensor `{name}` ({dtype} {shape:?}) does not match its {} bytes",
-                    end - start
-                )));
-            }
-            tensors.insert(name, TensorInfo { dtype, shape, start, end });
-        }
+        let (tensors, metadata) = parse_header(&header, len - 8 - n).map_err(bad)?;
         Ok(Self { path: path.to_path_buf(), file: std::sync::Mutex::new(file), data_start: 8 + n, tensors, metadata })
     }
 
@@ -179,6 +141,49 @@ impl TensorFile {
         f.read_exact(&mut data).map_err(io)?;
         Ok(Loaded { dtype: info.dtype.clone(), shape: info.shape.clone(), data })
     }
+}
+
+/// Tensor entries and metadata of a safetensors JSON header whose data section is
+/// `data_len` bytes. Every entry is checked: known dtype, offsets inside the data,
+/// and a byte length equal to its shape times its element size.
+pub fn parse_header(
+    header: &[u8],
+    data_len: u64,
+) -> std::result::Result<(HashMap<String, TensorInfo>, HashMap<String, String>), String> {
+    let json: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| format!("header is not a JSON object ({e})"))?;
+    let mut tensors = HashMap::new();
+    let mut metadata = HashMap::new();
+    for (name, v) in json {
+        if name == "__metadata__" {
+            for (k, val) in v.as_object().into_iter().flatten() {
+                if let Some(s) = val.as_str() {
+                    metadata.insert(k.clone(), s.to_string());
+                }
+            }
+            continue;
+        }
+        let dtype = v["dtype"].as_str().ok_or_else(|| format!("tensor `{name}` has no dtype"))?.to_string();
+        let shape = v["shape"]
+            .as_array()
+            .ok_or_else(|| format!("tensor `{name}` has no shape"))?
+            .iter()
+            .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+            .collect::<Option<Vec<usize>>>()
+            .ok_or_else(|| format!("tensor `{name}` has a bad shape"))?;
+        let offs = v["data_offsets"].as_array().filter(|o| o.len() == 2);
+        let (start, end) = match offs.map(|o| (o[0].as_u64(), o[1].as_u64())) {
+            Some((Some(a), Some(b))) if a <= b && b <= data_len => (a, b),
+            _ => return Err(format!("tensor `{name}` has data offsets outside the file")),
+        };
+        let size = dtype_size(&dtype).ok_or_else(|| format!("tensor `{name}` has unknown dtype {dtype}"))?;
+        let want = shape.iter().try_fold(size, |acc, &d| acc.checked_mul(d));
+        if want.map(|w| w as u64) != Some(end - start) {
+            return Err(format!("tensor `{name}` ({dtype} {shape:?}) does not match its {} bytes", end - start));
+        }
+        tensors.insert(name, TensorInfo { dtype, shape, start, end });
+    }
+    Ok((tensors, metadata))
 }
 
 /// Where a shard's tensors come from.
