@@ -143,13 +143,13 @@ impl TensorFile {
     }
 }
 
+/// A parsed safetensors header: tensor entries by name, and `__metadata__`.
+pub type Header = (HashMap<String, TensorInfo>, HashMap<String, String>);
+
 /// Tensor entries and metadata of a safetensors JSON header whose data section is
 /// `data_len` bytes. Every entry is checked: known dtype, offsets inside the data,
 /// and a byte length equal to its shape times its element size.
-pub fn parse_header(
-    header: &[u8],
-    data_len: u64,
-) -> std::result::Result<(HashMap<String, TensorInfo>, HashMap<String, String>), String> {
+pub fn parse_header(header: &[u8], data_len: u64) -> std::result::Result<Header, String> {
     let json: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(header).map_err(|e| format!("header is not a JSON object ({e})"))?;
     let mut tensors = HashMap::new();
