@@ -513,6 +513,16 @@ impl Shard {
     /// Returns [T, C] hidden states, or for the last shard the logits of the
     /// positions `logits` selects ([1, V] or [T, V]).
     pub fn forward(&self, input: Input<'_>, state: &mut State, logits: Logits) -> Result<Vec<f32>> {
+        // The whole pass runs on a pool thread, so each product's split keeps the calling
+        // thread busy and wakes only the other workers.
+        #[cfg(feature = "threads")]
+        if let Some(pool) = &self.exec.pool {
+            return pool.install(|| self.forward_inner(input, state, logits));
+        }
+        self.forward_inner(input, state, logits)
+    }
+
+    fn forward_inner(&self, input: Input<'_>, state: &mut State, logits: Logits) -> Result<Vec<f32>> {
         let c = self.cfg.hidden_size;
         self.check_state(state)?;
         let mut x = match (input, &self.emb) {
