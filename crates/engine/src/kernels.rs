@@ -17,7 +17,7 @@ use crate::quant::{QMatrix, QVec, BLOCK, TILE};
 pub enum Kernel {
     /// Portable Rust, the reference every other kernel must match bit for bit.
     Scalar,
-    /// x86-64 AVX2: `vpmaddubsw` + `vpmaddwd`, 8 rows per register.
+    /// x86-64 AVX2 (with F16C for the scales): `vpmaddubsw` + `vpmaddwd`, 8 rows per register.
     Avx2,
     /// x86-64 AVX-512 with VNNI: `vpdpbusd`, 16 rows per register.
     Avx512Vnni,
@@ -51,7 +51,7 @@ impl Kernel {
         match self {
             Kernel::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => is_x86_feature_detected!("avx2"),
+            Kernel::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c"),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => {
                 is_x86_feature_detected!("avx512f")
@@ -92,7 +92,7 @@ impl Kernel {
         match self {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 if self.is_supported() => {
-                // SAFETY: AVX2 was detected at run time just above.
+                // SAFETY: AVX2 and F16C were detected at run time just above.
                 unsafe { x86::tile_avx2(codes, scales, m.blocks(), x, out) }
             }
             #[cfg(target_arch = "x86_64")]
@@ -108,7 +108,7 @@ impl Kernel {
 }
 
 /// The reference kernel.
-fn tile_scalar(codes: &[i8], scales: &[f32], nb: usize, x: &QVec, out: &mut [f32; TILE]) {
+fn tile_scalar(codes: &[i8], scales: &[u16], nb: usize, x: &QVec, out: &mut [f32; TILE]) {
     let mut acc = [0f32; TILE];
     for b in 0..nb {
         let mut isum = [0i32; TILE];
@@ -122,7 +122,7 @@ fn tile_scalar(codes: &[i8], scales: &[f32], nb: usize, x: &QVec, out: &mut [f32
         }
         let dx = x.scales[b];
         for i in 0..TILE {
-            acc[i] += isum[i] as f32 * (scales[b * TILE + i] * dx);
+            acc[i] += isum[i] as f32 * (half::f16::from_bits(scales[b * TILE + i]).to_f32() * dx);
         }
     }
     *out = acc;
@@ -138,9 +138,9 @@ mod x86 {
     }
 
     /// # Safety
-    /// The CPU must support AVX2; `codes`/`scales` must be one tile of an `nb`-block matrix.
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn tile_avx2(codes: &[i8], scales: &[f32], nb: usize, x: &QVec, out: &mut [f32; TILE]) {
+    /// The CPU must support AVX2 and F16C; `codes`/`scales` must be one tile of an `nb`-block matrix.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn tile_avx2(codes: &[i8], scales: &[u16], nb: usize, x: &QVec, out: &mut [f32; TILE]) {
         assert!(codes.len() >= nb * TILE * BLOCK && scales.len() >= nb * TILE && x.codes.len() >= nb * BLOCK);
         let ones = _mm256_set1_epi16(1);
         let mut acc_lo = _mm256_setzero_ps();
@@ -161,8 +161,9 @@ mod x86 {
             }
             let dx = _mm256_set1_ps(x.scales[b]);
             let sp = scales.as_ptr().add(b * TILE);
-            let d_lo = _mm256_mul_ps(_mm256_loadu_ps(sp), dx);
-            let d_hi = _mm256_mul_ps(_mm256_loadu_ps(sp.add(8)), dx);
+            // f16 → f32 is exact, so this equals the scalar path's conversion.
+            let d_lo = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(sp as *const __m128i)), dx);
+            let d_hi = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(sp.add(8) as *const __m128i)), dx);
             acc_lo = _mm256_add_ps(acc_lo, _mm256_mul_ps(_mm256_cvtepi32_ps(s_lo), d_lo));
             acc_hi = _mm256_add_ps(acc_hi, _mm256_mul_ps(_mm256_cvtepi32_ps(s_hi), d_hi));
         }
@@ -173,7 +174,7 @@ mod x86 {
     /// # Safety
     /// The CPU must support AVX-512 F, BW and VNNI; slices as for [`tile_avx2`].
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn tile_avx512vnni(codes: &[i8], scales: &[f32], nb: usize, x: &QVec, out: &mut [f32; TILE]) {
+    pub unsafe fn tile_avx512vnni(codes: &[i8], scales: &[u16], nb: usize, x: &QVec, out: &mut [f32; TILE]) {
         assert!(codes.len() >= nb * TILE * BLOCK && scales.len() >= nb * TILE && x.codes.len() >= nb * BLOCK);
         let zero = _mm512_setzero_si512();
         let mut acc = _mm512_setzero_ps();
@@ -187,7 +188,8 @@ mod x86 {
                 let xs = _mm512_mask_sub_epi8(xb, neg, zero, xb);
                 s = _mm512_dpbusd_epi32(s, _mm512_abs_epi8(w), xs);
             }
-            let d = _mm512_mul_ps(_mm512_loadu_ps(scales.as_ptr().add(b * TILE)), _mm512_set1_ps(x.scales[b]));
+            let ws = _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr().add(b * TILE) as *const __m256i));
+            let d = _mm512_mul_ps(ws, _mm512_set1_ps(x.scales[b]));
             acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(s), d));
         }
         _mm512_storeu_ps(out.as_mut_ptr(), acc);
@@ -199,7 +201,7 @@ mod wasm {
     use super::*;
     use std::arch::wasm32::*;
 
-    pub fn tile_simd128(codes: &[i8], scales: &[f32], nb: usize, x: &QVec, out: &mut [f32; TILE]) {
+    pub fn tile_simd128(codes: &[i8], scales: &[u16], nb: usize, x: &QVec, out: &mut [f32; TILE]) {
         let mut acc = [f32x4_splat(0.0); 4];
         for b in 0..nb {
             let mut s = [i32x4_splat(0); 4];
@@ -230,7 +232,8 @@ mod wasm {
             let dx = f32x4_splat(x.scales[b]);
             for (q, aq) in acc.iter_mut().enumerate() {
                 let sp = &scales[b * TILE + q * 4..b * TILE + q * 4 + 4];
-                let d = f32x4_mul(f32x4(sp[0], sp[1], sp[2], sp[3]), dx);
+                let h = |k: usize| half::f16::from_bits(sp[k]).to_f32();
+                let d = f32x4_mul(f32x4(h(0), h(1), h(2), h(3)), dx);
                 *aq = f32x4_add(*aq, f32x4_mul(f32x4_convert_i32x4(s[q]), d));
             }
         }

@@ -52,7 +52,9 @@ pub struct QMatrix {
     rows: usize,
     cols: usize,
     codes: Vec<i8>,
-    scales: Vec<f32>,
+    /// f16 bits: the scales are f16-exact by construction, and reading half the
+    /// bytes matters when decoding is bound by memory bandwidth.
+    scales: Vec<u16>,
 }
 
 impl QMatrix {
@@ -62,16 +64,16 @@ impl QMatrix {
         Self::from_rows(&codes, &scales, rows, cols)
     }
 
-    /// Build from row-major codes [rows, cols] and scales [rows, cols/32] (the file layout).
+    /// Build from row-major codes [rows, cols] and f16-exact scales [rows, cols/32] (the file layout).
     pub fn from_rows(codes: &[i8], scales: &[f32], rows: usize, cols: usize) -> Self {
         let nb = cols / BLOCK;
         let tiles = rows.div_ceil(TILE);
         let mut tc = vec![0i8; tiles * TILE * cols];
-        let mut ts = vec![0f32; tiles * TILE * nb];
+        let mut ts = vec![0u16; tiles * TILE * nb];
         for r in 0..rows {
             let (t, i) = (r / TILE, r % TILE);
             for b in 0..nb {
-                ts[(t * nb + b) * TILE + i] = scales[r * nb + b];
+                ts[(t * nb + b) * TILE + i] = f16::from_f32(scales[r * nb + b]).to_bits();
                 for g in 0..BLOCK / GROUP {
                     let src = r * cols + b * BLOCK + g * GROUP;
                     let dst = ((t * nb + b) * (BLOCK / GROUP) + g) * TILE * GROUP + i * GROUP;
@@ -90,7 +92,7 @@ impl QMatrix {
         for r in 0..self.rows {
             let (t, i) = (r / TILE, r % TILE);
             for b in 0..nb {
-                scales[r * nb + b] = self.scales[(t * nb + b) * TILE + i];
+                scales[r * nb + b] = f16::from_bits(self.scales[(t * nb + b) * TILE + i]).to_f32();
                 for g in 0..BLOCK / GROUP {
                     let dst = r * self.cols + b * BLOCK + g * GROUP;
                     let src = ((t * nb + b) * (BLOCK / GROUP) + g) * TILE * GROUP + i * GROUP;
@@ -127,15 +129,15 @@ impl QMatrix {
         &self.codes[t * n..(t + 1) * n]
     }
 
-    /// Scales of tile `t`: `blocks() * 16` values, block-major.
-    pub fn tile_scales(&self, t: usize) -> &[f32] {
+    /// Scales of tile `t` as f16 bits: `blocks() * 16` values, block-major.
+    pub fn tile_scales(&self, t: usize) -> &[u16] {
         let n = self.blocks() * TILE;
         &self.scales[t * n..(t + 1) * n]
     }
 
-    /// Bytes the matrix occupies (codes and f32 scales, padding included).
+    /// Bytes the matrix occupies (codes and f16 scales, padding included).
     pub fn bytes(&self) -> usize {
-        self.codes.len() + self.scales.len() * 4
+        self.codes.len() + self.scales.len() * 2
     }
 
     /// Bytes a decode step reads: the same, since every code is read once per token.
