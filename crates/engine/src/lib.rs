@@ -25,6 +25,8 @@ pub mod quant;
 pub mod sample;
 pub mod shard;
 pub mod synthetic;
+#[cfg(feature = "threads")]
+pub mod team;
 pub mod weights;
 
 pub use error::{EngineError, Result};

@@ -46,12 +46,12 @@ impl Default for Options {
     }
 }
 
-/// Runs the matrix products: a kernel and, with the `threads` feature, a pool.
+/// Runs the matrix products: a kernel and, with the `threads` feature, a team of threads.
 pub struct Exec {
     kernel: Kernel,
     threads: usize,
     #[cfg(feature = "threads")]
-    pool: Option<rayon::ThreadPool>,
+    team: Option<crate::team::Team>,
     #[cfg(feature = "threads")]
     parallel_min_macs: usize,
 }
@@ -72,17 +72,15 @@ impl Exec {
         };
         #[cfg(feature = "threads")]
         {
-            let pool = if threads > 1 {
+            let team = if threads > 1 {
                 Some(
-                    rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
+                    crate::team::Team::new(threads)
                         .map_err(|e| EngineError::BadInput(format!("cannot start {threads} threads: {e}")))?,
                 )
             } else {
                 None
             };
-            Ok(Self { kernel, threads, pool, parallel_min_macs: opts.parallel_min_macs })
+            Ok(Self { kernel, threads, team, parallel_min_macs: opts.parallel_min_macs })
         }
         #[cfg(not(feature = "threads"))]
         Ok(Self { kernel, threads: 1 })
@@ -121,21 +119,23 @@ impl Exec {
             }
         };
         #[cfg(feature = "threads")]
-        if let Some(pool) = &self.pool {
+        if let Some(team) = &self.team {
             if m.rows() * m.cols() * xs.len() >= self.parallel_min_macs {
-                use rayon::prelude::*;
                 // One contiguous run of tiles per thread: rows are split between threads and
                 // each row is computed whole by one of them, so the thread count cannot change
                 // a bit of the result.
-                let per = m.tiles().div_ceil(self.threads);
-                let parts: Vec<(usize, Vec<[f32; TILE]>)> = pool.install(|| {
-                    (0..self.threads)
-                        .into_par_iter()
-                        .map(|i| (i * per, run((i * per).min(m.tiles()), ((i + 1) * per).min(m.tiles()))))
-                        .collect()
+                let per = m.tiles().div_ceil(team.size());
+                let parts: Vec<std::sync::Mutex<Vec<[f32; TILE]>>> =
+                    (0..team.size()).map(|_| std::sync::Mutex::new(Vec::new())).collect();
+                team.run(&|i| {
+                    let res = run((i * per).min(m.tiles()), ((i + 1) * per).min(m.tiles()));
+                    if let Ok(mut slot) = parts[i].lock() {
+                        *slot = res;
+                    }
                 });
-                for (from, res) in &parts {
-                    scatter(*from, res, out);
+                for (i, part) in parts.into_iter().enumerate() {
+                    let res = part.into_inner().unwrap_or_default();
+                    scatter((i * per).min(m.tiles()), &res, out);
                 }
                 return;
             }
@@ -513,16 +513,6 @@ impl Shard {
     /// Returns [T, C] hidden states, or for the last shard the logits of the
     /// positions `logits` selects ([1, V] or [T, V]).
     pub fn forward(&self, input: Input<'_>, state: &mut State, logits: Logits) -> Result<Vec<f32>> {
-        // The whole pass runs on a pool thread, so each product's split keeps the calling
-        // thread busy and wakes only the other workers.
-        #[cfg(feature = "threads")]
-        if let Some(pool) = &self.exec.pool {
-            return pool.install(|| self.forward_inner(input, state, logits));
-        }
-        self.forward_inner(input, state, logits)
-    }
-
-    fn forward_inner(&self, input: Input<'_>, state: &mut State, logits: Logits) -> Result<Vec<f32>> {
         let c = self.cfg.hidden_size;
         self.check_state(state)?;
         let mut x = match (input, &self.emb) {
