@@ -23,11 +23,13 @@ pub enum Kernel {
     Avx512Vnni,
     /// wasm32 simd128 (chosen at compile time: wasm has no run-time detection).
     Simd128,
+    /// AArch64 NEON (part of the base architecture): `smull` + pairwise adds, 4 rows per register.
+    Neon,
 }
 
 impl Kernel {
     /// Every kernel, fastest last.
-    pub const ALL: [Kernel; 4] = [Kernel::Scalar, Kernel::Simd128, Kernel::Avx2, Kernel::Avx512Vnni];
+    pub const ALL: [Kernel; 5] = [Kernel::Scalar, Kernel::Simd128, Kernel::Neon, Kernel::Avx2, Kernel::Avx512Vnni];
 
     /// The name used by `ODIN_KERNEL` and the benchmarks.
     pub fn name(self) -> &'static str {
@@ -36,13 +38,14 @@ impl Kernel {
             Kernel::Avx2 => "avx2",
             Kernel::Avx512Vnni => "avx512vnni",
             Kernel::Simd128 => "simd128",
+            Kernel::Neon => "neon",
         }
     }
 
     /// Parse a kernel name.
     pub fn from_name(name: &str) -> Result<Self> {
         Self::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
-            EngineError::BadInput(format!("unknown kernel `{name}`; use scalar, avx2, avx512vnni or simd128"))
+            EngineError::BadInput(format!("unknown kernel `{name}`; use scalar, avx2, avx512vnni, neon or simd128"))
         })
     }
 
@@ -60,6 +63,8 @@ impl Kernel {
             }
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Kernel::Simd128 => true,
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => true,
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -102,6 +107,9 @@ impl Kernel {
             }
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Kernel::Simd128 => wasm::tile_simd128(codes, scales, m.blocks(), x, out),
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: NEON is part of the AArch64 base architecture.
+            Kernel::Neon => unsafe { neon::tile_neon(codes, scales, m.blocks(), x, out) },
             _ => tile_scalar(codes, scales, m.blocks(), x, out),
         }
     }
@@ -193,6 +201,54 @@ mod x86 {
             acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(s), d));
         }
         _mm512_storeu_ps(out.as_mut_ptr(), acc);
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::*;
+    use std::arch::aarch64::*;
+
+    /// # Safety
+    /// `codes`/`scales` must be one tile of an `nb`-block matrix (checked below).
+    #[target_feature(enable = "neon")]
+    pub unsafe fn tile_neon(codes: &[i8], scales: &[u16], nb: usize, x: &QVec, out: &mut [f32; TILE]) {
+        assert!(codes.len() >= nb * TILE * BLOCK && scales.len() >= nb * TILE && x.codes.len() >= nb * BLOCK);
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        for b in 0..nb {
+            let mut s = [vdupq_n_s32(0); 4];
+            for g in 0..BLOCK / 4 {
+                let at = b * BLOCK + g * 4;
+                let x4 = i32::from_le_bytes([
+                    x.codes[at] as u8,
+                    x.codes[at + 1] as u8,
+                    x.codes[at + 2] as u8,
+                    x.codes[at + 3] as u8,
+                ]);
+                let xb = vreinterpretq_s8_s32(vdupq_n_s32(x4));
+                let base = codes.as_ptr().add((b * (BLOCK / 4) + g) * TILE * 4);
+                for (q, sq) in s.iter_mut().enumerate() {
+                    // 4 rows × 4 codes: exact i16 products, pairwise to i32, then one sum per row.
+                    let w = vld1q_s8(base.add(q * 16));
+                    let lo = vpaddlq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(xb)));
+                    let hi = vpaddlq_s16(vmull_high_s8(w, xb));
+                    *sq = vaddq_s32(*sq, vpaddq_s32(lo, hi));
+                }
+            }
+            let dx = vdupq_n_f32(x.scales[b]);
+            for (q, aq) in acc.iter_mut().enumerate() {
+                let mut ws = [0f32; 4];
+                for (k, w) in ws.iter_mut().enumerate() {
+                    *w = half::f16::from_bits(scales[b * TILE + q * 4 + k]).to_f32();
+                }
+                let d = vmulq_f32(vld1q_f32(ws.as_ptr()), dx);
+                // Multiply then add, never vfmaq: the scalar path rounds twice.
+                *aq = vaddq_f32(*aq, vmulq_f32(vcvtq_f32_s32(s[q]), d));
+            }
+        }
+        for (q, aq) in acc.iter().enumerate() {
+            vst1q_f32(out.as_mut_ptr().add(q * 4), *aq);
+        }
     }
 }
 
