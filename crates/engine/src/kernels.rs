@@ -115,6 +115,35 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// `outs[j]` = tile `t` of `m` times `xs[j]` for several tokens (prefill).
+    ///
+    /// The AVX-512 kernel loads each weight group once for up to four tokens;
+    /// every token's arithmetic is exactly what [`Kernel::tile`] does for it alone.
+    pub fn tile_many(self, m: &QMatrix, t: usize, xs: &[QVec], outs: &mut [[f32; TILE]]) {
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Avx512Vnni && self.is_supported() {
+            let (codes, scales) = (m.tile_codes(t), m.tile_scales(t));
+            let mut chunks = xs.chunks_exact(4);
+            let mut outs4 = outs.chunks_exact_mut(4);
+            for (x4, o4) in (&mut chunks).zip(&mut outs4) {
+                let xr = [&x4[0], &x4[1], &x4[2], &x4[3]];
+                let mut o = [[0f32; TILE]; 4];
+                // SAFETY: AVX-512 F, BW and VNNI were detected at run time just above.
+                unsafe { x86::tile4_avx512vnni(codes, scales, m.blocks(), xr, &mut o) };
+                o4.copy_from_slice(&o);
+            }
+            for (x, o) in chunks.remainder().iter().zip(outs4.into_remainder()) {
+                self.tile(m, t, x, o);
+            }
+            return;
+        }
+        for (x, o) in xs.iter().zip(outs.iter_mut()) {
+            self.tile(m, t, x, o);
+        }
+    }
+}
+
 /// The reference kernel.
 fn tile_scalar(codes: &[i8], scales: &[u16], nb: usize, x: &QVec, out: &mut [f32; TILE]) {
     let mut acc = [0f32; TILE];
@@ -201,6 +230,44 @@ mod x86 {
             acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(s), d));
         }
         _mm512_storeu_ps(out.as_mut_ptr(), acc);
+    }
+
+    /// Four tokens at once: the same per-token arithmetic as [`tile_avx512vnni`].
+    ///
+    /// # Safety
+    /// As for [`tile_avx512vnni`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn tile4_avx512vnni(
+        codes: &[i8],
+        scales: &[u16],
+        nb: usize,
+        xs: [&QVec; 4],
+        out: &mut [[f32; TILE]; 4],
+    ) {
+        assert!(codes.len() >= nb * TILE * BLOCK && scales.len() >= nb * TILE);
+        assert!(xs.iter().all(|x| x.codes.len() >= nb * BLOCK && x.scales.len() >= nb));
+        let zero = _mm512_setzero_si512();
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for b in 0..nb {
+            let mut s = [_mm512_setzero_si512(); 4];
+            for g in 0..BLOCK / 4 {
+                let w = _mm512_loadu_si512(codes.as_ptr().add((b * (BLOCK / 4) + g) * TILE * 4) as *const _);
+                let neg = _mm512_movepi8_mask(w);
+                let aw = _mm512_abs_epi8(w);
+                for j in 0..4 {
+                    let xb = _mm512_set1_epi32(x4(xs[j], b * BLOCK + g * 4));
+                    s[j] = _mm512_dpbusd_epi32(s[j], aw, _mm512_mask_sub_epi8(xb, neg, zero, xb));
+                }
+            }
+            let ws = _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr().add(b * TILE) as *const __m256i));
+            for j in 0..4 {
+                let d = _mm512_mul_ps(ws, _mm512_set1_ps(xs[j].scales[b]));
+                acc[j] = _mm512_add_ps(acc[j], _mm512_mul_ps(_mm512_cvtepi32_ps(s[j]), d));
+            }
+        }
+        for j in 0..4 {
+            _mm512_storeu_ps(out[j].as_mut_ptr(), acc[j]);
+        }
     }
 }
 
@@ -336,6 +403,32 @@ mod tests {
                     let mut got = [0f32; TILE];
                     k.tile(&m, t, &q, &mut got);
                     prop_assert_eq!(want.map(f32::to_bits), got.map(f32::to_bits), "kernel {}", k.name());
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn many_tokens_at_once_match_one_at_a_time(
+            rows in 1usize..40, nb in 1usize..6, tokens in 1usize..11, seed in any::<u64>(),
+        ) {
+            let m = matrix(rows, nb * BLOCK, seed);
+            let xs: Vec<QVec> = (0..tokens)
+                .map(|j| {
+                    let x: Vec<f32> = (0..nb * BLOCK).map(|i| ((i * 31 + j * 7) % 23) as f32 - 11.0).collect();
+                    QVec::from_f32(&x)
+                })
+                .collect();
+            for k in Kernel::supported() {
+                for t in 0..m.tiles() {
+                    let mut many = vec![[0f32; TILE]; tokens];
+                    k.tile_many(&m, t, &xs, &mut many);
+                    for (x, got) in xs.iter().zip(&many) {
+                        let mut want = [0f32; TILE];
+                        Kernel::Scalar.tile(&m, t, x, &mut want);
+                        prop_assert_eq!(want.map(f32::to_bits), got.map(f32::to_bits), "kernel {}", k.name());
+                    }
                 }
             }
         }

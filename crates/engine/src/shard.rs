@@ -101,13 +101,9 @@ impl Exec {
         let rows = m.rows();
         // Tiles [from, to) for every token, into `res` laid out [tile][token].
         let run = |from: usize, to: usize| -> Vec<[f32; TILE]> {
-            let mut res = Vec::with_capacity((to - from) * xs.len());
-            for t in from..to {
-                for x in xs {
-                    let mut o = [0f32; TILE];
-                    self.kernel.tile(m, t, x, &mut o);
-                    res.push(o);
-                }
+            let mut res = vec![[0f32; TILE]; (to - from) * xs.len()];
+            for (t, outs) in (from..to).zip(res.chunks_exact_mut(xs.len().max(1))) {
+                self.kernel.tile_many(m, t, xs, outs);
             }
             res
         };
