@@ -24,6 +24,8 @@ struct Shared {
     /// Parts finished by workers in the current job.
     done: AtomicUsize,
     stop: AtomicBool,
+    /// Set when a worker's part panicked (a bug); `run` re-raises it on the caller.
+    failed: AtomicBool,
     /// The current job, valid while `run` waits for `done`.
     job: std::sync::Mutex<Option<&'static Job>>,
 }
@@ -44,6 +46,7 @@ impl Team {
             epoch: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             job: std::sync::Mutex::new(None),
         });
         let mut workers = Vec::new();
@@ -68,7 +71,11 @@ impl Team {
                     seen = sh.epoch.load(Ordering::Acquire);
                     let job = sh.job.lock().ok().and_then(|j| *j);
                     if let Some(job) = job {
-                        job(part);
+                        // A panic must still count as done, or the caller would wait forever.
+                        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(part))).is_ok();
+                        if !ok {
+                            sh.failed.store(true, Ordering::Release);
+                        }
                     }
                     sh.done.fetch_add(1, Ordering::AcqRel);
                 }
@@ -99,12 +106,26 @@ impl Team {
         for w in &self.workers {
             w.thread().unpark();
         }
+        // Waits for the workers even if `f(0)` panics, so `f` is never used after this returns.
+        let _wait = WaitForWorkers(self);
         f(0);
-        while self.shared.done.load(Ordering::Acquire) < self.workers.len() {
+    }
+}
+
+/// Blocks until every worker has finished the current job, then retires the job.
+struct WaitForWorkers<'a>(&'a Team);
+
+impl Drop for WaitForWorkers<'_> {
+    fn drop(&mut self) {
+        let sh = &self.0.shared;
+        while sh.done.load(Ordering::Acquire) < self.0.workers.len() {
             std::hint::spin_loop();
         }
-        if let Ok(mut j) = self.shared.job.lock() {
+        if let Ok(mut j) = sh.job.lock() {
             *j = None;
+        }
+        if sh.failed.swap(false, Ordering::AcqRel) && !std::thread::panicking() {
+            panic!("an engine worker thread panicked while computing a product part");
         }
     }
 }
@@ -135,5 +156,24 @@ mod tests {
             });
         }
         assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1000));
+    }
+
+    #[test]
+    fn a_worker_panic_reaches_the_caller_instead_of_hanging() {
+        let team = Team::new(2).unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            team.run(&|p| {
+                if p == 1 {
+                    panic!("boom");
+                }
+            })
+        }));
+        assert!(r.is_err());
+        // The team still works afterwards.
+        let n = AtomicUsize::new(0);
+        team.run(&|_| {
+            n.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(n.load(Ordering::Relaxed), 2);
     }
 }
