@@ -92,3 +92,17 @@ fn the_bundled_model_has_its_recorded_id_and_solves_problems_it_was_scored_on() 
         assert_eq!(text.trim_end().lines().last(), Some(answer), "{prompt} -> {text}");
     }
 }
+
+#[test]
+fn the_reversed_digit_fine_tune_has_its_recorded_id_and_adds_lsb_first() {
+    let dir = repo("models/odin-tiny-rev");
+    let out = odin().args(["model", "id"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), eval["test"]["model_id"].as_str().unwrap());
+    // 4821 + 79 = 4900, written least-significant digit first.
+    let out = odin().args(["generate", "--prompt", "rev work: 1284+97=", "--model"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.trim_end().lines().last(), Some("0094"), "{text}");
+}
