@@ -282,10 +282,7 @@ pub fn bench_f32(a: BenchF32Args) -> Result<()> {
         }
         dec.push(a.decode_tokens as f64 / t.elapsed().as_secs_f64());
     }
-    let med = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let med = odin_engine::bench::median;
     println!("{}", serde_json::json!({"prefill_tok_s": med(pre), "decode_tok_s": med(dec)}));
     Ok(())
 }

@@ -15,7 +15,8 @@ pub struct Speed {
     pub decode_tok_s: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median (upper middle for even lengths) of `v`.
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }

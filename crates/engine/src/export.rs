@@ -11,7 +11,6 @@
 //!   `time_faaaa` → `time_first`) and transposes the LoRA matrices' last two
 //!   dimensions. Matrices are dequantized from our int8 blocks.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -21,7 +20,7 @@ use odin_format::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::quant::BLOCK;
 use crate::shard::Shard;
-use crate::weights::{is_quantized, OutTensor};
+use crate::weights::{is_quantized, write_safetensors, OutTensor};
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 const GGUF_VERSION: u32 = 3;
@@ -385,17 +384,6 @@ pub fn write_st(shard: &Shard, out: &Path) -> Result<()> {
             data: values.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect(),
         });
     }
-    let views = tensors
-        .iter()
-        .map(|t| {
-            safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data)
-                .map(|v| (t.name.clone(), v))
-                .map_err(|e| EngineError::BadWeights(format!("cannot write `{}`: {e}", t.name)))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let meta: HashMap<String, String> =
-        [("format".to_string(), "pt".to_string()), ("odin_model_id".to_string(), shard.model_id().to_string())].into();
-    let bytes = safetensors::serialize(views, Some(meta))
-        .map_err(|e| EngineError::BadWeights(format!("cannot serialise {}: {e}", out.display())))?;
-    std::fs::write(out, bytes).map_err(|source| EngineError::Io { path: out.to_path_buf(), source })
+    let meta = [("format".to_string(), "pt".to_string()), ("odin_model_id".to_string(), shard.model_id().to_string())];
+    write_safetensors(out, &tensors, meta.into())
 }

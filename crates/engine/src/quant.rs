@@ -139,11 +139,6 @@ impl QMatrix {
     pub fn bytes(&self) -> usize {
         self.codes.len() + self.scales.len() * 2
     }
-
-    /// Bytes a decode step reads: the same, since every code is read once per token.
-    pub fn bytes_per_token(&self) -> usize {
-        self.bytes()
-    }
 }
 
 /// Quantize a row-major matrix to codes [rows, cols] and scales [rows, cols/32].

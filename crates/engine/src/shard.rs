@@ -253,12 +253,8 @@ impl Shard {
         let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
         let id = model_id(dir)?;
         let range = range.unwrap_or(0..cfg.num_layers());
-        let engine_path = dir.join(ENGINE_FILE);
-        if engine_path.is_file() {
-            let file = TensorFile::open(&engine_path)?;
-            if engine_file_source(&file).as_deref() == Some(id.to_string().as_str()) {
-                return Self::build(&cfg, id, range, &Source::Int8(file), opts);
-            }
+        if let Some(file) = current_engine_file(dir, &id)? {
+            return Self::build(&cfg, id, range, &Source::Int8(file), opts);
         }
         let file = TensorFile::open(&dir.join("model.safetensors"))?;
         Self::build(&cfg, id, range, &Source::Float(file), opts)
@@ -266,13 +262,7 @@ impl Shard {
 
     /// Whether `dir` holds an engine file made from its current weights.
     pub fn has_engine_file(dir: &Path) -> Result<bool> {
-        let path = dir.join(ENGINE_FILE);
-        if !path.is_file() {
-            return Ok(false);
-        }
-        let id = model_id(dir)?;
-        let file = TensorFile::open(&path)?;
-        Ok(engine_file_source(&file).as_deref() == Some(id.to_string().as_str()))
+        Ok(current_engine_file(dir, &model_id(dir)?)?.is_some())
     }
 
     /// Build a shard from any tensor source.
@@ -480,14 +470,14 @@ impl Shard {
         let mut n = 0;
         for b in &self.blocks {
             for m in [&b.wr, &b.wk, &b.wv, &b.wg, &b.wo, &b.ffn_wk, &b.ffn_wr, &b.ffn_wv] {
-                n += m.bytes_per_token();
+                n += m.bytes();
             }
             for v in [&b.maa_w1, &b.maa_w2, &b.decay_w1, &b.decay_w2] {
                 n += v.len() * 4;
             }
         }
         if let Some(h) = &self.head {
-            n += h.w.bytes_per_token();
+            n += h.w.bytes();
         }
         n + self.emb.as_ref().map_or(0, |e| e.cols * 2)
     }
@@ -681,6 +671,16 @@ impl Shard {
             x[i] += sigmoid(rr[i]) * vv[i];
         }
     }
+}
+
+/// The engine file in `dir` when it was made from model `id`; a stale one is ignored.
+fn current_engine_file(dir: &Path, id: &ModelId) -> Result<Option<TensorFile>> {
+    let path = dir.join(ENGINE_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let file = TensorFile::open(&path)?;
+    Ok((engine_file_source(&file).as_deref() == Some(id.to_string().as_str())).then_some(file))
 }
 
 /// Normalise each token of `x` and take the token-shift difference:

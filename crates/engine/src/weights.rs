@@ -361,8 +361,8 @@ impl OutTensor {
     }
 }
 
-/// Write `tensors` to `path` atomically, with the engine metadata for `id`.
-pub fn write_engine_file(path: &Path, id: &ModelId, tensors: &[OutTensor]) -> Result<()> {
+/// Write `tensors` to `path` atomically as safetensors with `meta` as its `__metadata__`.
+pub fn write_safetensors(path: &Path, tensors: &[OutTensor], meta: HashMap<String, String>) -> Result<()> {
     let views = tensors
         .iter()
         .map(|t| {
@@ -371,12 +371,16 @@ pub fn write_engine_file(path: &Path, id: &ModelId, tensors: &[OutTensor]) -> Re
                 .map_err(|e| EngineError::BadWeights(format!("cannot write `{}`: {e}", t.name)))
         })
         .collect::<Result<Vec<_>>>()?;
-    let meta: HashMap<String, String> =
-        [("format".to_string(), ENGINE_FORMAT.to_string()), ("model_id".to_string(), id.to_string())].into();
     let bytes = safetensors::serialize(views, Some(meta))
-        .map_err(|e| EngineError::BadWeights(format!("cannot serialise the engine file: {e}")))?;
+        .map_err(|e| EngineError::BadWeights(format!("cannot serialise {}: {e}", path.display())))?;
     let tmp = path.with_extension("tmp");
     let io = |source| EngineError::Io { path: path.to_path_buf(), source };
     std::fs::write(&tmp, bytes).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Write the engine file for model `id` to `path`.
+pub fn write_engine_file(path: &Path, id: &ModelId, tensors: &[OutTensor]) -> Result<()> {
+    let meta = [("format".to_string(), ENGINE_FORMAT.to_string()), ("model_id".to_string(), id.to_string())];
+    write_safetensors(path, tensors, meta.into())
 }
