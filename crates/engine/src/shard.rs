@@ -482,26 +482,44 @@ impl Shard {
         n + self.emb.as_ref().map_or(0, |e| e.cols * 2)
     }
 
-    /// A zero state for one session.
+    /// A zero state for one session over all of this shard's blocks.
     pub fn new_state(&self) -> State {
-        let c = self.cfg.hidden_size;
-        let n = self.cfg.head_size;
-        let layers = self
-            .blocks
-            .iter()
-            .map(|_| LayerState { att_shift: vec![0.0; c], wkv: vec![0.0; c * n], ffn_shift: vec![0.0; c] })
-            .collect();
-        State { first_block: self.range.start, layers }
+        self.blank_state(self.range.clone())
     }
 
-    /// Run the shard over T tokens, advancing `state`.
+    /// A zero state for one session that runs only blocks `sub` of this shard
+    /// (a route may use part of a server's range).
+    pub fn new_state_for(&self, sub: Range<usize>) -> Result<State> {
+        if sub.is_empty() || sub.start < self.range.start || sub.end > self.range.end {
+            return Err(EngineError::BadInput(format!(
+                "blocks {}..{} are not a non-empty part of this shard's {}..{}",
+                sub.start, sub.end, self.range.start, self.range.end
+            )));
+        }
+        Ok(self.blank_state(sub))
+    }
+
+    fn blank_state(&self, sub: Range<usize>) -> State {
+        let c = self.cfg.hidden_size;
+        let n = self.cfg.head_size;
+        let layers = sub
+            .clone()
+            .map(|_| LayerState { att_shift: vec![0.0; c], wkv: vec![0.0; c * n], ffn_shift: vec![0.0; c] })
+            .collect();
+        State { first_block: sub.start, layers }
+    }
+
+    /// Run the blocks `state` covers (all of the shard's, or the part given to
+    /// [`Shard::new_state_for`]) over T tokens, advancing `state`.
     ///
-    /// Returns [T, C] hidden states, or for the last shard the logits of the
-    /// positions `logits` selects ([1, V] or [T, V]).
+    /// Returns [T, C] hidden states, or when the state reaches the last block
+    /// the logits of the positions `logits` selects ([1, V] or [T, V]).
     pub fn forward(&self, input: Input<'_>, state: &mut State, logits: Logits) -> Result<Vec<f32>> {
         let c = self.cfg.hidden_size;
         self.check_state(state)?;
-        let mut x = match (input, &self.emb) {
+        let sub = state.first_block..state.first_block + state.layers.len();
+        let emb = if sub.start == 0 { self.emb.as_ref() } else { None };
+        let mut x = match (input, emb) {
             (Input::Tokens(ids), Some(emb)) => {
                 if ids.is_empty() {
                     return Err(EngineError::BadInput("no tokens".into()));
@@ -532,18 +550,20 @@ impl Shard {
             }
             (Input::Tokens(_), None) => {
                 return Err(EngineError::BadInput(format!(
-                    "this shard starts at block {}; send it hidden states, not token ids",
-                    self.range.start
+                    "this state starts at block {}; send it hidden states, not token ids",
+                    sub.start
                 )))
             }
             (Input::Hidden(_), Some(_)) => {
                 return Err(EngineError::BadInput("the first shard takes token ids, not hidden states".into()))
             }
         };
-        for (blk, st) in self.blocks.iter().zip(state.layers.iter_mut()) {
+        let first = sub.start - self.range.start;
+        for (blk, st) in self.blocks[first..first + sub.len()].iter().zip(state.layers.iter_mut()) {
             self.block(blk, &mut x, st);
         }
-        match &self.head {
+        let head = if sub.end == self.range.end { self.head.as_ref() } else { None };
+        match head {
             None => Ok(x),
             Some(h) => {
                 let t = x.len() / c;
@@ -558,8 +578,9 @@ impl Shard {
 
     fn check_state(&self, st: &State) -> Result<()> {
         let (c, n) = (self.cfg.hidden_size, self.cfg.head_size);
-        let ok = st.first_block == self.range.start
-            && st.layers.len() == self.blocks.len()
+        let ok = st.first_block >= self.range.start
+            && !st.layers.is_empty()
+            && st.first_block + st.layers.len() <= self.range.end
             && st.layers.iter().all(|l| l.att_shift.len() == c && l.ffn_shift.len() == c && l.wkv.len() == c * n);
         if !ok {
             return Err(EngineError::StateMismatch(format!(

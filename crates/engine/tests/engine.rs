@@ -65,6 +65,15 @@ fn shards_in_sequence_equal_the_whole_model() {
     assert_eq!(bits(&want), bits(&got));
     assert_eq!(sw.layers[0], s1.layers[0]);
     assert_eq!(sw.layers[1], s2.layers[0]);
+
+    // A route may use part of a server's range: the whole shard run as 0..1 then 1..2.
+    let (mut p1, mut p2) = (whole.new_state_for(0..1).unwrap(), whole.new_state_for(1..2).unwrap());
+    let h2 = whole.forward(Input::Tokens(&prompt), &mut p1, Logits::All).unwrap();
+    assert_eq!(bits(&h), bits(&h2));
+    let got2 = whole.forward(Input::Hidden(&h2), &mut p2, Logits::All).unwrap();
+    assert_eq!(bits(&want), bits(&got2));
+    assert!(whole.new_state_for(1..3).is_err() && whole.new_state_for(1..1).is_err());
+    assert!(last.new_state_for(0..2).is_err());
 }
 
 #[test]

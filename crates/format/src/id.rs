@@ -18,6 +18,21 @@ impl fmt::Display for ModelId {
     }
 }
 
+impl ModelId {
+    /// Parse the 64-hex-digit form that `Display` prints.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let s = s.trim();
+        if s.len() != 64 || !s.is_ascii() {
+            return None;
+        }
+        let mut id = [0u8; 32];
+        for (i, b) in id.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self(id))
+    }
+}
+
 impl fmt::Debug for ModelId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ModelId({self})")
@@ -55,4 +70,17 @@ pub fn model_id(dir: &Path) -> Result<ModelId> {
         h.update(fh.finalize().as_bytes());
     }
     Ok(ModelId(*h.finalize().as_bytes()))
+}
+
+#[cfg(test)]
+mod hex_tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        let id = ModelId([0xab; 32]);
+        assert_eq!(ModelId::from_hex(&id.to_string()), Some(id));
+        assert_eq!(ModelId::from_hex("abc"), None);
+        assert_eq!(ModelId::from_hex(&"zz".repeat(32)), None);
+    }
 }

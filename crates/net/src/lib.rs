@@ -1,0 +1,20 @@
+//! ODIN's network layer: the libp2p behaviour ([`swarm`]), the shard
+//! protocol's wire format ([`wire`]) and server announcements ([`info`]).
+//!
+//! Nodes find each other over Kademlia (provider records keyed by model id
+//! and block), announce their servers over gossipsub (validated), and move
+//! activations over direct streams in length-prefixed frames whose every size
+//! is checked against a cap before anything is allocated.
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod info;
+pub mod swarm;
+pub mod wire;
+
+pub use error::{NetError, Result};
+pub use info::{now_ms, ServerInfo};
+pub use libp2p::{Multiaddr, PeerId, Stream};
+pub use swarm::{block_key, info_topic, load_or_create_identity, Net, NetConfig, NetEvent};
+pub use wire::{Dtype, Envelope, ErrorCode, Request, Response, Sampling, StepInput, Tensor};

@@ -1,0 +1,455 @@
+//! The libp2p side of a node: transports, behaviours and the event loop.
+//!
+//! The swarm runs in its own task. The rest of the node talks to it through a
+//! [`Net`] handle (commands over a channel) and hears back through
+//! [`NetEvent`]s. Tensors never go through this loop: the shard protocol runs
+//! on direct streams opened with [`Net::open_stream`], so a hop costs one
+//! stream read and write, not a round trip through the event loop.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::identity::Keypair;
+use libp2p::kad::{self, store::MemoryStore, GetProvidersOk, QueryId, QueryResult};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{autonat, dcutr, identify, mdns, noise, ping, relay, tcp, upnp, yamux, Multiaddr, PeerId, StreamProtocol};
+use odin_format::ModelId;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{NetError, Result};
+use crate::info::ServerInfo;
+
+/// The shard protocol: sessions and activations on direct streams.
+pub const SHARD_PROTOCOL: StreamProtocol = StreamProtocol::new("/odin/shard/1");
+/// ODIN's own DHT, kept apart from other libp2p networks.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/odin/kad/1.0.0");
+
+/// How a node's swarm is set up.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Addresses to listen on (TCP and QUIC).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join through (each with its `/p2p/` id); none for the genesis node.
+    pub bootstrap: Vec<Multiaddr>,
+    /// The model whose announcements this node follows.
+    pub model: ModelId,
+    /// Find peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// Ask the router for a port mapping with UPnP.
+    pub upnp: bool,
+    /// Act as a DHT server (answer queries, store provider records); servers do, pure clients need not.
+    pub dht_server: bool,
+    /// Lifetime of a provider record; they are republished well before it ends.
+    pub record_ttl: Duration,
+}
+
+impl NetConfig {
+    /// Loopback-only defaults for `model` (tests and `odin swarm`).
+    pub fn loopback(model: ModelId) -> Self {
+        Self {
+            listen: vec![
+                "/ip4/127.0.0.1/tcp/0".parse().unwrap_or_else(|_| Multiaddr::empty()),
+                "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap_or_else(|_| Multiaddr::empty()),
+            ],
+            bootstrap: Vec::new(),
+            model,
+            mdns: false,
+            upnp: false,
+            dht_server: true,
+            record_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What the swarm tells the node.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A valid server announcement for our model arrived over gossip.
+    Info(PeerId, ServerInfo),
+    /// A peer subscribed to our model's announcements (a good time to announce).
+    Subscribed(PeerId),
+    /// A fresh round-trip time to a peer.
+    Rtt(PeerId, Duration),
+    /// The last connection to a peer closed.
+    Disconnected(PeerId),
+}
+
+enum Command {
+    Provide(Vec<kad::RecordKey>),
+    Withdraw(Vec<kad::RecordKey>),
+    Providers(kad::RecordKey, oneshot::Sender<HashSet<PeerId>>),
+    Publish(Vec<u8>),
+    Dial(Multiaddr),
+    Peers(oneshot::Sender<Vec<PeerId>>),
+}
+
+/// A handle on a running swarm.
+#[derive(Clone)]
+pub struct Net {
+    peer: PeerId,
+    cmd: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+    addrs: Arc<Mutex<Vec<Multiaddr>>>,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<MemoryStore>,
+    gossipsub: gossipsub::Behaviour,
+    autonat: autonat::Behaviour,
+    relay: relay::client::Behaviour,
+    dcutr: dcutr::Behaviour,
+    upnp: Toggle<upnp::tokio::Behaviour>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// The DHT key under which servers of block `block` of `model` are providers.
+pub fn block_key(model: &ModelId, block: usize) -> kad::RecordKey {
+    kad::RecordKey::new(&format!("odin/{model}/block/{block}"))
+}
+
+/// The gossip topic of `model`'s server announcements.
+pub fn info_topic(model: &ModelId) -> IdentTopic {
+    IdentTopic::new(format!("odin/{model}/servers"))
+}
+
+/// Load the node's ed25519 identity from `path`, or create and save one (mode 0600).
+pub fn load_or_create_identity(path: &Path) -> Result<Keypair> {
+    if path.exists() {
+        let bytes =
+            std::fs::read(path).map_err(|e| NetError::Identity(format!("cannot read {}: {e}", path.display())))?;
+        return Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
+            NetError::Identity(format!(
+                "{} is not a libp2p key ({e}); move it away to start with a new identity",
+                path.display()
+            ))
+        });
+    }
+    let key = Keypair::generate_ed25519();
+    let bytes = key.to_protobuf_encoding().map_err(|e| NetError::Identity(e.to_string()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, bytes)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(key)
+}
+
+impl Net {
+    /// Start a swarm with `key` and `cfg` in a new task; events arrive on the returned receiver.
+    pub async fn start(key: Keypair, cfg: NetConfig) -> Result<(Net, mpsc::Receiver<NetEvent>)> {
+        let peer = key.public().to_peer_id();
+        let swarm_err = |e: &dyn std::fmt::Display| NetError::Swarm(e.to_string());
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+            .map_err(|e| swarm_err(&e))?
+            .with_quic()
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| swarm_err(&e))?
+            .with_behaviour(|key, relay| {
+                let id = key.public().to_peer_id();
+                let mut kcfg = kad::Config::new(KAD_PROTOCOL);
+                kcfg.set_provider_record_ttl(Some(cfg.record_ttl));
+                kcfg.set_provider_publication_interval(Some(cfg.record_ttl / 4));
+                kcfg.set_query_timeout(Duration::from_secs(10));
+                let gcfg = gossipsub::ConfigBuilder::default()
+                    .heartbeat_interval(Duration::from_millis(500))
+                    .validation_mode(gossipsub::ValidationMode::Strict)
+                    .validate_messages()
+                    .max_transmit_size(64 * 1024)
+                    .build()
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg)
+                    .map_err(std::io::Error::other)?;
+                let mdns =
+                    if cfg.mdns { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), id)?) } else { None };
+                Ok(Behaviour {
+                    identify: identify::Behaviour::new(
+                        identify::Config::new("/odin/1.0.0".into(), key.public())
+                            .with_agent_version(format!("odin/{}", env!("CARGO_PKG_VERSION"))),
+                    ),
+                    ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
+                    kad: kad::Behaviour::with_config(id, MemoryStore::new(id), kcfg),
+                    gossipsub,
+                    autonat: autonat::Behaviour::new(id, autonat::Config::default()),
+                    relay,
+                    dcutr: dcutr::Behaviour::new(id),
+                    upnp: Toggle::from(cfg.upnp.then(upnp::tokio::Behaviour::default)),
+                    mdns: Toggle::from(mdns),
+                    stream: libp2p_stream::Behaviour::new(),
+                })
+            })
+            .map_err(|e| swarm_err(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+            .build();
+
+        if cfg.dht_server {
+            // Kademlia stays a client until an external address is confirmed,
+            // which never happens on loopback or a LAN; a serving node is reachable by construction.
+            swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+        }
+        let topic = info_topic(&cfg.model);
+        swarm.behaviour_mut().gossipsub.subscribe(&topic).map_err(|e| swarm_err(&e))?;
+        for addr in &cfg.listen {
+            swarm.listen_on(addr.clone()).map_err(|e| NetError::Swarm(format!("cannot listen on {addr}: {e}")))?;
+        }
+        // Wait until every listener reports its address, so callers can print and hand them out.
+        let mut addrs = Vec::new();
+        while addrs.len() < cfg.listen.len() {
+            match tokio::time::timeout(Duration::from_secs(10), swarm.select_next_some()).await {
+                Ok(SwarmEvent::NewListenAddr { address, .. }) => addrs.push(address),
+                Ok(SwarmEvent::ListenerError { error, .. }) => return Err(NetError::Swarm(error.to_string())),
+                Ok(_) => {}
+                Err(_) => return Err(NetError::Swarm("listeners did not start within 10 s".into())),
+            }
+        }
+        for addr in &cfg.bootstrap {
+            if let Some(libp2p::multiaddr::Protocol::P2p(p)) = addr.iter().last() {
+                swarm.behaviour_mut().kad.add_address(&p, addr.clone());
+            }
+            swarm.dial(addr.clone()).map_err(|e| NetError::Swarm(format!("cannot dial {addr}: {e}")))?;
+        }
+        let control = swarm.behaviour().stream.new_control();
+        let (cmd_tx, cmd_rx) = mpsc::channel(256);
+        let (ev_tx, ev_rx) = mpsc::channel(1024);
+        let shared = Arc::new(Mutex::new(addrs));
+        let lp = EventLoop {
+            swarm,
+            topic,
+            model: cfg.model,
+            events: ev_tx,
+            providers: HashMap::new(),
+            addrs: shared.clone(),
+        };
+        tokio::spawn(lp.run(cmd_rx));
+        Ok((Net { peer, cmd: cmd_tx, control, addrs: shared }, ev_rx))
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer
+    }
+
+    /// The addresses this node listens on, each with its `/p2p/` suffix.
+    pub fn addrs(&self) -> Vec<Multiaddr> {
+        let a = self.addrs.lock().map(|a| a.clone()).unwrap_or_default();
+        a.into_iter().map(|m| m.with(libp2p::multiaddr::Protocol::P2p(self.peer))).collect()
+    }
+
+    async fn send(&self, c: Command) -> Result<()> {
+        self.cmd.send(c).await.map_err(|_| NetError::Swarm("the swarm task has stopped".into()))
+    }
+
+    /// Announce, as DHT provider records, that this node serves `keys`.
+    pub async fn provide(&self, keys: Vec<kad::RecordKey>) -> Result<()> {
+        self.send(Command::Provide(keys)).await
+    }
+
+    /// Stop announcing `keys`.
+    pub async fn withdraw(&self, keys: Vec<kad::RecordKey>) -> Result<()> {
+        self.send(Command::Withdraw(keys)).await
+    }
+
+    /// The peers the DHT names as providers of `key`.
+    pub async fn providers(&self, key: kad::RecordKey) -> Result<HashSet<PeerId>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Providers(key, tx)).await?;
+        rx.await.map_err(|_| NetError::Swarm("the swarm task has stopped".into()))
+    }
+
+    /// Publish a server announcement on the model's topic.
+    pub async fn publish(&self, info: &ServerInfo) -> Result<()> {
+        self.send(Command::Publish(info.to_bytes())).await
+    }
+
+    /// Connect to a peer's address.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<()> {
+        self.send(Command::Dial(addr)).await
+    }
+
+    /// Peers connected now.
+    pub async fn peers(&self) -> Result<Vec<PeerId>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Peers(tx)).await?;
+        rx.await.map_err(|_| NetError::Swarm("the swarm task has stopped".into()))
+    }
+
+    /// Open a shard-protocol stream to `peer` (connecting first if needed).
+    pub async fn open_stream(&self, peer: PeerId) -> Result<libp2p::Stream> {
+        let mut c = self.control.clone();
+        c.open_stream(peer, SHARD_PROTOCOL)
+            .await
+            .map_err(|e| NetError::Swarm(format!("cannot open a stream to {peer}: {e}")))
+    }
+
+    /// Incoming shard-protocol streams (call once, on a serving node).
+    pub fn accept(&self) -> Result<libp2p_stream::IncomingStreams> {
+        let mut c = self.control.clone();
+        c.accept(SHARD_PROTOCOL).map_err(|e| NetError::Swarm(format!("shard protocol: {e}")))
+    }
+}
+
+struct EventLoop {
+    swarm: libp2p::Swarm<Behaviour>,
+    topic: IdentTopic,
+    model: ModelId,
+    events: mpsc::Sender<NetEvent>,
+    providers: HashMap<QueryId, (HashSet<PeerId>, oneshot::Sender<HashSet<PeerId>>)>,
+    addrs: Arc<Mutex<Vec<Multiaddr>>>,
+}
+
+impl EventLoop {
+    async fn run(mut self, mut cmds: mpsc::Receiver<Command>) {
+        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_event(ev),
+                c = cmds.recv() => match c {
+                    Some(c) => self.on_command(c),
+                    // Every handle is gone: the node is shutting down.
+                    None => return,
+                },
+            }
+        }
+    }
+
+    fn on_command(&mut self, c: Command) {
+        let b = self.swarm.behaviour_mut();
+        match c {
+            Command::Provide(keys) => {
+                for k in keys {
+                    if let Err(e) = b.kad.start_providing(k) {
+                        tracing::warn!("cannot store a provider record: {e}");
+                    }
+                }
+            }
+            Command::Withdraw(keys) => keys.iter().for_each(|k| b.kad.stop_providing(k)),
+            Command::Providers(key, tx) => {
+                let q = b.kad.get_providers(key);
+                self.providers.insert(q, (HashSet::new(), tx));
+            }
+            Command::Publish(bytes) => {
+                // No subscribed peer yet is normal for the genesis node; the next round reaches them.
+                if let Err(e) = b.gossipsub.publish(self.topic.clone(), bytes) {
+                    tracing::debug!("announcement not published: {e}");
+                }
+            }
+            Command::Dial(addr) => {
+                if let Some(libp2p::multiaddr::Protocol::P2p(p)) = addr.iter().last() {
+                    b.kad.add_address(&p, addr.clone());
+                }
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    tracing::warn!("cannot dial {addr}: {e}");
+                }
+            }
+            Command::Peers(tx) => {
+                let _ = tx.send(self.swarm.connected_peers().copied().collect());
+            }
+        }
+    }
+
+    /// Events are advisory (announcements repeat, pings recur): when the node
+    /// falls behind, dropping one beats stalling the swarm.
+    fn emit(&self, e: NetEvent) {
+        if self.events.try_send(e).is_err() {
+            tracing::debug!("node busy: a network event was dropped");
+        }
+    }
+
+    fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                if let Ok(mut a) = self.addrs.lock() {
+                    if !a.contains(&address) {
+                        a.push(address);
+                    }
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.emit(NetEvent::Disconnected(peer_id));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                if info.protocols.contains(&KAD_PROTOCOL) {
+                    for a in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+                for (peer, addr) in list {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    let _ = self.swarm.dial(addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
+                self.emit(NetEvent::Rtt(peer, rtt));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                let verdict = self.check_info(&message);
+                let accept = if verdict.is_ok() { MessageAcceptance::Accept } else { MessageAcceptance::Reject };
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    accept,
+                );
+                match verdict {
+                    Ok((peer, info)) => self.emit(NetEvent::Info(peer, info)),
+                    Err(e) => tracing::debug!("rejected an announcement from {propagation_source}: {e}"),
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. })) => {
+                self.emit(NetEvent::Subscribed(peer_id));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                step,
+                ..
+            })) => {
+                if let QueryResult::GetProviders(r) = result {
+                    if let Some((set, _)) = self.providers.get_mut(&id) {
+                        if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = r {
+                            set.extend(providers);
+                        }
+                    }
+                    if step.last {
+                        if let Some((set, tx)) = self.providers.remove(&id) {
+                            let _ = tx.send(set);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// An announcement is valid when it parses, names our model, and is signed by the peer it describes.
+    fn check_info(&self, m: &gossipsub::Message) -> Result<(PeerId, ServerInfo)> {
+        let info = ServerInfo::from_bytes(&m.data)?;
+        let src = m.source.ok_or_else(|| NetError::Malformed("unsigned announcement".into()))?;
+        if info.peer != src.to_string() {
+            return Err(NetError::Malformed(format!("announcement for {} signed by {src}", info.peer)));
+        }
+        if info.model != self.model.to_string() {
+            return Err(NetError::Malformed(format!("announcement for model {}", info.model)));
+        }
+        Ok((src, info))
+    }
+}

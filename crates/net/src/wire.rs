@@ -1,0 +1,781 @@
+//! The shard protocol's messages and their byte encoding.
+//!
+//! Written by hand rather than with serde: every length read from the network
+//! is checked against a cap and against the bytes actually present *before*
+//! anything is allocated, and a tensor's values are checked for NaN and
+//! infinity on the way in. A frame is a little-endian `u32` length followed
+//! by a payload; every payload starts with the protocol version and the model
+//! id, so a message for other weights or another version is refused by name.
+
+use half::f16;
+use odin_format::ModelId;
+
+use crate::error::{NetError, Result};
+
+/// Version of the shard protocol and the server announcements; peers with another version are refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest frame a peer may send (a prompt's hidden states for a ~100M model fit with room).
+pub const MAX_FRAME: usize = 64 << 20;
+/// Most tokens one step may carry (prefill of a long prompt).
+pub const MAX_TOKENS: usize = 8192;
+/// Widest hidden state a tensor may have.
+pub const MAX_WIDTH: usize = 16384;
+/// Longest error message kept from a peer.
+pub const MAX_MESSAGE: usize = 4096;
+/// Values per int8 block on the wire (one f16 scale each).
+pub const WIRE_BLOCK: usize = 32;
+
+/// How hidden states travel between hops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dtype {
+    /// int8 codes in blocks of 32 along each row, one f16 scale per block (the default: ~3.8x smaller).
+    #[default]
+    Q8,
+    /// Plain little-endian f32 (lossless).
+    F32,
+}
+
+impl Dtype {
+    fn code(self) -> u8 {
+        match self {
+            Dtype::F32 => 0,
+            Dtype::Q8 => 1,
+        }
+    }
+
+    fn from_code(c: u8) -> Result<Self> {
+        match c {
+            0 => Ok(Dtype::F32),
+            1 => Ok(Dtype::Q8),
+            _ => Err(NetError::Malformed(format!("unknown tensor dtype {c}"))),
+        }
+    }
+
+    /// The name used on the command line and in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::Q8 => "int8",
+        }
+    }
+
+    /// Parse a command-line name (`int8` or `f32`).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "int8" | "q8" => Ok(Dtype::Q8),
+            "f32" => Ok(Dtype::F32),
+            _ => Err(NetError::Malformed(format!("unknown wire dtype {s:?}; use int8 or f32"))),
+        }
+    }
+}
+
+/// Hidden states [rows, cols] as they travel: f32, or int8 blocks with f16 scales.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    /// Tokens.
+    pub rows: usize,
+    /// Hidden width.
+    pub cols: usize,
+    /// How `data` is encoded.
+    pub dtype: Dtype,
+    /// The encoded values (f32 LE, or per row: for each block of 32, an f16 scale then the codes).
+    pub data: Vec<u8>,
+}
+
+fn q8_row_bytes(cols: usize) -> usize {
+    cols.div_ceil(WIRE_BLOCK) * 2 + cols
+}
+
+impl Tensor {
+    /// Encode `values` ([rows, cols], row-major) as `dtype`. Refuses NaN and infinity.
+    pub fn encode(values: &[f32], cols: usize, dtype: Dtype) -> Result<Self> {
+        if cols == 0 || values.len() % cols != 0 {
+            return Err(NetError::Malformed(format!("{} values are not whole rows of {cols}", values.len())));
+        }
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(NetError::Malformed("hidden state holds NaN or infinity".into()));
+        }
+        let rows = values.len() / cols;
+        let data = match dtype {
+            Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Dtype::Q8 => {
+                let mut out = Vec::with_capacity(rows * q8_row_bytes(cols));
+                for row in values.chunks_exact(cols) {
+                    for block in row.chunks(WIRE_BLOCK) {
+                        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                        // The scale is rounded to f16 first, so the codes are
+                        // computed against the exact scale the receiver will use.
+                        let scale = f16::from_f32(amax / 127.0);
+                        let s = scale.to_f32();
+                        if !s.is_finite() {
+                            return Err(NetError::Malformed(format!(
+                                "a value of magnitude {amax} does not fit the int8 wire's f16 scales; use the f32 wire"
+                            )));
+                        }
+                        out.extend_from_slice(&scale.to_bits().to_le_bytes());
+                        for v in block {
+                            let q = if s > 0.0 { (v / s).round().clamp(-127.0, 127.0) as i8 } else { 0 };
+                            out.push(q as u8);
+                        }
+                    }
+                }
+                out
+            }
+        };
+        Ok(Self { rows, cols, dtype, data })
+    }
+
+    /// The values as f32 [rows, cols].
+    pub fn decode(&self) -> Result<Vec<f32>> {
+        let n = self.rows * self.cols;
+        match self.dtype {
+            Dtype::F32 => {
+                let v: Vec<f32> =
+                    self.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                if v.len() != n {
+                    return Err(NetError::Malformed(format!("f32 tensor holds {} values, not {n}", v.len())));
+                }
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(NetError::Malformed("hidden state holds NaN or infinity".into()));
+                }
+                Ok(v)
+            }
+            Dtype::Q8 => {
+                if self.data.len() != self.rows * q8_row_bytes(self.cols) {
+                    return Err(NetError::Malformed("int8 tensor has the wrong number of bytes".into()));
+                }
+                let mut out = Vec::with_capacity(n);
+                let mut p = 0;
+                for _ in 0..self.rows {
+                    let mut left = self.cols;
+                    while left > 0 {
+                        let k = left.min(WIRE_BLOCK);
+                        let s = f16::from_bits(u16::from_le_bytes([self.data[p], self.data[p + 1]])).to_f32();
+                        if !s.is_finite() {
+                            return Err(NetError::Malformed("int8 tensor has a NaN or infinite scale".into()));
+                        }
+                        out.extend(self.data[p + 2..p + 2 + k].iter().map(|&q| f32::from(q as i8) * s));
+                        p += 2 + k;
+                        left -= k;
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// Sampling settings a session's last server uses (the engine's sampler, on the wire).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// 0: greedy.
+    pub temperature: f64,
+    /// Keep the k most likely tokens (0: all).
+    pub top_k: u32,
+    /// Nucleus threshold (1: off).
+    pub top_p: f64,
+    /// Seed of the sampler's random stream.
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+    }
+}
+
+/// What a step carries in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepInput {
+    /// Token ids (the hop that holds block 0).
+    Tokens(Vec<u32>),
+    /// Hidden states (every other hop).
+    Hidden(Tensor),
+}
+
+/// Client to server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Ask for the server's announcement.
+    Info,
+    /// Open a session over blocks `start..end` of the server's range.
+    Open {
+        /// Chosen by the client, unique per session.
+        session: u64,
+        /// First block.
+        start: u32,
+        /// One past the last block.
+        end: u32,
+        /// Sampling, used when `end` is the model's last block.
+        sampling: Sampling,
+        /// How the server sends hidden states back.
+        reply: Dtype,
+    },
+    /// Run the session's blocks over some tokens.
+    Step {
+        /// The session.
+        session: u64,
+        /// Tokens or hidden states.
+        input: StepInput,
+    },
+    /// Forget the session.
+    Close {
+        /// The session.
+        session: u64,
+    },
+}
+
+/// Server to client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Response {
+    /// The server's announcement, JSON (see [`crate::ServerInfo`]).
+    Info(Vec<u8>),
+    /// The session is open.
+    Opened {
+        /// The session.
+        session: u64,
+    },
+    /// Hidden states after the session's blocks.
+    Hidden {
+        /// The states.
+        tensor: Tensor,
+        /// Microseconds the server spent computing (the rest of a hop's time is overhead).
+        compute_us: u32,
+    },
+    /// The sampled token (the session reaches the last block).
+    Token {
+        /// The token id.
+        id: u32,
+        /// blake3 of the last position's logits (f32 LE): what verifiers compare.
+        logits_hash: [u8; 32],
+        /// Microseconds the server spent computing.
+        compute_us: u32,
+    },
+    /// The session is closed.
+    Closed,
+    /// The request failed; the stream stays usable.
+    Error {
+        /// What kind of failure.
+        code: ErrorCode,
+        /// What was wrong and what to do.
+        message: String,
+    },
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The bytes did not parse.
+    Malformed,
+    /// Another protocol version.
+    Version,
+    /// Another model id.
+    WrongModel,
+    /// No such session (expired, closed or never opened).
+    UnknownSession,
+    /// The server has no free session slot.
+    Full,
+    /// Blocks outside the server's range.
+    BadBlocks,
+    /// The engine refused the input.
+    BadInput,
+    /// Anything else on the server's side.
+    Internal,
+}
+
+impl ErrorCode {
+    fn code(self) -> u8 {
+        match self {
+            ErrorCode::Malformed => 1,
+            ErrorCode::Version => 2,
+            ErrorCode::WrongModel => 3,
+            ErrorCode::UnknownSession => 4,
+            ErrorCode::Full => 5,
+            ErrorCode::BadBlocks => 6,
+            ErrorCode::BadInput => 7,
+            ErrorCode::Internal => 8,
+        }
+    }
+
+    fn from_code(c: u8) -> Result<Self> {
+        Ok(match c {
+            1 => ErrorCode::Malformed,
+            2 => ErrorCode::Version,
+            3 => ErrorCode::WrongModel,
+            4 => ErrorCode::UnknownSession,
+            5 => ErrorCode::Full,
+            6 => ErrorCode::BadBlocks,
+            7 => ErrorCode::BadInput,
+            8 => ErrorCode::Internal,
+            _ => return Err(NetError::Malformed(format!("unknown error code {c}"))),
+        })
+    }
+}
+
+/// A message with the envelope every frame carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope<M> {
+    /// The model the message is about.
+    pub model: ModelId,
+    /// The message.
+    pub msg: M,
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn new(model: &ModelId, kind: u8) -> Self {
+        let mut w = Writer(Vec::with_capacity(64));
+        w.u16(PROTOCOL_VERSION);
+        w.0.extend_from_slice(&model.0);
+        w.u8(kind);
+        w
+    }
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn f64(&mut self, v: f64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+    }
+    fn tensor(&mut self, t: &Tensor) {
+        self.u8(t.dtype.code());
+        self.u32(t.rows as u32);
+        self.u32(t.cols as u32);
+        self.0.extend_from_slice(&t.data);
+    }
+}
+
+/// A bounds-checked cursor: every read says what was missing instead of panicking.
+struct Reader<'a> {
+    b: &'a [u8],
+    p: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        if self.b.len() - self.p < n {
+            return Err(NetError::Malformed(format!("message ends inside {what}")));
+        }
+        let s = &self.b[self.p..self.p + n];
+        self.p += n;
+        Ok(s)
+    }
+    fn u8(&mut self, what: &str) -> Result<u8> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u16(&mut self, what: &str) -> Result<u16> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn f64(&mut self, what: &str) -> Result<f64> {
+        Ok(f64::from_bits(self.u64(what)?))
+    }
+    fn bytes(&mut self, cap: usize, what: &str) -> Result<&'a [u8]> {
+        let n = self.u32(what)? as usize;
+        if n > cap {
+            return Err(NetError::TooLarge { what: what.to_string(), size: n, cap });
+        }
+        self.take(n, what)
+    }
+    fn tensor(&mut self) -> Result<Tensor> {
+        let dtype = Dtype::from_code(self.u8("tensor dtype")?)?;
+        let rows = self.u32("tensor rows")? as usize;
+        let cols = self.u32("tensor cols")? as usize;
+        if rows == 0 || cols == 0 {
+            return Err(NetError::Malformed("empty tensor".into()));
+        }
+        if rows > MAX_TOKENS {
+            return Err(NetError::TooLarge { what: "tensor rows".into(), size: rows, cap: MAX_TOKENS });
+        }
+        if cols > MAX_WIDTH {
+            return Err(NetError::TooLarge { what: "tensor width".into(), size: cols, cap: MAX_WIDTH });
+        }
+        let n = match dtype {
+            Dtype::F32 => rows * cols * 4,
+            Dtype::Q8 => rows * q8_row_bytes(cols),
+        };
+        let data = self.take(n, "tensor data")?.to_vec();
+        let t = Tensor { rows, cols, dtype, data };
+        // Reject non-finite values here, so no hop ever computes on them.
+        t.decode()?;
+        Ok(t)
+    }
+    fn end(&self) -> Result<()> {
+        if self.p != self.b.len() {
+            return Err(NetError::Malformed(format!("{} unexpected bytes after the message", self.b.len() - self.p)));
+        }
+        Ok(())
+    }
+    fn envelope(&mut self) -> Result<(ModelId, u8)> {
+        let v = self.u16("protocol version")?;
+        if v != PROTOCOL_VERSION {
+            return Err(NetError::Version { ours: PROTOCOL_VERSION, theirs: v });
+        }
+        let mut id = [0u8; 32];
+        id.copy_from_slice(self.take(32, "model id")?);
+        Ok((ModelId(id), self.u8("message kind")?))
+    }
+}
+
+impl Envelope<Request> {
+    /// Encode as a frame payload.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let kind = match &self.msg {
+            Request::Info => 1,
+            Request::Open { .. } => 2,
+            Request::Step { .. } => 3,
+            Request::Close { .. } => 4,
+        };
+        let mut w = Writer::new(&self.model, kind);
+        match &self.msg {
+            Request::Info => {}
+            Request::Open { session, start, end, sampling, reply } => {
+                w.u64(*session);
+                w.u32(*start);
+                w.u32(*end);
+                w.f64(sampling.temperature);
+                w.u32(sampling.top_k);
+                w.f64(sampling.top_p);
+                w.u64(sampling.seed);
+                w.u8(reply.code());
+            }
+            Request::Step { session, input } => {
+                w.u64(*session);
+                match input {
+                    StepInput::Tokens(ids) => {
+                        w.u8(0);
+                        w.u32(ids.len() as u32);
+                        ids.iter().for_each(|&t| w.u32(t));
+                    }
+                    StepInput::Hidden(t) => {
+                        w.u8(1);
+                        w.tensor(t);
+                    }
+                }
+            }
+            Request::Close { session } => w.u64(*session),
+        }
+        w.0
+    }
+
+    /// Decode a frame payload. Never panics; says what was wrong.
+    pub fn from_bytes(b: &[u8]) -> Result<Self> {
+        let mut r = Reader { b, p: 0 };
+        let (model, kind) = r.envelope()?;
+        let msg = match kind {
+            1 => Request::Info,
+            2 => {
+                let session = r.u64("session")?;
+                let start = r.u32("first block")?;
+                let end = r.u32("end block")?;
+                let sampling = Sampling {
+                    temperature: r.f64("temperature")?,
+                    top_k: r.u32("top_k")?,
+                    top_p: r.f64("top_p")?,
+                    seed: r.u64("seed")?,
+                };
+                if !(sampling.temperature.is_finite() && sampling.temperature >= 0.0)
+                    || !(sampling.top_p > 0.0 && sampling.top_p <= 1.0)
+                {
+                    return Err(NetError::Malformed("sampling needs temperature >= 0 and top_p within (0, 1]".into()));
+                }
+                if start >= end {
+                    return Err(NetError::Malformed(format!("empty block range {start}..{end}")));
+                }
+                let reply = Dtype::from_code(r.u8("reply dtype")?)?;
+                Request::Open { session, start, end, sampling, reply }
+            }
+            3 => {
+                let session = r.u64("session")?;
+                let input = match r.u8("input kind")? {
+                    0 => {
+                        let n = r.u32("token count")? as usize;
+                        if n == 0 {
+                            return Err(NetError::Malformed("a step with no tokens".into()));
+                        }
+                        if n > MAX_TOKENS {
+                            return Err(NetError::TooLarge { what: "tokens".into(), size: n, cap: MAX_TOKENS });
+                        }
+                        let raw = r.take(n * 4, "token ids")?;
+                        StepInput::Tokens(
+                            raw.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                        )
+                    }
+                    1 => StepInput::Hidden(r.tensor()?),
+                    k => return Err(NetError::Malformed(format!("unknown step input kind {k}"))),
+                };
+                Request::Step { session, input }
+            }
+            4 => Request::Close { session: r.u64("session")? },
+            k => return Err(NetError::Malformed(format!("unknown request kind {k}"))),
+        };
+        r.end()?;
+        Ok(Self { model, msg })
+    }
+}
+
+impl Envelope<Response> {
+    /// Encode as a frame payload.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let kind = match &self.msg {
+            Response::Info(_) => 1,
+            Response::Opened { .. } => 2,
+            Response::Hidden { .. } => 3,
+            Response::Token { .. } => 4,
+            Response::Closed => 5,
+            Response::Error { .. } => 6,
+        };
+        let mut w = Writer::new(&self.model, kind);
+        match &self.msg {
+            Response::Info(json) => w.bytes(json),
+            Response::Opened { session } => w.u64(*session),
+            Response::Hidden { tensor, compute_us } => {
+                w.u32(*compute_us);
+                w.tensor(tensor);
+            }
+            Response::Token { id, logits_hash, compute_us } => {
+                w.u32(*id);
+                w.0.extend_from_slice(logits_hash);
+                w.u32(*compute_us);
+            }
+            Response::Closed => {}
+            Response::Error { code, message } => {
+                w.u8(code.code());
+                let m = message.as_bytes();
+                w.bytes(&m[..floor_char_boundary(message, MAX_MESSAGE.min(m.len()))]);
+            }
+        }
+        w.0
+    }
+
+    /// Decode a frame payload. Never panics; says what was wrong.
+    pub fn from_bytes(b: &[u8]) -> Result<Self> {
+        let mut r = Reader { b, p: 0 };
+        let (model, kind) = r.envelope()?;
+        let msg = match kind {
+            1 => Response::Info(r.bytes(crate::info::MAX_INFO, "server info")?.to_vec()),
+            2 => Response::Opened { session: r.u64("session")? },
+            3 => {
+                let compute_us = r.u32("compute time")?;
+                Response::Hidden { tensor: r.tensor()?, compute_us }
+            }
+            4 => {
+                let id = r.u32("token id")?;
+                let mut h = [0u8; 32];
+                h.copy_from_slice(r.take(32, "logits hash")?);
+                Response::Token { id, logits_hash: h, compute_us: r.u32("compute time")? }
+            }
+            5 => Response::Closed,
+            6 => {
+                let code = ErrorCode::from_code(r.u8("error code")?)?;
+                let m = r.bytes(MAX_MESSAGE, "error message")?;
+                Response::Error { code, message: String::from_utf8_lossy(m).into_owned() }
+            }
+            k => return Err(NetError::Malformed(format!("unknown response kind {k}"))),
+        };
+        r.end()?;
+        Ok(Self { model, msg })
+    }
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Read one frame: the length is checked against `cap` before the buffer is allocated.
+pub async fn read_frame<R: futures::AsyncRead + Unpin>(r: &mut R, cap: usize) -> Result<Vec<u8>> {
+    use futures::AsyncReadExt;
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let n = u32::from_le_bytes(len) as usize;
+    if n > cap {
+        return Err(NetError::TooLarge { what: "frame".into(), size: n, cap });
+    }
+    let mut buf = vec![0u8; n];
+    r.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Write one frame and flush it.
+pub async fn write_frame<W: futures::AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> Result<()> {
+    use futures::AsyncWriteExt;
+    if payload.len() > MAX_FRAME {
+        return Err(NetError::TooLarge { what: "frame".into(), size: payload.len(), cap: MAX_FRAME });
+    }
+    let mut buf = Vec::with_capacity(4 + payload.len());
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(payload);
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id() -> ModelId {
+        ModelId([7; 32])
+    }
+
+    #[test]
+    fn q8_round_trip_is_within_half_a_step() {
+        let v: Vec<f32> = (0..200).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.173).collect();
+        let t = Tensor::encode(&v, 100, Dtype::Q8).unwrap();
+        assert_eq!(t.data.len(), 2 * (4 * 2 + 100));
+        let back = t.decode().unwrap();
+        for (row, brow) in v.chunks(100).zip(back.chunks(100)) {
+            for (blk, bblk) in row.chunks(32).zip(brow.chunks(32)) {
+                let step = blk.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+                for (a, b) in blk.iter().zip(bblk) {
+                    assert!((a - b).abs() <= step * 0.51 + 1e-6, "{a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_values_are_refused_both_ways() {
+        assert!(Tensor::encode(&[1.0, f32::NAN], 2, Dtype::F32).is_err());
+        let mut t = Tensor::encode(&[1.0, 2.0], 2, Dtype::F32).unwrap();
+        t.data[4..8].copy_from_slice(&f32::INFINITY.to_le_bytes());
+        let e = Envelope { model: id(), msg: Response::Hidden { tensor: t, compute_us: 0 } }.to_bytes();
+        let err = Envelope::<Response>::from_bytes(&e).unwrap_err();
+        assert!(err.to_string().contains("NaN or infinity"), "{err}");
+    }
+
+    #[test]
+    fn version_and_truncation_and_oversize_get_clear_errors() {
+        let ok = Envelope { model: id(), msg: Request::Step { session: 1, input: StepInput::Tokens(vec![1, 2]) } };
+        let mut b = ok.to_bytes();
+        assert_eq!(Envelope::<Request>::from_bytes(&b).unwrap(), ok);
+        let e = Envelope::<Request>::from_bytes(&b[..b.len() - 1]).unwrap_err();
+        assert!(e.to_string().contains("ends inside token ids"), "{e}");
+        b[0] = 9;
+        let e = Envelope::<Request>::from_bytes(&b).unwrap_err();
+        assert!(matches!(e, NetError::Version { theirs: 9, .. }), "{e}");
+        // A huge token count is refused before anything is allocated.
+        let mut big = Writer::new(&id(), 3);
+        big.u64(1);
+        big.u8(0);
+        big.u32(u32::MAX);
+        let e = Envelope::<Request>::from_bytes(&big.0).unwrap_err();
+        assert!(matches!(e, NetError::TooLarge { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn frames_over_the_cap_are_refused_before_reading() {
+        let mut bytes = (1u32 << 30).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 16]);
+        let e = read_frame(&mut futures::io::Cursor::new(bytes), MAX_FRAME).await.unwrap_err();
+        assert!(matches!(e, NetError::TooLarge { .. }), "{e}");
+        let mut out = Vec::new();
+        write_frame(&mut futures::io::Cursor::new(&mut out), b"hello").await.unwrap();
+        let back = read_frame(&mut futures::io::Cursor::new(out), 16).await.unwrap();
+        assert_eq!(back, b"hello");
+    }
+
+    fn arb_tensor() -> impl Strategy<Value = Tensor> {
+        (1usize..4, 1usize..70, any::<bool>()).prop_flat_map(|(rows, cols, q8)| {
+            proptest::collection::vec(-1e4f32..1e4, rows * cols)
+                .prop_map(move |v| Tensor::encode(&v, cols, if q8 { Dtype::Q8 } else { Dtype::F32 }).unwrap())
+        })
+    }
+
+    fn arb_request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            Just(Request::Info),
+            (any::<u64>(), 0u32..100, 1u32..100, 0.0f64..3.0, any::<u32>(), 0.01f64..=1.0, any::<u64>(), any::<bool>())
+                .prop_map(|(session, start, len, temperature, top_k, top_p, seed, f)| Request::Open {
+                    session,
+                    start,
+                    end: start + len,
+                    sampling: Sampling { temperature, top_k, top_p, seed },
+                    reply: if f { Dtype::F32 } else { Dtype::Q8 },
+                }),
+            (any::<u64>(), proptest::collection::vec(any::<u32>(), 1..50))
+                .prop_map(|(session, ids)| Request::Step { session, input: StepInput::Tokens(ids) }),
+            (any::<u64>(), arb_tensor())
+                .prop_map(|(session, t)| Request::Step { session, input: StepInput::Hidden(t) }),
+            any::<u64>().prop_map(|session| Request::Close { session }),
+        ]
+    }
+
+    fn arb_response() -> impl Strategy<Value = Response> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..200).prop_map(Response::Info),
+            any::<u64>().prop_map(|session| Response::Opened { session }),
+            (arb_tensor(), any::<u32>()).prop_map(|(tensor, compute_us)| Response::Hidden { tensor, compute_us }),
+            (any::<u32>(), any::<[u8; 32]>(), any::<u32>()).prop_map(|(id, logits_hash, compute_us)| Response::Token {
+                id,
+                logits_hash,
+                compute_us
+            }),
+            Just(Response::Closed),
+            ("[a-z é]{0,40}", 1u8..9)
+                .prop_map(|(message, c)| Response::Error { code: ErrorCode::from_code(c).unwrap(), message }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn requests_round_trip(msg in arb_request(), m in any::<[u8; 32]>()) {
+            let e = Envelope { model: ModelId(m), msg };
+            prop_assert_eq!(Envelope::<Request>::from_bytes(&e.to_bytes()).unwrap(), e);
+        }
+
+        #[test]
+        fn responses_round_trip(msg in arb_response(), m in any::<[u8; 32]>()) {
+            let e = Envelope { model: ModelId(m), msg };
+            prop_assert_eq!(Envelope::<Response>::from_bytes(&e.to_bytes()).unwrap(), e);
+        }
+
+        #[test]
+        fn f32_tensors_are_lossless(v in proptest::collection::vec(-1e30f32..1e30, 1..300)) {
+            let t = Tensor::encode(&v, v.len(), Dtype::F32).unwrap();
+            prop_assert_eq!(t.decode().unwrap(), v);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Envelope::<Request>::from_bytes(&b);
+            let _ = Envelope::<Response>::from_bytes(&b);
+        }
+
+        #[test]
+        fn every_truncation_is_an_error(msg in arb_request()) {
+            let b = Envelope { model: id(), msg }.to_bytes();
+            for cut in 0..b.len() {
+                prop_assert!(Envelope::<Request>::from_bytes(&b[..cut]).is_err());
+            }
+        }
+    }
+}

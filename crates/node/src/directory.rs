@@ -1,0 +1,265 @@
+//! What a node knows about the servers of its model, and the route it picks through them.
+//!
+//! Routing follows Petals: the blocks 0..L are the vertices 0..=L of a graph;
+//! a server holding [s, e) offers an edge a → b for every s ≤ a < b ≤ e,
+//! costing the round trip to it plus (b − a) times its per-block compute time.
+//! The cheapest path from 0 to L is the chain. Servers that failed recently
+//! sit out a backoff; announcements expire when they are not refreshed.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use odin_net::{PeerId, ServerInfo};
+use serde::Serialize;
+
+/// One server as the directory knows it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Its latest announcement.
+    pub info: ServerInfo,
+    /// When that announcement arrived.
+    pub seen: Instant,
+    /// Latest measured round trip.
+    pub rtt: Option<Duration>,
+    /// Not routed to before this instant (after failures).
+    pub backoff_until: Option<Instant>,
+    /// Failures in a row.
+    pub failures: u32,
+}
+
+/// One hop of a route: a server and the blocks it runs for this session.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hop {
+    /// The server.
+    #[serde(serialize_with = "peer_string")]
+    pub peer: PeerId,
+    /// First block.
+    pub start: usize,
+    /// One past the last block.
+    pub end: usize,
+}
+
+fn peer_string<S: serde::Serializer>(p: &PeerId, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string())
+}
+
+/// Known servers of one model.
+#[derive(Debug)]
+pub struct Directory {
+    layers: usize,
+    ttl: Duration,
+    servers: HashMap<PeerId, Entry>,
+}
+
+/// Round trip assumed for a server whose ping has not come back yet.
+const UNKNOWN_RTT: Duration = Duration::from_millis(5);
+
+impl Directory {
+    /// An empty directory for a model of `layers` blocks; announcements live for `ttl`.
+    pub fn new(layers: usize, ttl: Duration) -> Self {
+        Self { layers, ttl, servers: HashMap::new() }
+    }
+
+    /// Blocks of the model.
+    pub fn layers(&self) -> usize {
+        self.layers
+    }
+
+    /// Take an announcement (ignored when it names blocks the model does not have).
+    pub fn update(&mut self, peer: PeerId, info: ServerInfo) {
+        if info.end as usize > self.layers {
+            return;
+        }
+        let e = self.servers.entry(peer).or_insert_with(|| Entry {
+            info: info.clone(),
+            seen: Instant::now(),
+            rtt: None,
+            backoff_until: None,
+            failures: 0,
+        });
+        e.info = info;
+        e.seen = Instant::now();
+    }
+
+    /// Record a round-trip time.
+    pub fn rtt(&mut self, peer: PeerId, rtt: Duration) {
+        if let Some(e) = self.servers.get_mut(&peer) {
+            e.rtt = Some(rtt);
+        }
+    }
+
+    /// A peer went away: forget it.
+    pub fn remove(&mut self, peer: &PeerId) {
+        self.servers.remove(peer);
+    }
+
+    /// A request to `peer` failed: back off exponentially (0.5 s, 1 s, 2 s, … up to 60 s).
+    pub fn failed(&mut self, peer: &PeerId) {
+        if let Some(e) = self.servers.get_mut(peer) {
+            e.failures += 1;
+            let ms = 500u64.saturating_mul(1 << (e.failures - 1).min(7)).min(60_000);
+            e.backoff_until = Some(Instant::now() + Duration::from_millis(ms));
+        }
+    }
+
+    /// A request to `peer` succeeded.
+    pub fn succeeded(&mut self, peer: &PeerId) {
+        if let Some(e) = self.servers.get_mut(peer) {
+            e.failures = 0;
+            e.backoff_until = None;
+        }
+    }
+
+    /// Drop announcements older than the TTL.
+    pub fn expire(&mut self) {
+        let ttl = self.ttl;
+        self.servers.retain(|_, e| e.seen.elapsed() < ttl);
+    }
+
+    /// Servers known now, sorted by first block then peer id.
+    pub fn entries(&self) -> Vec<(PeerId, Entry)> {
+        let mut v: Vec<_> = self.servers.iter().map(|(p, e)| (*p, e.clone())).collect();
+        v.sort_by(|a, b| (a.1.info.start, a.0.to_bytes()).cmp(&(b.1.info.start, b.0.to_bytes())));
+        v
+    }
+
+    /// How many live servers cover each block.
+    pub fn coverage(&self) -> Vec<usize> {
+        let mut c = vec![0; self.layers];
+        for e in self.servers.values().filter(|e| e.seen.elapsed() < self.ttl) {
+            for b in e.info.start as usize..(e.info.end as usize).min(self.layers) {
+                c[b] += 1;
+            }
+        }
+        c
+    }
+
+    /// The cheapest chain of servers over blocks 0..L, skipping `avoid` and servers in backoff
+    /// or without a free session slot. `None` when the blocks are not all covered.
+    pub fn route(&self, avoid: &[PeerId]) -> Option<Vec<Hop>> {
+        let now = Instant::now();
+        let usable: Vec<(&PeerId, &Entry)> = {
+            let mut v: Vec<_> = self
+                .servers
+                .iter()
+                .filter(|(p, e)| {
+                    !avoid.contains(p)
+                        && e.seen.elapsed() < self.ttl
+                        && e.info.free_slots > 0
+                        && e.backoff_until.is_none_or(|t| t <= now)
+                })
+                .collect();
+            // A fixed order makes ties break the same way on every run.
+            v.sort_by_key(|(p, _)| p.to_bytes());
+            v
+        };
+        let l = self.layers;
+        // Dijkstra over block boundaries; costs in microseconds.
+        let mut best: Vec<Option<(u64, usize, Hop)>> = vec![None; l + 1];
+        let mut done = vec![false; l + 1];
+        let mut dist = vec![u64::MAX; l + 1];
+        dist[0] = 0;
+        for _ in 0..=l {
+            let Some(a) = (0..=l).filter(|&v| !done[v] && dist[v] < u64::MAX).min_by_key(|&v| (dist[v], v)) else {
+                break;
+            };
+            done[a] = true;
+            if a == l {
+                break;
+            }
+            for (peer, e) in &usable {
+                let (s, end) = (e.info.start as usize, e.info.end as usize);
+                if !(s <= a && a < end) {
+                    continue;
+                }
+                let rtt = e.rtt.unwrap_or(UNKNOWN_RTT).as_micros() as u64;
+                // Busy servers cost a little more, so equal chains spread the load.
+                let load = u64::from(e.info.load) * 50;
+                for b in a + 1..=end {
+                    let cost = dist[a] + rtt + load + ((b - a) as f64 * e.info.ms_per_block * 1e3) as u64;
+                    if cost < dist[b] {
+                        dist[b] = cost;
+                        best[b] = Some((cost, a, Hop { peer: **peer, start: a, end: b }));
+                    }
+                }
+            }
+        }
+        if dist[l] == u64::MAX {
+            return None;
+        }
+        let mut hops = Vec::new();
+        let mut v = l;
+        while v > 0 {
+            let (_, prev, hop) = best[v].clone()?;
+            hops.push(hop);
+            v = prev;
+        }
+        hops.reverse();
+        Some(hops)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(start: u32, end: u32, ms: f64) -> ServerInfo {
+        ServerInfo {
+            version: odin_net::wire::PROTOCOL_VERSION,
+            peer: String::new(),
+            model: String::new(),
+            start,
+            end,
+            ms_per_block: ms,
+            load: 0,
+            free_slots: 4,
+            addrs: vec![],
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn routes_cover_every_block_in_order_and_prefer_fast_servers() {
+        let mut d = Directory::new(4, Duration::from_secs(60));
+        let (a, b, c, slow) = (PeerId::random(), PeerId::random(), PeerId::random(), PeerId::random());
+        d.update(a, info(0, 2, 1.0));
+        assert_eq!(d.route(&[]), None, "blocks 2..4 are uncovered");
+        d.update(b, info(2, 4, 1.0));
+        d.update(slow, info(0, 4, 50.0));
+        let r = d.route(&[]).unwrap();
+        assert_eq!(r, vec![Hop { peer: a, start: 0, end: 2 }, Hop { peer: b, start: 2, end: 4 }]);
+        // Overlapping ranges: a route may use part of a server's blocks.
+        d.update(c, info(1, 4, 0.1));
+        let r = d.route(&[]).unwrap();
+        assert_eq!(r, vec![Hop { peer: a, start: 0, end: 1 }, Hop { peer: c, start: 1, end: 4 }]);
+        // Avoided and failing servers are routed around.
+        let r = d.route(&[c]).unwrap();
+        assert_eq!(r[1].peer, b);
+        d.failed(&a);
+        let r = d.route(&[c]).unwrap();
+        // The slow server only for the blocks nobody else can take.
+        assert_eq!(r, vec![Hop { peer: slow, start: 0, end: 2 }, Hop { peer: b, start: 2, end: 4 }]);
+        d.succeeded(&a);
+        assert_eq!(d.coverage(), vec![2, 3, 3, 3]);
+        d.remove(&slow);
+        d.remove(&a);
+        assert_eq!(d.route(&[]), None);
+    }
+
+    #[test]
+    fn announcements_expire_and_full_servers_are_skipped() {
+        let mut d = Directory::new(2, Duration::from_millis(0));
+        d.update(PeerId::random(), info(0, 2, 1.0));
+        assert_eq!(d.route(&[]), None);
+        d.expire();
+        assert!(d.entries().is_empty());
+        let mut d = Directory::new(2, Duration::from_secs(60));
+        let mut full = info(0, 2, 1.0);
+        full.free_slots = 0;
+        d.update(PeerId::random(), full);
+        assert_eq!(d.route(&[]), None);
+        // Blocks beyond the model are ignored.
+        d.update(PeerId::random(), info(0, 3, 1.0));
+        assert!(d.entries().len() == 1);
+    }
+}

@@ -1,0 +1,44 @@
+//! Errors of the node runtime.
+
+use thiserror::Error;
+
+/// Anything that can stop a node or a generation.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// The network layer failed.
+    #[error(transparent)]
+    Net(#[from] odin_net::NetError),
+    /// The engine refused (bad model directory, bad input).
+    #[error(transparent)]
+    Engine(#[from] odin_engine::EngineError),
+    /// The model directory is unusable.
+    #[error("model: {0}")]
+    Model(String),
+    /// No chain of servers covers every block.
+    #[error("no route: {0}")]
+    NoRoute(String),
+    /// A server answered with an error.
+    #[error("server {peer} refused: {message}")]
+    Remote {
+        /// The server.
+        peer: String,
+        /// Its error code.
+        code: odin_net::ErrorCode,
+        /// What it said.
+        message: String,
+    },
+    /// A server did not answer in time.
+    #[error("server {0} did not answer within the deadline")]
+    Timeout(String),
+    /// A server answered out of protocol.
+    #[error("server {peer} answered out of protocol: {what}")]
+    Protocol {
+        /// The server.
+        peer: String,
+        /// What was wrong.
+        what: String,
+    },
+}
+
+/// Result with [`NodeError`].
+pub type Result<T> = std::result::Result<T, NodeError>;

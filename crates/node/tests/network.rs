@@ -1,0 +1,179 @@
+//! Real nodes on loopback, in one process: discovery, routing, generation through a
+//! chain equal to one machine's, bad input, and a 20-node network.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use odin_engine::{Input, Logits, Options, Sampler, SamplerConfig, Shard};
+use odin_net::wire::{read_frame, write_frame, MAX_FRAME};
+use odin_net::{Dtype, Envelope, ErrorCode, Request, Response, Sampling, StepInput, Tensor};
+use odin_node::{split_blocks, GenerateRequest, Node, NodeConfig};
+
+fn tiny() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/odin-tiny")
+}
+
+const PROMPT: [u32; 8] = [0, 3, 40, 41, 42, 43, 44, 4];
+
+/// The same generation on one machine, with the engine alone.
+fn local(max_new: usize, sampling: SamplerConfig) -> Vec<u32> {
+    let shard = Shard::load(&tiny(), None, Options::default()).unwrap();
+    let mut st = shard.new_state();
+    let mut s = Sampler::new(sampling);
+    let mut logits = shard.forward(Input::Tokens(&PROMPT), &mut st, Logits::Last).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..max_new {
+        let t = s.sample(&logits);
+        if t == 1 {
+            break;
+        }
+        out.push(t);
+        logits = shard.forward(Input::Tokens(&[t]), &mut st, Logits::Last).unwrap();
+    }
+    out
+}
+
+async fn start(blocks: Option<std::ops::Range<usize>>, boot: &[odin_net::Multiaddr], tmp: &Path) -> Arc<Node> {
+    let mut cfg = NodeConfig::loopback(&tiny(), blocks, &tmp.join(format!("n{}", rand_name())));
+    cfg.net.bootstrap = boot.to_vec();
+    cfg.announce_every = Duration::from_millis(500);
+    Node::start(cfg).await.unwrap()
+}
+
+fn rand_name() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_three_generates_what_one_machine_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ranges = split_blocks(4, 3);
+    let first = start(Some(ranges[0].clone()), &[], tmp.path()).await;
+    let boot = first.net().addrs();
+    let _b = start(Some(ranges[1].clone()), &boot, tmp.path()).await;
+    let _c = start(Some(ranges[2].clone()), &boot, tmp.path()).await;
+    let client = start(None, &boot, tmp.path()).await;
+    let route = client.wait_for_route(3, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(route.len(), 3, "{route:?}");
+    for (wire, sampling) in [
+        (Dtype::F32, Sampling::default()),
+        (Dtype::F32, Sampling { temperature: 0.8, top_k: 20, top_p: 0.95, seed: 7 }),
+        (Dtype::Q8, Sampling::default()),
+    ] {
+        let req = GenerateRequest { prompt: PROMPT.to_vec(), max_new: 24, sampling, wire, stop: Some(1) };
+        let mut streamed = Vec::new();
+        let g = client
+            .generate(&req, |t| {
+                streamed.push(t);
+                true
+            })
+            .await
+            .unwrap();
+        let want = local(
+            24,
+            SamplerConfig {
+                temperature: sampling.temperature,
+                top_k: sampling.top_k as usize,
+                top_p: sampling.top_p,
+                seed: sampling.seed,
+            },
+        );
+        assert_eq!(g.tokens, streamed);
+        assert_eq!(g.tokens, want, "wire {wire:?} sampling {sampling:?}");
+        assert_eq!(g.route.len(), 3);
+        assert!(g.route.iter().all(|h| h.steps as usize + 1 >= g.tokens.len()));
+    }
+}
+
+async fn call(stream: &mut odin_net::Stream, bytes: &[u8]) -> Response {
+    write_frame(stream, bytes).await.unwrap();
+    Envelope::<Response>::from_bytes(&read_frame(stream, MAX_FRAME).await.unwrap()).unwrap().msg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(Some(2..4), &[], tmp.path()).await;
+    let client = start(None, &server.net().addrs(), tmp.path()).await;
+    let model = server.model();
+    let mut s = client.net().open_stream(server.peer_id()).await.unwrap();
+    let env = |msg: Request| Envelope { model, msg }.to_bytes();
+    let err = |r: Response| match r {
+        Response::Error { code, message } => (code, message),
+        other => panic!("expected an error, got {other:?}"),
+    };
+
+    // Unknown session.
+    let step = |session, v: &[f32]| Request::Step {
+        session,
+        input: StepInput::Hidden(Tensor::encode(v, 192, Dtype::F32).unwrap()),
+    };
+    let (code, _) = err(call(&mut s, &env(step(9, &[0.0; 192]))).await);
+    assert_eq!(code, ErrorCode::UnknownSession);
+    // Wrong model id.
+    let wrong = Envelope { model: odin_format::ModelId([1; 32]), msg: Request::Info }.to_bytes();
+    let (code, msg) = err(call(&mut s, &wrong).await);
+    assert_eq!(code, ErrorCode::WrongModel, "{msg}");
+    // Blocks it does not hold.
+    let open =
+        |session, start, end| Request::Open { session, start, end, sampling: Sampling::default(), reply: Dtype::Q8 };
+    let (code, _) = err(call(&mut s, &env(open(1, 0, 3))).await);
+    assert_eq!(code, ErrorCode::BadBlocks);
+    // Protocol version mismatch.
+    let mut v = env(Request::Info);
+    v[0] = 99;
+    let (code, msg) = err(call(&mut s, &v).await);
+    assert_eq!(code, ErrorCode::Version, "{msg}");
+    // Truncated and garbage payloads.
+    let good = env(step(1, &[0.5; 192]));
+    let (code, _) = err(call(&mut s, &good[..good.len() - 3]).await);
+    assert_eq!(code, ErrorCode::Malformed);
+    // Non-finite values inside an otherwise well-formed tensor.
+    assert!(matches!(call(&mut s, &env(open(1, 2, 4))).await, Response::Opened { session: 1 }));
+    let mut nan = good.clone();
+    let at = nan.len() - 4;
+    nan[at..].copy_from_slice(&f32::NAN.to_le_bytes());
+    let (code, msg) = err(call(&mut s, &nan).await);
+    assert_eq!(code, ErrorCode::Malformed, "{msg}");
+    // Wrong width.
+    let (code, msg) = err(call(
+        &mut s,
+        &env(Request::Step {
+            session: 1,
+            input: StepInput::Hidden(Tensor::encode(&[0.5; 100], 100, Dtype::F32).unwrap()),
+        }),
+    )
+    .await);
+    assert_eq!(code, ErrorCode::BadInput, "{msg}");
+    // After all that, the session still works on the same stream...
+    assert!(matches!(call(&mut s, &good).await, Response::Token { .. }));
+    // ...and an oversized frame is refused before it is read, then the stream is closed.
+    futures::AsyncWriteExt::write_all(&mut s, &(u32::MAX).to_le_bytes()).await.unwrap();
+    let r = Envelope::<Response>::from_bytes(&read_frame(&mut s, MAX_FRAME).await.unwrap()).unwrap().msg;
+    assert!(matches!(r, Response::Error { code: ErrorCode::Malformed, .. }), "{r:?}");
+    // Another stream is served as before.
+    let mut s2 = client.net().open_stream(server.peer_id()).await.unwrap();
+    assert!(matches!(call(&mut s2, &env(Request::Info)).await, Response::Info(_)));
+    assert!(matches!(call(&mut s2, &good).await, Response::Token { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_nodes_each_find_a_full_route() {
+    let tmp = tempfile::tempdir().unwrap();
+    let genesis = start(Some(0..1), &[], tmp.path()).await;
+    let boot = genesis.net().addrs();
+    let mut nodes = vec![genesis];
+    for i in 1..20 {
+        let r = [0..1, 1..2, 2..3, 3..4, 0..2, 2..4, 1..4][i % 7].clone();
+        nodes.push(start(Some(r), &boot, tmp.path()).await);
+    }
+    for n in &nodes {
+        let r = n.wait_for_route(1, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(r.first().map(|h| h.start), Some(0));
+        assert_eq!(r.last().map(|h| h.end), Some(4));
+        assert!(r.windows(2).all(|w| w[0].end == w[1].start));
+    }
+}
