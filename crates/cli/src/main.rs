@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use odin_model::{init_weights, model_id, ModelConfig, ModelDir};
 
 mod engine_cmd;
+mod net_cmd;
 mod train_cmd;
 
 /// ODIN: create, train, serve and verify an efficient language model together.
@@ -43,6 +44,12 @@ enum Command {
     Export(engine_cmd::ExportCmd),
     /// Decode and prefill speed of the int8 engine, side by side with f32 and llama.cpp.
     Bench(engine_cmd::BenchArgs),
+    /// Join or start a network and serve a range of the model's blocks.
+    Node(net_cmd::NodeArgs),
+    /// A local network of N node processes answering a prompt (the demo), or serving an API with --serve.
+    Swarm(net_cmd::SwarmArgs),
+    /// Chat with a node's API from the terminal (--prompt for one shot).
+    Chat(net_cmd::ChatArgs),
     /// The f32 path's speed for `odin bench` (runs in a child process).
     #[command(hide = true)]
     BenchF32(engine_cmd::BenchF32Args),
@@ -202,6 +209,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export(c) => engine_cmd::export(c),
         Command::Bench(a) => engine_cmd::bench(a),
         Command::BenchF32(a) => engine_cmd::bench_f32(a),
+        Command::Node(a) => net_cmd::node(a),
+        Command::Swarm(a) => net_cmd::swarm(a),
+        Command::Chat(a) => net_cmd::chat(a),
         Command::Model(ModelCmd::Id { dir }) => {
             println!("{}", model_id(&dir).with_context(|| format!("cannot hash model directory {}", dir.display()))?);
             Ok(())

@@ -1,0 +1,392 @@
+//! `odin node`, `odin swarm` and `odin chat`: the network from the command line.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use odin_net::{Dtype, Multiaddr, Sampling};
+use odin_node::{split_blocks, GenerateRequest, Node, NodeConfig, ServerConfig};
+use odin_train::data::{prompt_ids, special};
+use odin_train::generate::{load_tokenizer, TextStream};
+use serde_json::json;
+use tokio::io::AsyncBufReadExt;
+
+/// `odin node` arguments.
+#[derive(Args)]
+pub struct NodeArgs {
+    /// Model directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Blocks to serve, `A..B` (end exclusive); leave out to serve nothing (a client with --api).
+    #[arg(long)]
+    blocks: Option<String>,
+    /// Address to listen on (repeatable); default: TCP and QUIC on every interface, ports chosen by the system.
+    #[arg(long)]
+    listen: Vec<Multiaddr>,
+    /// Address of a node to join through, with its /p2p/ id (repeatable); none: this is the genesis node.
+    #[arg(long)]
+    bootstrap: Vec<Multiaddr>,
+    /// Serve the OpenAI-compatible API on HOST:PORT.
+    #[arg(long)]
+    api: Option<SocketAddr>,
+    /// Where the node keeps its identity key.
+    #[arg(long, default_value = ".odin/node")]
+    data_dir: PathBuf,
+    /// Refuse to start unless the model files hash to this id.
+    #[arg(long)]
+    model_id: Option<String>,
+    /// Find peers on the LAN with mDNS.
+    #[arg(long)]
+    mdns: bool,
+    /// Do not ask the router for a UPnP port mapping.
+    #[arg(long)]
+    no_upnp: bool,
+    /// Engine threads per product (the output never depends on it).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Most sessions held at once.
+    #[arg(long, default_value_t = 64)]
+    max_sessions: usize,
+    /// How hidden states travel for requests made through this node's API: int8 or f32.
+    #[arg(long, default_value = "int8")]
+    wire: String,
+    /// Seconds between announcements.
+    #[arg(long, default_value_t = 2.0)]
+    announce_secs: f64,
+    /// Wait this many milliseconds before each step (for tests of slow servers).
+    #[arg(long, default_value_t = 0, hide = true)]
+    delay_ms: u64,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+fn model_name(dir: &Path) -> String {
+    dir.canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "odin".into())
+}
+
+async fn start_api(node: Arc<Node>, addr: SocketAddr, wire: Dtype) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let tk = load_tokenizer(node.model_dir())?;
+    let api = odin_api::Api::new(node.clone(), tk, model_name(node.model_dir()), wire);
+    let listener = odin_api::bind(addr).await.with_context(|| format!("cannot listen on {addr} for the API"))?;
+    let bound = listener.local_addr()?;
+    let h = tokio::spawn(async move {
+        let stop = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        if let Err(e) = odin_api::serve(api, listener, stop).await {
+            tracing::error!("API stopped: {e}");
+        }
+    });
+    Ok((bound, h))
+}
+
+/// Run `odin node` until Ctrl-C. Prints one JSON line (`"event":"ready"`) on stdout once serving.
+pub fn node(a: NodeArgs) -> Result<()> {
+    let wire = Dtype::parse(&a.wire)?;
+    if !(a.announce_secs > 0.05 && a.announce_secs.is_finite()) {
+        bail!("--announce-secs must be above 0.05");
+    }
+    let cfg_path = a.model.join("config.json");
+    let layers = odin_format::ModelConfig::from_file(&cfg_path)
+        .with_context(|| format!("cannot read {}", cfg_path.display()))?
+        .num_layers();
+    let blocks = a.blocks.as_deref().map(|b| odin_node::parse_blocks(b, layers)).transpose().map_err(anyhow::Error::msg)?;
+    let expect_id = match &a.model_id {
+        Some(h) => Some(odin_format::ModelId::from_hex(h).with_context(|| format!("--model-id {h:?} is not 64 hex digits"))?),
+        None => None,
+    };
+    let mut cfg = NodeConfig::loopback(&a.model, blocks.clone(), &a.data_dir);
+    cfg.expect_id = expect_id;
+    cfg.net.listen = if a.listen.is_empty() {
+        vec!["/ip4/0.0.0.0/tcp/0".parse()?, "/ip4/0.0.0.0/udp/0/quic-v1".parse()?]
+    } else {
+        a.listen.clone()
+    };
+    cfg.net.bootstrap = a.bootstrap.clone();
+    cfg.net.mdns = a.mdns;
+    cfg.net.upnp = !a.no_upnp;
+    cfg.net.dht_server = blocks.is_some();
+    cfg.threads = a.threads.max(1);
+    cfg.server = ServerConfig { max_sessions: a.max_sessions.max(1), delay: Duration::from_millis(a.delay_ms), ..ServerConfig::default() };
+    cfg.announce_every = Duration::from_secs_f64(a.announce_secs);
+    runtime()?.block_on(async move {
+        let node = Node::start(cfg).await.with_context(|| format!("cannot start a node on {}", a.model.display()))?;
+        let api = match a.api {
+            Some(addr) => Some(start_api(node.clone(), addr, wire).await?),
+            None => None,
+        };
+        let ready = json!({
+            "event": "ready", "peer": node.peer_id().to_string(), "model": node.model().to_string(),
+            "blocks": blocks.as_ref().map(|r| [r.start, r.end]),
+            "addrs": node.net().addrs().iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+            "api": api.as_ref().map(|(addr, _)| format!("http://{addr}")),
+        });
+        println!("{ready}");
+        std::io::stdout().flush()?;
+        eprintln!(
+            "node {} serving blocks {} of model {}; Ctrl-C stops it",
+            node.peer_id(),
+            blocks.as_ref().map_or("none".into(), |r| format!("{}..{}", r.start, r.end)),
+            node.model()
+        );
+        tokio::signal::ctrl_c().await?;
+        if let Some((_, h)) = api {
+            let _ = h.await;
+        }
+        Ok(())
+    })
+}
+
+/// `odin swarm` arguments.
+#[derive(Args)]
+pub struct SwarmArgs {
+    /// Node processes to start on loopback (the blocks are split between them).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Model directory.
+    #[arg(long, default_value = "models/odin-tiny")]
+    model: PathBuf,
+    /// The task prompt.
+    #[arg(long, default_value = "Solve for x: 6x - 5 = -10x + 59")]
+    prompt: String,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Keep only the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: u32,
+    /// Nucleus threshold (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Sampler seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// How hidden states travel between hops: int8 (per-block scales) or f32.
+    #[arg(long, default_value = "int8")]
+    wire: String,
+    /// Keep the network and an OpenAI-compatible API up until Ctrl-C.
+    #[arg(long)]
+    serve: bool,
+    /// Where --serve puts the API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    api: SocketAddr,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Children that are killed when the swarm ends, however it ends.
+struct Children(Vec<tokio::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.start_kill();
+        }
+    }
+}
+
+/// Run `odin swarm`: N node processes on loopback, one prompt through them (or an API with --serve).
+pub fn swarm(a: SwarmArgs) -> Result<()> {
+    let wire = Dtype::parse(&a.wire)?;
+    if a.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let cfg_path = a.model.join("config.json");
+    let layers = odin_format::ModelConfig::from_file(&cfg_path)
+        .with_context(|| format!("cannot read {}; pass --model DIR", cfg_path.display()))?
+        .num_layers();
+    if a.nodes > layers {
+        bail!("{} nodes cannot split {layers} blocks; use --nodes {layers} or fewer", a.nodes);
+    }
+    let tk = load_tokenizer(&a.model)?;
+    let ids = prompt_ids(&tk, &a.prompt)?;
+    let exe = std::env::current_exe().context("cannot find the odin binary to start nodes")?;
+    let work = std::env::temp_dir().join(format!("odin-swarm-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let t_start = Instant::now();
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let mut children = Children(Vec::new());
+        let mut boot: Vec<String> = Vec::new();
+        for (i, r) in split_blocks(layers, a.nodes).into_iter().enumerate() {
+            let mut cmd = tokio::process::Command::new(&exe);
+            cmd.arg("node").arg("--model").arg(&a.model).arg("--blocks").arg(format!("{}..{}", r.start, r.end));
+            cmd.args(["--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--no-upnp"]);
+            cmd.args(["--announce-secs", "1"]);
+            cmd.arg("--data-dir").arg(work.join(format!("node-{i}")));
+            for b in &boot {
+                cmd.arg("--bootstrap").arg(b);
+            }
+            cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null()).kill_on_drop(true);
+            let mut child = cmd.spawn().with_context(|| format!("cannot start {}", exe.display()))?;
+            let out = child.stdout.take().context("no stdout from a node")?;
+            children.0.push(child);
+            let mut lines = tokio::io::BufReader::new(out).lines();
+            let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+                .await
+                .context("a node did not become ready within 120 s")??
+                .context("a node exited before it was ready (see its error above)")?;
+            let ready: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("unexpected node output {line:?}"))?;
+            if i == 0 {
+                // Everyone joins through the genesis node.
+                boot = ready["addrs"]
+                    .as_array()
+                    .map(|v| v.iter().filter_map(|s| s.as_str().map(String::from)).filter(|s| s.contains("/tcp/")).collect())
+                    .unwrap_or_default();
+            }
+            // Keep draining the child's stdout so it never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        }
+        let mut cfg = NodeConfig::loopback(&a.model, None, &work.join("client"));
+        cfg.net.bootstrap = boot.iter().filter_map(|s| s.parse().ok()).collect();
+        cfg.net.dht_server = false;
+        let client = Node::start(cfg).await?;
+        let route = client.wait_for_route(a.nodes, Duration::from_secs(60)).await?;
+        let ready_s = t_start.elapsed().as_secs_f64();
+        if a.serve {
+            let (addr, h) = start_api(client.clone(), a.api, wire).await?;
+            eprintln!("{} nodes up in {ready_s:.1}s; route: {}", a.nodes, describe(&route));
+            println!("OpenAI-compatible API on http://{addr}/v1 (model {}); Ctrl-C stops every node", model_name(&a.model));
+            let _ = h.await;
+            return Ok(());
+        }
+        let req = GenerateRequest {
+            prompt: ids.clone(),
+            max_new: a.max_tokens,
+            sampling: Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
+            wire,
+            stop: Some(special::EOS),
+        };
+        let mut stream = TextStream::new(&tk);
+        let mut out = std::io::stdout();
+        let json_out = a.json;
+        let g = client
+            .generate(&req, |t| {
+                if let Ok(Some(piece)) = stream.push(t) {
+                    if !json_out {
+                        let _ = out.write_all(piece.as_bytes());
+                        let _ = out.flush();
+                    }
+                }
+                true
+            })
+            .await?;
+        let text = tk.decode(&g.tokens, true).unwrap_or_default();
+        if a.json {
+            println!(
+                "{}",
+                json!({"prompt": a.prompt, "text": text, "ids": g.tokens, "model": client.model().to_string(),
+                       "nodes": a.nodes, "wire": wire.name(), "ready_s": ready_s, "prefill_ms": g.prefill_ms,
+                       "decode_tok_s": g.decode_tok_s, "route": g.route, "logits_hashes": g.logits_hashes})
+            );
+        } else {
+            println!();
+            eprintln!("route ({} hops, wire {}, network ready in {ready_s:.1}s):", g.route.len(), wire.name());
+            for h in &g.route {
+                eprintln!(
+                    "  {}  blocks {}..{}  round trip {:.0} µs = compute {:.0} µs + overhead {:.0} µs  ({:.0} B/token)",
+                    h.hop.peer, h.hop.start, h.hop.end, h.mean_rtt_us, h.mean_compute_us, h.mean_overhead_us, h.bytes_per_token
+                );
+            }
+            eprintln!("{} tokens · prefill {:.1} ms · decode {:.1} tok/s", g.tokens.len(), g.prefill_ms, g.decode_tok_s);
+        }
+        drop(children);
+        Ok::<(), anyhow::Error>(())
+    });
+    rt.shutdown_timeout(Duration::from_secs(2));
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn describe(route: &[odin_node::Hop]) -> String {
+    route.iter().map(|h| format!("{}..{} @ {}", h.start, h.end, h.peer)).collect::<Vec<_>>().join(" → ")
+}
+
+/// `odin chat` arguments.
+#[derive(Args)]
+pub struct ChatArgs {
+    /// The node's API (from `odin node --api` or `odin swarm --serve`).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// One prompt, then exit (otherwise: read prompts from the terminal).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Most tokens per answer.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Sampler seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// Run `odin chat`: stream answers from a node's API.
+pub fn chat(a: ChatArgs) -> Result<()> {
+    let base = a.url.trim_end_matches('/').trim_end_matches("/v1").to_string();
+    let models: serde_json::Value = ureq::get(format!("{base}/v1/models"))
+        .call()
+        .with_context(|| format!("cannot reach an ODIN API at {base}; start one with `odin swarm --serve` or `odin node --api`"))?
+        .body_mut()
+        .read_json()?;
+    let model = models["data"][0]["id"].as_str().context("the API lists no model")?.to_string();
+    let ask = |prompt: &str| -> Result<()> {
+        let body = json!({"model": model, "messages": [{"role": "user", "content": prompt}], "stream": true,
+                          "max_tokens": a.max_tokens, "temperature": a.temperature, "seed": a.seed});
+        let resp = ureq::post(format!("{base}/v1/chat/completions")).config().http_status_as_error(false).build().send_json(&body)?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let e: serde_json::Value = body.read_json().unwrap_or_default();
+            bail!("the API refused ({status}): {}", e["error"]["message"].as_str().unwrap_or("no message"));
+        }
+        let mut out = std::io::stdout();
+        for line in std::io::BufReader::new(body.into_reader()).lines() {
+            let line = line?;
+            let Some(data) = line.strip_prefix("data: ") else { continue };
+            if data == "[DONE]" {
+                break;
+            }
+            let v: serde_json::Value = serde_json::from_str(data)?;
+            if let Some(e) = v.get("error") {
+                bail!("{}", e["message"].as_str().unwrap_or("generation failed"));
+            }
+            if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+                out.write_all(t.as_bytes())?;
+                out.flush()?;
+            }
+        }
+        println!();
+        Ok(())
+    };
+    if let Some(p) = &a.prompt {
+        return ask(p);
+    }
+    eprintln!("chatting with {model} at {base}; an empty line or Ctrl-D ends");
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = ask(line.trim()) {
+            eprintln!("error: {e:#}");
+        }
+    }
+}
