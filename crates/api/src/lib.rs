@@ -54,7 +54,13 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see /v1/models, /v1/completions, /v1/chat/completions, /health, /status", "not_found") })
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see /v1/models, /v1/completions, /v1/chat/completions, /health, /status",
+                "not_found",
+            )
+        })
         .with_state(api)
 }
 
@@ -134,7 +140,8 @@ struct Job {
 
 fn parse(api: &Api, raw: &[u8], chat: bool) -> Result<Job, Response> {
     let bad = |m: String| error(StatusCode::BAD_REQUEST, &m, "invalid_request");
-    let b: Body = serde_json::from_slice(raw).map_err(|e| bad(format!("the request body is not valid JSON for this endpoint: {e}")))?;
+    let b: Body = serde_json::from_slice(raw)
+        .map_err(|e| bad(format!("the request body is not valid JSON for this endpoint: {e}")))?;
     match b.model.as_deref() {
         None => return Err(bad("missing field `model`; GET /v1/models lists it".into())),
         Some(m) if m == api.name || m == api.node.model().to_string() => {}
@@ -152,10 +159,13 @@ fn parse(api: &Api, raw: &[u8], chat: bool) -> Result<Job, Response> {
     let prompt = if chat {
         let msgs = b.messages.ok_or_else(|| bad("missing field `messages`".into()))?;
         // The model answers one task prompt: the last user message is the task.
-        let last = msgs.iter().rev().find(|m| m.role == "user").ok_or_else(|| bad("`messages` has no user message".into()))?;
+        let last =
+            msgs.iter().rev().find(|m| m.role == "user").ok_or_else(|| bad("`messages` has no user message".into()))?;
         match &last.content {
             Value::String(s) => s.clone(),
-            Value::Array(parts) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(""),
+            Value::Array(parts) => {
+                parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("")
+            }
             _ => return Err(bad("a message's `content` must be a string or a list of text parts".into())),
         }
     } else {
@@ -287,7 +297,13 @@ async fn run(api: Arc<Api>, body: Bytes, chat: bool) -> Response {
         while let Some(p) = rx.recv().await {
             match p {
                 Piece::Text(t) => text.push_str(&t),
-                Piece::Failed(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &format!("generation failed: {e}"), "generation_failed"),
+                Piece::Failed(e) => {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("generation failed: {e}"),
+                        "generation_failed",
+                    )
+                }
                 Piece::Done { finish, completion_tokens, extra } => {
                     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
                     let choice = if chat {

@@ -74,7 +74,11 @@ fn model_name(dir: &Path) -> String {
         .unwrap_or_else(|| "odin".into())
 }
 
-async fn start_api(node: Arc<Node>, addr: SocketAddr, wire: Dtype) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+async fn start_api(
+    node: Arc<Node>,
+    addr: SocketAddr,
+    wire: Dtype,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let tk = load_tokenizer(node.model_dir())?;
     let api = odin_api::Api::new(node.clone(), tk, model_name(node.model_dir()), wire);
     let listener = odin_api::bind(addr).await.with_context(|| format!("cannot listen on {addr} for the API"))?;
@@ -100,9 +104,12 @@ pub fn node(a: NodeArgs) -> Result<()> {
     let layers = odin_format::ModelConfig::from_file(&cfg_path)
         .with_context(|| format!("cannot read {}", cfg_path.display()))?
         .num_layers();
-    let blocks = a.blocks.as_deref().map(|b| odin_node::parse_blocks(b, layers)).transpose().map_err(anyhow::Error::msg)?;
+    let blocks =
+        a.blocks.as_deref().map(|b| odin_node::parse_blocks(b, layers)).transpose().map_err(anyhow::Error::msg)?;
     let expect_id = match &a.model_id {
-        Some(h) => Some(odin_format::ModelId::from_hex(h).with_context(|| format!("--model-id {h:?} is not 64 hex digits"))?),
+        Some(h) => {
+            Some(odin_format::ModelId::from_hex(h).with_context(|| format!("--model-id {h:?} is not 64 hex digits"))?)
+        }
         None => None,
     };
     let mut cfg = NodeConfig::loopback(&a.model, blocks.clone(), &a.data_dir);
@@ -117,7 +124,11 @@ pub fn node(a: NodeArgs) -> Result<()> {
     cfg.net.upnp = !a.no_upnp;
     cfg.net.dht_server = blocks.is_some();
     cfg.threads = a.threads.max(1);
-    cfg.server = ServerConfig { max_sessions: a.max_sessions.max(1), delay: Duration::from_millis(a.delay_ms), ..ServerConfig::default() };
+    cfg.server = ServerConfig {
+        max_sessions: a.max_sessions.max(1),
+        delay: Duration::from_millis(a.delay_ms),
+        ..ServerConfig::default()
+    };
     cfg.announce_every = Duration::from_secs_f64(a.announce_secs);
     runtime()?.block_on(async move {
         let node = Node::start(cfg).await.with_context(|| format!("cannot start a node on {}", a.model.display()))?;
@@ -240,12 +251,15 @@ pub fn swarm(a: SwarmArgs) -> Result<()> {
                 .await
                 .context("a node did not become ready within 120 s")??
                 .context("a node exited before it was ready (see its error above)")?;
-            let ready: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("unexpected node output {line:?}"))?;
+            let ready: serde_json::Value =
+                serde_json::from_str(&line).with_context(|| format!("unexpected node output {line:?}"))?;
             if i == 0 {
                 // Everyone joins through the genesis node.
                 boot = ready["addrs"]
                     .as_array()
-                    .map(|v| v.iter().filter_map(|s| s.as_str().map(String::from)).filter(|s| s.contains("/tcp/")).collect())
+                    .map(|v| {
+                        v.iter().filter_map(|s| s.as_str().map(String::from)).filter(|s| s.contains("/tcp/")).collect()
+                    })
                     .unwrap_or_default();
             }
             // Keep draining the child's stdout so it never blocks on a full pipe.
@@ -260,7 +274,10 @@ pub fn swarm(a: SwarmArgs) -> Result<()> {
         if a.serve {
             let (addr, h) = start_api(client.clone(), a.api, wire).await?;
             eprintln!("{} nodes up in {ready_s:.1}s; route: {}", a.nodes, describe(&route));
-            println!("OpenAI-compatible API on http://{addr}/v1 (model {}); Ctrl-C stops every node", model_name(&a.model));
+            println!(
+                "OpenAI-compatible API on http://{addr}/v1 (model {}); Ctrl-C stops every node",
+                model_name(&a.model)
+            );
             let _ = h.await;
             return Ok(());
         }
@@ -299,10 +316,21 @@ pub fn swarm(a: SwarmArgs) -> Result<()> {
             for h in &g.route {
                 eprintln!(
                     "  {}  blocks {}..{}  round trip {:.0} µs = compute {:.0} µs + overhead {:.0} µs  ({:.0} B/token)",
-                    h.hop.peer, h.hop.start, h.hop.end, h.mean_rtt_us, h.mean_compute_us, h.mean_overhead_us, h.bytes_per_token
+                    h.hop.peer,
+                    h.hop.start,
+                    h.hop.end,
+                    h.mean_rtt_us,
+                    h.mean_compute_us,
+                    h.mean_overhead_us,
+                    h.bytes_per_token
                 );
             }
-            eprintln!("{} tokens · prefill {:.1} ms · decode {:.1} tok/s", g.tokens.len(), g.prefill_ms, g.decode_tok_s);
+            eprintln!(
+                "{} tokens · prefill {:.1} ms · decode {:.1} tok/s",
+                g.tokens.len(),
+                g.prefill_ms,
+                g.decode_tok_s
+            );
         }
         drop(children);
         Ok::<(), anyhow::Error>(())
@@ -341,14 +369,20 @@ pub fn chat(a: ChatArgs) -> Result<()> {
     let base = a.url.trim_end_matches('/').trim_end_matches("/v1").to_string();
     let models: serde_json::Value = ureq::get(format!("{base}/v1/models"))
         .call()
-        .with_context(|| format!("cannot reach an ODIN API at {base}; start one with `odin swarm --serve` or `odin node --api`"))?
+        .with_context(|| {
+            format!("cannot reach an ODIN API at {base}; start one with `odin swarm --serve` or `odin node --api`")
+        })?
         .body_mut()
         .read_json()?;
     let model = models["data"][0]["id"].as_str().context("the API lists no model")?.to_string();
     let ask = |prompt: &str| -> Result<()> {
         let body = json!({"model": model, "messages": [{"role": "user", "content": prompt}], "stream": true,
                           "max_tokens": a.max_tokens, "temperature": a.temperature, "seed": a.seed});
-        let resp = ureq::post(format!("{base}/v1/chat/completions")).config().http_status_as_error(false).build().send_json(&body)?;
+        let resp = ureq::post(format!("{base}/v1/chat/completions"))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send_json(&body)?;
         let status = resp.status();
         let mut body = resp.into_body();
         if !status.is_success() {
