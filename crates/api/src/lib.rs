@@ -138,17 +138,20 @@ struct Job {
     stream: bool,
 }
 
-fn parse(api: &Api, raw: &[u8], chat: bool) -> Result<Job, Response> {
-    let bad = |m: String| error(StatusCode::BAD_REQUEST, &m, "invalid_request");
+/// A refused request: status, message and OpenAI error code.
+struct Refusal(StatusCode, String, &'static str);
+
+fn parse(api: &Api, raw: &[u8], chat: bool) -> Result<Job, Refusal> {
+    let bad = |m: String| Refusal(StatusCode::BAD_REQUEST, m, "invalid_request");
     let b: Body = serde_json::from_slice(raw)
         .map_err(|e| bad(format!("the request body is not valid JSON for this endpoint: {e}")))?;
     match b.model.as_deref() {
         None => return Err(bad("missing field `model`; GET /v1/models lists it".into())),
         Some(m) if m == api.name || m == api.node.model().to_string() => {}
         Some(m) => {
-            return Err(error(
+            return Err(Refusal(
                 StatusCode::NOT_FOUND,
-                &format!("the model `{m}` does not exist here; this node serves `{}`", api.name),
+                format!("the model `{m}` does not exist here; this node serves `{}`", api.name),
                 "model_not_found",
             ))
         }
@@ -283,7 +286,7 @@ async fn chat(State(api): State<Arc<Api>>, body: Bytes) -> Response {
 async fn run(api: Arc<Api>, body: Bytes, chat: bool) -> Response {
     let job = match parse(&api, &body, chat) {
         Ok(j) => j,
-        Err(r) => return r,
+        Err(Refusal(status, message, code)) => return error(status, &message, code),
     };
     let id = format!("{}-{:016x}", if chat { "chatcmpl" } else { "cmpl" }, rand::random::<u64>());
     let created = now();

@@ -381,11 +381,11 @@ impl EventLoop {
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.emit(NetEvent::Disconnected(peer_id));
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                if info.protocols.contains(&KAD_PROTOCOL) {
-                    for a in info.listen_addrs {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
-                    }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
+                if info.protocols.contains(&KAD_PROTOCOL) =>
+            {
+                for a in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
@@ -419,20 +419,18 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
-                result,
+                result: QueryResult::GetProviders(r),
                 step,
                 ..
             })) => {
-                if let QueryResult::GetProviders(r) = result {
-                    if let Some((set, _)) = self.providers.get_mut(&id) {
-                        if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = r {
-                            set.extend(providers);
-                        }
-                    }
-                    if step.last {
-                        if let Some((set, tx)) = self.providers.remove(&id) {
-                            let _ = tx.send(set);
-                        }
+                if let (Some((set, _)), Ok(GetProvidersOk::FoundProviders { providers, .. })) =
+                    (self.providers.get_mut(&id), r)
+                {
+                    set.extend(providers);
+                }
+                if step.last {
+                    if let Some((set, tx)) = self.providers.remove(&id) {
+                        let _ = tx.send(set);
                     }
                 }
             }

@@ -90,7 +90,7 @@ fn q8_row_bytes(cols: usize) -> usize {
 impl Tensor {
     /// Encode `values` ([rows, cols], row-major) as `dtype`. Refuses NaN and infinity.
     pub fn encode(values: &[f32], cols: usize, dtype: Dtype) -> Result<Self> {
-        if cols == 0 || values.len() % cols != 0 {
+        if cols == 0 || !values.len().is_multiple_of(cols) {
             return Err(NetError::Malformed(format!("{} values are not whole rows of {cols}", values.len())));
         }
         if values.iter().any(|v| !v.is_finite()) {
@@ -498,9 +498,9 @@ impl Envelope<Request> {
                     top_p: r.f64("top_p")?,
                     seed: r.u64("seed")?,
                 };
-                if !(sampling.temperature.is_finite() && sampling.temperature >= 0.0)
-                    || !(sampling.top_p > 0.0 && sampling.top_p <= 1.0)
-                {
+                let temperature_ok = sampling.temperature.is_finite() && sampling.temperature >= 0.0;
+                let top_p_ok = sampling.top_p > 0.0 && sampling.top_p <= 1.0;
+                if !(temperature_ok && top_p_ok) {
                     return Err(NetError::Malformed("sampling needs temperature >= 0 and top_p within (0, 1]".into()));
                 }
                 if start >= end {

@@ -69,7 +69,7 @@ pub struct Generation {
 }
 
 enum Link {
-    Remote { peer: PeerId, stream: odin_net::Stream },
+    Remote { peer: PeerId, stream: Box<odin_net::Stream> },
     Local(Arc<Server>),
 }
 
@@ -85,8 +85,8 @@ impl Link {
             Link::Remote { peer, stream } => {
                 let peer_s = peer.to_string();
                 let fut = async {
-                    write_frame(stream, &bytes).await?;
-                    read_frame(stream, MAX_FRAME).await
+                    write_frame(stream.as_mut(), &bytes).await?;
+                    read_frame(stream.as_mut(), MAX_FRAME).await
                 };
                 let frame = tokio::time::timeout(STEP_DEADLINE, fut)
                     .await
@@ -108,7 +108,7 @@ impl Link {
 /// Ask `peer` for its announcement over the shard protocol.
 pub async fn fetch_info(node: &Node, peer: PeerId) -> Result<odin_net::ServerInfo> {
     let stream = node.net().open_stream(peer).await?;
-    let mut link = Link::Remote { peer, stream };
+    let mut link = Link::Remote { peer, stream: Box::new(stream) };
     match link.call(node.model(), Request::Info).await?.0 {
         Response::Info(json) => Ok(odin_net::ServerInfo::from_bytes(&json)?),
         other => Err(NodeError::Protocol { peer: peer.to_string(), what: format!("answered Info with {other:?}") }),
@@ -168,7 +168,7 @@ pub async fn generate_on(
             let stream = tokio::time::timeout(STEP_DEADLINE, node.net().open_stream(hop.peer))
                 .await
                 .map_err(|_| NodeError::Timeout(hop.peer.to_string()))??;
-            Link::Remote { peer: hop.peer, stream }
+            Link::Remote { peer: hop.peer, stream: Box::new(stream) }
         };
         hops.push(HopRun { hop: hop.clone(), link, steps: 0, rtt_us: 0.0, compute_us: 0.0, bytes: 0.0 });
     }

@@ -119,7 +119,7 @@ impl Directory {
     /// Servers known now, sorted by first block then peer id.
     pub fn entries(&self) -> Vec<(PeerId, Entry)> {
         let mut v: Vec<_> = self.servers.iter().map(|(p, e)| (*p, e.clone())).collect();
-        v.sort_by(|a, b| (a.1.info.start, a.0.to_bytes()).cmp(&(b.1.info.start, b.0.to_bytes())));
+        v.sort_by_key(|(p, e)| (e.info.start, p.to_bytes()));
         v
     }
 
@@ -127,9 +127,8 @@ impl Directory {
     pub fn coverage(&self) -> Vec<usize> {
         let mut c = vec![0; self.layers];
         for e in self.servers.values().filter(|e| e.seen.elapsed() < self.ttl) {
-            for b in e.info.start as usize..(e.info.end as usize).min(self.layers) {
-                c[b] += 1;
-            }
+            let end = (e.info.end as usize).min(self.layers);
+            c.iter_mut().take(end).skip(e.info.start as usize).for_each(|n| *n += 1);
         }
         c
     }
