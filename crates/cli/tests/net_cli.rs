@@ -132,9 +132,11 @@ fn the_api_serves_the_official_openai_client_and_ctrl_c_stops_every_node() {
     let peers: Vec<&str> =
         err.lines().filter_map(|l| l.strip_prefix("node ")).filter_map(|l| l.split_whitespace().next()).collect();
     assert_eq!(peers.len(), 2, "{err}");
-    let ps = String::from_utf8(Command::new("ps").args(["-eo", "args"]).output().unwrap().stdout).unwrap();
-    assert!(
-        !ps.lines().any(|l| l.contains(" node --model") && l.contains(&format!("odin-swarm-{pid}"))),
-        "a node outlived the swarm"
-    );
+    // Every process's command line, from /proc (no `ps` needed).
+    let alive = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .any(|l| l.contains(" node --model") && l.contains(&format!("odin-swarm-{pid}")));
+    assert!(!alive, "a node outlived the swarm");
 }
