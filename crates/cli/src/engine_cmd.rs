@@ -56,6 +56,33 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
     Ok(())
 }
 
+/// How the next token is chosen; shared by `odin generate` and `odin swarm`, which must agree.
+#[derive(Args, Clone, Copy)]
+pub struct SamplingArgs {
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Keep only the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Nucleus sampling threshold (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Sampler seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    /// The engine's sampler settings, after checking the ranges.
+    pub fn config(&self) -> Result<SamplerConfig> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("--temperature must be >= 0 and --top-p within (0, 1]");
+        }
+        Ok(SamplerConfig { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed })
+    }
+}
+
 /// `odin generate` arguments.
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -68,18 +95,8 @@ pub struct GenerateArgs {
     /// Most tokens to generate.
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
-    /// Sampling temperature (0: greedy).
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f64,
-    /// Keep only the k most likely tokens (0: all).
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
-    /// Nucleus sampling threshold (1: off).
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f64,
-    /// Sampler seed.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// int8: the deterministic engine. f32: the model layer (the numerical reference).
     #[arg(long, default_value = "int8", value_parser = ["int8", "f32"])]
     engine: String,
@@ -96,9 +113,7 @@ pub struct GenerateArgs {
 
 /// Run `odin generate`, streaming text to stdout and speed to stderr.
 pub fn generate(a: GenerateArgs) -> Result<()> {
-    if !(a.temperature >= 0.0 && a.temperature.is_finite() && a.top_p > 0.0 && a.top_p <= 1.0) {
-        bail!("--temperature must be >= 0 and --top-p within (0, 1]");
-    }
+    let sampling = a.sampling.config()?;
     let mut stdout = std::io::stdout();
     let json = a.json;
     let mut emit = |piece: &str| {
@@ -113,8 +128,12 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         }
         let m = odin_train::generate::load_model(&a.model)
             .with_context(|| format!("cannot load model directory {}", a.model.display()))?;
-        let s =
-            odin_train::generate::Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
+        let s = odin_train::generate::Sampling {
+            temperature: sampling.temperature,
+            top_k: sampling.top_k,
+            top_p: sampling.top_p,
+            seed: sampling.seed,
+        };
         let t = Instant::now();
         odin_train::generate::generate(&m.shard, &m.tokenizer, &a.prompt, a.max_tokens, &s, &mut emit)?;
         println!();
@@ -126,8 +145,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let tk = load_tokenizer(&a.model)?;
     let shard = Int8::load(&a.model, a.threads)?.0;
     let ids = prompt_ids(&tk, &a.prompt)?;
-    let mut sampler =
-        Sampler::new(SamplerConfig { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed });
+    let mut sampler = Sampler::new(sampling);
     let mut state = shard.new_state();
     let t0 = Instant::now();
     let mut logits = shard.forward(odin_engine::Input::Tokens(&ids), &mut state, odin_engine::Logits::Last)?;

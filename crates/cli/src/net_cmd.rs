@@ -173,18 +173,8 @@ pub struct SwarmArgs {
     /// Most tokens to generate.
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
-    /// Sampling temperature (0: greedy).
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f64,
-    /// Keep only the k most likely tokens (0: all).
-    #[arg(long, default_value_t = 0)]
-    top_k: u32,
-    /// Nucleus threshold (1: off).
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f64,
-    /// Sampler seed.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: crate::engine_cmd::SamplingArgs,
     /// How hidden states travel between hops: int8 (per-block scales) or f32.
     #[arg(long, default_value = "int8")]
     wire: String,
@@ -213,6 +203,7 @@ impl Drop for Children {
 /// Run `odin swarm`: N node processes on loopback, one prompt through them (or an API with --serve).
 pub fn swarm(a: SwarmArgs) -> Result<()> {
     let wire = Dtype::parse(&a.wire)?;
+    let s = a.sampling.config()?;
     if a.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
@@ -284,7 +275,12 @@ pub fn swarm(a: SwarmArgs) -> Result<()> {
         let req = GenerateRequest {
             prompt: ids.clone(),
             max_new: a.max_tokens,
-            sampling: Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
+            sampling: Sampling {
+                temperature: s.temperature,
+                top_k: u32::try_from(s.top_k).unwrap_or(u32::MAX),
+                top_p: s.top_p,
+                seed: s.seed,
+            },
             wire,
             stop: Some(special::EOS),
         };

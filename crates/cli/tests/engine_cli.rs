@@ -2,21 +2,10 @@
 //! on the bundled model: the output is the same before and after
 //! quantizing, for any thread count and any kernel.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-fn odin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_odin"))
-}
-
-fn bundled() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/odin-tiny")
-}
-
-fn ok(out: Output) -> Output {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
+mod common;
+use common::{bundled, odin, ok};
 
 fn generate(dir: &Path, extra: &[&str], env: Option<(&str, &str)>) -> (String, String) {
     let mut cmd = odin();

@@ -6,18 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn odin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_odin"))
-}
-
-fn bundled() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/odin-tiny")
-}
-
-fn ok(out: Output) -> Output {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
+mod common;
+use common::{bundled, odin, ok};
 
 fn json(out: Output) -> serde_json::Value {
     let s = String::from_utf8(ok(out).stdout).unwrap();

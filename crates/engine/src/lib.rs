@@ -36,10 +36,15 @@ pub use shard::{Input, LayerState, Logits, Options, Shard, State};
 pub use weights::ENGINE_FILE;
 
 /// blake3 of logits as little-endian f32 bytes: the value verifiers compare.
-pub fn hash_logits(logits: &[f32]) -> String {
+pub fn logits_digest(logits: &[f32]) -> blake3::Hash {
     let mut h = blake3::Hasher::new();
     for v in logits {
         h.update(&v.to_le_bytes());
     }
-    h.finalize().to_hex().to_string()
+    h.finalize()
+}
+
+/// [`logits_digest`] in hex.
+pub fn hash_logits(logits: &[f32]) -> String {
+    logits_digest(logits).to_hex().to_string()
 }

@@ -126,43 +126,63 @@ impl Tensor {
         Ok(Self { rows, cols, dtype, data })
     }
 
+    /// Check the byte count and that every value is finite, without allocating
+    /// (run on every tensor read from the network).
+    pub fn check(&self) -> Result<()> {
+        let want = match self.dtype {
+            Dtype::F32 => self.rows * self.cols * 4,
+            Dtype::Q8 => self.rows * q8_row_bytes(self.cols),
+        };
+        if self.data.len() != want {
+            return Err(NetError::Malformed(format!(
+                "{} tensor of {}x{} needs {want} bytes, not {}",
+                self.dtype.name(),
+                self.rows,
+                self.cols,
+                self.data.len()
+            )));
+        }
+        match self.dtype {
+            Dtype::F32 if !self.f32_values().all(f32::is_finite) => {
+                Err(NetError::Malformed("hidden state holds NaN or infinity".into()))
+            }
+            Dtype::Q8 if !self.q8_blocks().all(|(s, _)| s.is_finite()) => {
+                Err(NetError::Malformed("int8 tensor has a NaN or infinite scale".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The values as f32 [rows, cols].
     pub fn decode(&self) -> Result<Vec<f32>> {
-        let n = self.rows * self.cols;
-        match self.dtype {
-            Dtype::F32 => {
-                let v: Vec<f32> =
-                    self.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-                if v.len() != n {
-                    return Err(NetError::Malformed(format!("f32 tensor holds {} values, not {n}", v.len())));
-                }
-                if v.iter().any(|x| !x.is_finite()) {
-                    return Err(NetError::Malformed("hidden state holds NaN or infinity".into()));
-                }
-                Ok(v)
-            }
+        self.check()?;
+        Ok(match self.dtype {
+            Dtype::F32 => self.f32_values().collect(),
             Dtype::Q8 => {
-                if self.data.len() != self.rows * q8_row_bytes(self.cols) {
-                    return Err(NetError::Malformed("int8 tensor has the wrong number of bytes".into()));
+                let mut out = Vec::with_capacity(self.rows * self.cols);
+                for (s, codes) in self.q8_blocks() {
+                    out.extend(codes.iter().map(|&q| f32::from(q as i8) * s));
                 }
-                let mut out = Vec::with_capacity(n);
-                let mut p = 0;
-                for _ in 0..self.rows {
-                    let mut left = self.cols;
-                    while left > 0 {
-                        let k = left.min(WIRE_BLOCK);
-                        let s = f16::from_bits(u16::from_le_bytes([self.data[p], self.data[p + 1]])).to_f32();
-                        if !s.is_finite() {
-                            return Err(NetError::Malformed("int8 tensor has a NaN or infinite scale".into()));
-                        }
-                        out.extend(self.data[p + 2..p + 2 + k].iter().map(|&q| f32::from(q as i8) * s));
-                        p += 2 + k;
-                        left -= k;
-                    }
-                }
-                Ok(out)
+                out
             }
-        }
+        })
+    }
+
+    fn f32_values(&self) -> impl Iterator<Item = f32> + '_ {
+        self.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// Each int8 block in order: its scale and its codes. Only the last block of a row may be short,
+    /// so block i of a row starts at i * (2 + 32).
+    fn q8_blocks(&self) -> impl Iterator<Item = (f32, &[u8])> + '_ {
+        let cols = self.cols;
+        self.data.chunks_exact(q8_row_bytes(cols).max(1)).flat_map(move |row| {
+            (0..cols.div_ceil(WIRE_BLOCK)).map(move |i| {
+                let p = i * (2 + WIRE_BLOCK);
+                let k = (cols - i * WIRE_BLOCK).min(WIRE_BLOCK);
+                (f16::from_bits(u16::from_le_bytes([row[p], row[p + 1]])).to_f32(), &row[p + 2..p + 2 + k])
+            })
+        })
     }
 }
 
@@ -421,7 +441,7 @@ impl<'a> Reader<'a> {
         let data = self.take(n, "tensor data")?.to_vec();
         let t = Tensor { rows, cols, dtype, data };
         // Reject non-finite values here, so no hop ever computes on them.
-        t.decode()?;
+        t.check()?;
         Ok(t)
     }
     fn end(&self) -> Result<()> {

@@ -77,11 +77,8 @@ impl Link {
     async fn call(&mut self, model: odin_format::ModelId, msg: Request) -> Result<(Response, usize)> {
         let bytes = Envelope { model, msg }.to_bytes();
         match self {
-            Link::Local(server) => {
-                let r = server.clone().respond(&bytes).await;
-                let n = Envelope { model, msg: r.clone() }.to_bytes().len();
-                Ok((r, bytes.len() + n))
-            }
+            // The same request path as a remote hop, but no byte crosses a wire.
+            Link::Local(server) => Ok((server.clone().respond(&bytes).await, 0)),
             Link::Remote { peer, stream } => {
                 let peer_s = peer.to_string();
                 let fut = async {
@@ -144,6 +141,23 @@ struct HopRun {
     bytes: f64,
 }
 
+impl HopRun {
+    /// Call this hop; a failure puts its server on backoff in the node's directory.
+    async fn call(&mut self, node: &Node, msg: Request) -> Result<(Response, usize)> {
+        let r = self.link.call(node.model(), msg).await;
+        if r.is_err() {
+            node.report_failure(&self.hop.peer);
+        }
+        r
+    }
+
+    /// The answer was not the one expected: say so, and back off from the server.
+    fn refused(&self, node: &Node, r: Response) -> NodeError {
+        node.report_failure(&self.hop.peer);
+        remote_err(&self.hop, r)
+    }
+}
+
 /// Run `req` through `route` (from [`Node::route`]), calling `on_token` with each token;
 /// `on_token` may stop the generation by returning false.
 pub async fn generate_on(
@@ -180,17 +194,18 @@ pub async fn generate_on(
             sampling: req.sampling,
             reply: req.wire,
         };
-        match h.link.call(model, open).await? {
+        match h.call(node, open).await? {
             (Response::Opened { .. }, _) => {}
-            (r, _) => return Err(remote_err(&h.hop, r)),
+            (r, _) => return Err(h.refused(node, r)),
         }
     }
-    let result = run_steps(model, session, &mut hops, req, &mut on_token).await;
+    let result = run_steps(node, session, &mut hops, req, &mut on_token).await;
     for h in &mut hops {
         // Closing is a courtesy: sessions also expire on their own.
         let _ = h.link.call(model, Request::Close { session }).await;
     }
     let (tokens, hashes, prefill_ms, decode_s) = result?;
+    hops.iter().for_each(|h| node.report_success(&h.hop.peer));
     let decoded = hops.first().map_or(0, |h| h.steps);
     Ok(Generation {
         tokens,
@@ -217,7 +232,7 @@ pub async fn generate_on(
 type StepsOut = (Vec<u32>, Vec<String>, f64, f64);
 
 async fn run_steps(
-    model: odin_format::ModelId,
+    node: &Node,
     session: u64,
     hops: &mut [HopRun],
     req: &GenerateRequest,
@@ -239,7 +254,7 @@ async fn run_steps(
         let last = hops.len() - 1;
         for (i, h) in hops.iter_mut().enumerate() {
             let t = Instant::now();
-            let (r, bytes) = h.link.call(model, Request::Step { session, input: x }).await?;
+            let (r, bytes) = h.call(node, Request::Step { session, input: x }).await?;
             let rtt = t.elapsed().as_secs_f64() * 1e6;
             let compute = match (&r, i == last) {
                 (Response::Hidden { tensor, compute_us }, false) => {
@@ -248,12 +263,12 @@ async fn run_steps(
                 }
                 (Response::Token { id, logits_hash, compute_us }, true) => {
                     token = Some(*id);
-                    hashes.push(hex(logits_hash));
+                    hashes.push(blake3::Hash::from_bytes(*logits_hash).to_hex().to_string());
                     // The last hop: nothing goes further.
                     x = StepInput::Tokens(Vec::new());
                     *compute_us
                 }
-                _ => return Err(remote_err(&h.hop, r)),
+                _ => return Err(h.refused(node, r)),
             };
             if decoding {
                 h.steps += 1;
@@ -280,8 +295,4 @@ async fn run_steps(
         input = vec![tok];
     }
     Ok((tokens, hashes, prefill_ms, decode_start.elapsed().as_secs_f64()))
-}
-
-fn hex(b: &[u8; 32]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -116,6 +116,11 @@ impl Directory {
         self.servers.retain(|_, e| e.seen.elapsed() < ttl);
     }
 
+    /// Whether `peer` has announced itself (and not expired or left).
+    pub fn knows(&self, peer: &PeerId) -> bool {
+        self.servers.contains_key(peer)
+    }
+
     /// Servers known now, sorted by first block then peer id.
     pub fn entries(&self) -> Vec<(PeerId, Entry)> {
         let mut v: Vec<_> = self.servers.iter().map(|(p, e)| (*p, e.clone())).collect();

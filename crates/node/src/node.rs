@@ -293,6 +293,13 @@ impl Node {
         }
     }
 
+    /// Tell the directory a generation through `peer` succeeded (its backoff ends).
+    pub fn report_success(&self, peer: &PeerId) {
+        if let Ok(mut d) = self.dir.lock() {
+            d.succeeded(peer);
+        }
+    }
+
     /// The current best route, if every block is covered.
     pub fn route(&self) -> Option<Vec<Hop>> {
         self.dir.lock().ok()?.route(&[])
@@ -335,7 +342,7 @@ impl Node {
         for &b in blocks {
             let Ok(peers) = self.net.providers(block_key(&self.model, b)).await else { return };
             for p in peers {
-                let known = self.dir.lock().map(|d| d.entries().iter().any(|(q, _)| *q == p)).unwrap_or(true);
+                let known = self.dir.lock().map(|d| d.knows(&p)).unwrap_or(true);
                 if known || p == self.peer_id() {
                     continue;
                 }

@@ -277,7 +277,7 @@ impl Server {
         let resp = match sampler.as_mut() {
             Some(s) => {
                 let id = s.sample(&out);
-                Ok(Response::Token { id, logits_hash: logits_hash(&out), compute_us })
+                Ok(Response::Token { id, logits_hash: *odin_engine::logits_digest(&out).as_bytes(), compute_us })
             }
             None => match Tensor::encode(&out, self.shard.config().hidden_size, reply) {
                 Ok(tensor) => Ok(Response::Hidden { tensor, compute_us }),
@@ -286,15 +286,6 @@ impl Server {
         };
         (state, sampler, resp)
     }
-}
-
-/// blake3 of logits as little-endian f32 (the same bytes as [`odin_engine::hash_logits`]).
-pub fn logits_hash(logits: &[f32]) -> [u8; 32] {
-    let mut h = blake3::Hasher::new();
-    for v in logits {
-        h.update(&v.to_le_bytes());
-    }
-    *h.finalize().as_bytes()
 }
 
 fn unknown(session: u64) -> Fail {
