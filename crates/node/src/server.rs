@@ -232,11 +232,24 @@ impl Server {
                     })?;
                     (state, sess.sampler.take(), sess.reply)
                 };
-                let me = self.clone();
-                let out = tokio::task::spawn_blocking(move || me.step(state, sampler, input, reply))
-                    .await
-                    .map_err(|e| Fail(ErrorCode::Internal, format!("step failed: {e}")))?;
-                let (state, sampler, result) = out;
+                let one_token = match &input {
+                    StepInput::Tokens(t) => t.len() == 1,
+                    StepInput::Hidden(h) => h.rows == 1,
+                };
+                // block_in_place exists only on the multi-threaded runtime.
+                let one_token = one_token
+                    && tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
+                let (state, sampler, result) = if one_token {
+                    // A decode step is short (well under a millisecond to a few ms): running it on
+                    // this worker saves the hand-off to the blocking pool, a large share of a hop's
+                    // overhead on small shards. block_in_place moves this worker's other tasks away.
+                    tokio::task::block_in_place(|| self.step(state, sampler, input, reply))
+                } else {
+                    let me = self.clone();
+                    tokio::task::spawn_blocking(move || me.step(state, sampler, input, reply))
+                        .await
+                        .map_err(|e| Fail(ErrorCode::Internal, format!("step failed: {e}")))?
+                };
                 if let Ok(mut s) = self.sessions.lock() {
                     if let Some(sess) = s.get_mut(&session) {
                         sess.state = Some(state);

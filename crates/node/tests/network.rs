@@ -177,3 +177,23 @@ async fn twenty_nodes_each_find_a_full_route() {
         assert!(r.windows(2).all(|w| w[0].end == w[1].start));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_joined_over_quic_alone_generate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = start(Some(0..2), &[], tmp.path()).await;
+    let quic: Vec<_> = first.net().addrs().into_iter().filter(|a| a.to_string().contains("/quic-v1")).collect();
+    assert_eq!(quic.len(), 1, "{:?}", first.net().addrs());
+    let _second = start(Some(2..4), &quic, tmp.path()).await;
+    let client = start(None, &quic, tmp.path()).await;
+    client.wait_for_route(2, Duration::from_secs(30)).await.unwrap();
+    let req = GenerateRequest {
+        prompt: PROMPT.to_vec(),
+        max_new: 8,
+        sampling: Sampling::default(),
+        wire: Dtype::Q8,
+        stop: Some(1),
+    };
+    let g = client.generate(&req, |_| true).await.unwrap();
+    assert_eq!(g.tokens, local(8, SamplerConfig::default()));
+}
