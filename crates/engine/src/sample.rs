@@ -41,6 +41,19 @@ impl Sampler {
         Self { cfg, rng: ChaCha8Rng::seed_from_u64(cfg.seed) }
     }
 
+    /// Random draws one [`Sampler::sample`] call makes: one when sampling, none when greedy.
+    pub fn draws_per_sample(&self) -> u64 {
+        u64::from(self.cfg.temperature > 0.0)
+    }
+
+    /// Skip `draws` values of the random stream, as if that many tokens had been sampled
+    /// (a session rebuilt elsewhere continues the same stream).
+    pub fn advance(&mut self, draws: u64) {
+        for _ in 0..draws {
+            self.rng.next_u64();
+        }
+    }
+
     /// Pick a token from `logits`.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.cfg.temperature <= 0.0 || logits.is_empty() {
@@ -128,6 +141,19 @@ pub fn greedy_many(shard: &Shard, prompts: &[Vec<u32>], max_new: usize, stop: u3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn advancing_continues_the_stream_a_sampler_would_have_drawn() {
+        let cfg = SamplerConfig { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 9 };
+        let logits = [0.3f32, 0.1, 0.2, 0.25, 0.15];
+        let mut a = Sampler::new(cfg);
+        let first: Vec<u32> = (0..7).map(|_| a.sample(&logits)).collect();
+        let rest: Vec<u32> = (0..20).map(|_| a.sample(&logits)).collect();
+        let mut b = Sampler::new(cfg);
+        b.advance(first.len() as u64 * b.draws_per_sample());
+        assert_eq!((0..20).map(|_| b.sample(&logits)).collect::<Vec<_>>(), rest);
+        assert_eq!(Sampler::new(SamplerConfig::default()).draws_per_sample(), 0);
+    }
 
     #[test]
     fn greedy_is_argmax_and_top_k_limits_the_choice() {

@@ -156,7 +156,13 @@ impl Net {
             .with_tokio()
             .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
             .map_err(|e| swarm_err(&e))?
-            .with_quic()
+            .with_quic_config(|mut q| {
+                // A peer killed mid-generation sends no close on QUIC; it is noticed only when the
+                // connection idles out. 3 s (with a keep-alive every second) bounds a failover.
+                q.max_idle_timeout = 3_000;
+                q.keep_alive_interval = Duration::from_secs(1);
+                q
+            })
             .with_relay_client(noise::Config::new, yamux::Config::default)
             .map_err(|e| swarm_err(&e))?
             .with_behaviour(|key, relay| {

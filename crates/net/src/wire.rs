@@ -229,6 +229,9 @@ pub enum Request {
         end: u32,
         /// Sampling, used when `end` is the model's last block.
         sampling: Sampling,
+        /// Random draws the sampler has already made in this generation (a session rebuilt
+        /// after a failover continues the same random stream).
+        drawn: u64,
         /// How the server sends hidden states back.
         reply: Dtype,
     },
@@ -473,7 +476,7 @@ impl Envelope<Request> {
         let mut w = Writer::new(&self.model, kind);
         match &self.msg {
             Request::Info => {}
-            Request::Open { session, start, end, sampling, reply } => {
+            Request::Open { session, start, end, sampling, drawn, reply } => {
                 w.u64(*session);
                 w.u32(*start);
                 w.u32(*end);
@@ -481,6 +484,7 @@ impl Envelope<Request> {
                 w.u32(sampling.top_k);
                 w.f64(sampling.top_p);
                 w.u64(sampling.seed);
+                w.u64(*drawn);
                 w.u8(reply.code());
             }
             Request::Step { session, input } => {
@@ -518,6 +522,7 @@ impl Envelope<Request> {
                     top_p: r.f64("top_p")?,
                     seed: r.u64("seed")?,
                 };
+                let drawn = r.u64("sampler draws")?;
                 let temperature_ok = sampling.temperature.is_finite() && sampling.temperature >= 0.0;
                 let top_p_ok = sampling.top_p > 0.0 && sampling.top_p <= 1.0;
                 if !(temperature_ok && top_p_ok) {
@@ -527,7 +532,7 @@ impl Envelope<Request> {
                     return Err(NetError::Malformed(format!("empty block range {start}..{end}")));
                 }
                 let reply = Dtype::from_code(r.u8("reply dtype")?)?;
-                Request::Open { session, start, end, sampling, reply }
+                Request::Open { session, start, end, sampling, drawn, reply }
             }
             3 => {
                 let session = r.u64("session")?;
@@ -739,6 +744,7 @@ mod tests {
                     start,
                     end: start + len,
                     sampling: Sampling { temperature, top_k, top_p, seed },
+                    drawn: seed % 1000,
                     reply: if f { Dtype::F32 } else { Dtype::Q8 },
                 }),
             (any::<u64>(), proptest::collection::vec(any::<u32>(), 1..50))

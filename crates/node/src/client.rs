@@ -64,8 +64,10 @@ pub struct Generation {
     pub route: Vec<HopStats>,
     /// Prompt processing, ms.
     pub prefill_ms: f64,
-    /// Tokens per second over the decode steps.
+    /// Tokens per second over the decode steps (failovers included).
     pub decode_tok_s: f64,
+    /// Times the generation moved to another route after a server failed.
+    pub failovers: u32,
 }
 
 enum Link {
@@ -158,16 +160,58 @@ impl HopRun {
     }
 }
 
-/// Run `req` through `route` (from [`Node::route`]), calling `on_token` with each token;
-/// `on_token` may stop the generation by returning false.
+/// What a generation has produced so far; it outlives a failed route.
+#[derive(Default)]
+pub struct Progress {
+    tokens: Vec<u32>,
+    hashes: Vec<String>,
+    prefill_ms: Option<f64>,
+    decode_start: Option<Instant>,
+    decode_steps: u64,
+    done: bool,
+}
+
+/// A failed attempt: the error, and the server to route around when another route may succeed.
+pub struct Failure {
+    /// What went wrong.
+    pub error: NodeError,
+    /// The server that failed, when the failure is the server's (dead, stalled, garbage, refusing).
+    pub peer: Option<PeerId>,
+}
+
+impl From<NodeError> for Failure {
+    fn from(error: NodeError) -> Self {
+        Failure { error, peer: None }
+    }
+}
+
+/// Whether another server could do better than `peer` did: transport failures, deadlines,
+/// garbage and server-side refusals; not our own bad input.
+fn blame(error: NodeError, peer: PeerId) -> Failure {
+    use odin_net::ErrorCode::{BadInput, Malformed};
+    let server_side = match &error {
+        NodeError::Remote { code, .. } => !matches!(code, BadInput | Malformed),
+        NodeError::Net(_) | NodeError::Timeout(_) | NodeError::Protocol { .. } => true,
+        _ => false,
+    };
+    Failure { error, peer: server_side.then_some(peer) }
+}
+
+/// Run `req` through `route` (from [`Node::route`]), continuing from `progress`, calling
+/// `on_token` with each new token; `on_token` may stop the generation by returning false.
+///
+/// After a failover the new route replays the prompt and every token generated so far in one
+/// prefill, and the last hop's sampler skips the draws already made: the engine is
+/// deterministic, so the continuation is the one the failed route would have produced.
 pub async fn generate_on(
     node: &Node,
     route: &[Hop],
     req: &GenerateRequest,
+    progress: &mut Progress,
     mut on_token: impl FnMut(u32) -> bool,
-) -> Result<Generation> {
+) -> std::result::Result<Generation, Failure> {
     if req.prompt.is_empty() {
-        return Err(NodeError::Model("the prompt has no tokens".into()));
+        return Err(NodeError::Model("the prompt has no tokens".into()).into());
     }
     let model = node.model();
     let session: u64 = rand::random();
@@ -176,40 +220,51 @@ pub async fn generate_on(
         let link = if hop.peer == node.peer_id() {
             match node.server() {
                 Some(s) => Link::Local(s.clone()),
-                None => return Err(NodeError::NoRoute("the route names this node, which serves nothing".into())),
+                None => return Err(NodeError::NoRoute("the route names this node, which serves nothing".into()).into()),
             }
         } else {
-            let stream = tokio::time::timeout(STEP_DEADLINE, node.net().open_stream(hop.peer))
+            let opened = tokio::time::timeout(STEP_DEADLINE, node.net().open_stream(hop.peer))
                 .await
-                .map_err(|_| NodeError::Timeout(hop.peer.to_string()))??;
-            Link::Remote { peer: hop.peer, stream: Box::new(stream) }
+                .map_err(|_| NodeError::Timeout(hop.peer.to_string()))
+                .and_then(|r| r.map_err(NodeError::from));
+            match opened {
+                Ok(stream) => Link::Remote { peer: hop.peer, stream: Box::new(stream) },
+                Err(e) => {
+                    node.report_failure(&hop.peer);
+                    return Err(blame(e, hop.peer));
+                }
+            }
         };
         hops.push(HopRun { hop: hop.clone(), link, steps: 0, rtt_us: 0.0, compute_us: 0.0, bytes: 0.0 });
     }
+    let drawn = u64::from(req.sampling.temperature > 0.0) * progress.tokens.len() as u64;
     for h in &mut hops {
         let open = Request::Open {
             session,
             start: h.hop.start as u32,
             end: h.hop.end as u32,
             sampling: req.sampling,
+            drawn,
             reply: req.wire,
         };
-        match h.call(node, open).await? {
-            (Response::Opened { .. }, _) => {}
-            (r, _) => return Err(h.refused(node, r)),
+        match h.call(node, open).await {
+            Ok((Response::Opened { .. }, _)) => {}
+            Ok((r, _)) => return Err(blame(h.refused(node, r), h.hop.peer)),
+            Err(e) => return Err(blame(e, h.hop.peer)),
         }
     }
-    let result = run_steps(node, session, &mut hops, req, &mut on_token).await;
+    let result = run_steps(node, session, &mut hops, req, progress, &mut on_token).await;
     for h in &mut hops {
         // Closing is a courtesy: sessions also expire on their own.
         let _ = h.link.call(model, Request::Close { session }).await;
     }
-    let (tokens, hashes, prefill_ms, decode_s) = result?;
+    result?;
     hops.iter().for_each(|h| node.report_success(&h.hop.peer));
-    let decoded = hops.first().map_or(0, |h| h.steps);
+    let decoded = progress.decode_steps;
+    let decode_s = progress.decode_start.map_or(0.0, |t| t.elapsed().as_secs_f64());
     Ok(Generation {
-        tokens,
-        logits_hashes: hashes,
+        tokens: progress.tokens.clone(),
+        logits_hashes: progress.hashes.clone(),
         route: hops
             .iter()
             .map(|h| {
@@ -224,29 +279,26 @@ pub async fn generate_on(
                 }
             })
             .collect(),
-        prefill_ms,
+        prefill_ms: progress.prefill_ms.unwrap_or(0.0),
         decode_tok_s: if decode_s > 0.0 { decoded as f64 / decode_s } else { 0.0 },
+        failovers: 0,
     })
 }
-
-type StepsOut = (Vec<u32>, Vec<String>, f64, f64);
 
 async fn run_steps(
     node: &Node,
     session: u64,
     hops: &mut [HopRun],
     req: &GenerateRequest,
+    progress: &mut Progress,
     on_token: &mut impl FnMut(u32) -> bool,
-) -> Result<StepsOut> {
-    let mut tokens = Vec::new();
-    let mut hashes = Vec::new();
-    let mut input = req.prompt.clone();
-    let t0 = Instant::now();
-    let mut prefill_ms = 0.0;
-    let mut decode_start = Instant::now();
-    if req.max_new == 0 {
-        return Ok((tokens, hashes, 0.0, 0.0));
+) -> std::result::Result<(), Failure> {
+    if req.max_new == 0 || progress.done {
+        return Ok(());
     }
+    // The prompt and every token generated so far: the whole history on a fresh route.
+    let mut input: Vec<u32> = req.prompt.iter().chain(&progress.tokens).copied().collect();
+    let t0 = Instant::now();
     for step in 0.. {
         let decoding = step > 0;
         let mut x = StepInput::Tokens(std::mem::take(&mut input));
@@ -254,22 +306,25 @@ async fn run_steps(
         let last = hops.len() - 1;
         for (i, h) in hops.iter_mut().enumerate() {
             let t = Instant::now();
-            let (r, bytes) = h.call(node, Request::Step { session, input: x }).await?;
+            let (r, bytes) =
+                h.call(node, Request::Step { session, input: x }).await.map_err(|e| blame(e, h.hop.peer))?;
             let rtt = t.elapsed().as_secs_f64() * 1e6;
-            let compute = match (&r, i == last) {
+            let compute = match (r, i == last) {
                 (Response::Hidden { tensor, compute_us }, false) => {
-                    x = StepInput::Hidden(tensor.clone());
-                    *compute_us
+                    x = StepInput::Hidden(tensor);
+                    compute_us
                 }
                 (Response::Token { id, logits_hash, compute_us }, true) => {
-                    token = Some(*id);
-                    hashes.push(blake3::Hash::from_bytes(*logits_hash).to_hex().to_string());
+                    token = Some((id, blake3::Hash::from_bytes(logits_hash).to_hex().to_string()));
                     // The last hop: nothing goes further.
                     x = StepInput::Tokens(Vec::new());
-                    *compute_us
+                    compute_us
                 }
-                _ => return Err(h.refused(node, r)),
+                (r, _) => return Err(blame(h.refused(node, r), h.hop.peer)),
             };
+            if decoding && i == last {
+                progress.decode_steps += 1;
+            }
             if decoding {
                 h.steps += 1;
                 h.rtt_us += rtt;
@@ -277,22 +332,25 @@ async fn run_steps(
                 h.bytes += bytes as f64;
             }
         }
-        if step == 0 {
-            prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
-            decode_start = Instant::now();
+        if progress.prefill_ms.is_none() {
+            progress.prefill_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
+            progress.decode_start = Some(Instant::now());
         }
-        let tok =
-            token.ok_or_else(|| NodeError::Protocol { peer: String::new(), what: "no token came back".into() })?;
+        let Some((tok, hash)) = token else {
+            return Err(NodeError::Protocol { peer: String::new(), what: "no token came back".into() }.into());
+        };
+        // The stop token is sampled but is not part of the answer.
         if Some(tok) == req.stop {
-            // The stop token was sampled but is not part of the answer.
-            hashes.pop();
+            progress.done = true;
             break;
         }
-        tokens.push(tok);
-        if !on_token(tok) || tokens.len() == req.max_new {
+        progress.tokens.push(tok);
+        progress.hashes.push(hash);
+        if !on_token(tok) || progress.tokens.len() == req.max_new {
+            progress.done = true;
             break;
         }
         input = vec![tok];
     }
-    Ok((tokens, hashes, prefill_ms, decode_start.elapsed().as_secs_f64()))
+    Ok(())
 }

@@ -16,10 +16,13 @@ use odin_net::{block_key, now_ms, Net, NetConfig, NetEvent, PeerId, ServerInfo};
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::client::{fetch_info, generate_on, GenerateRequest, Generation};
+use crate::client::{fetch_info, generate_on, Failure, GenerateRequest, Generation, Progress};
 use crate::directory::{Directory, Hop};
 use crate::error::{NodeError, Result};
 use crate::server::{Server, ServerConfig};
+
+/// Most reroutes one generation makes before it gives up.
+pub const MAX_FAILOVERS: usize = 8;
 
 /// How a node is started.
 #[derive(Debug, Clone)]
@@ -310,6 +313,16 @@ impl Node {
     /// Gossip usually delivers the announcements; when it has not, the DHT
     /// names the providers of each uncovered block and they are asked directly.
     pub async fn wait_for_route(&self, min_servers: usize, timeout: Duration) -> Result<Vec<Hop>> {
+        self.wait_for_route_avoiding(min_servers, &[], timeout).await
+    }
+
+    /// [`Node::wait_for_route`], never through the servers in `avoid`.
+    pub async fn wait_for_route_avoiding(
+        &self,
+        min_servers: usize,
+        avoid: &[PeerId],
+        timeout: Duration,
+    ) -> Result<Vec<Hop>> {
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
@@ -317,7 +330,7 @@ impl Node {
                 let d = self.dir.lock().map_err(|_| NodeError::NoRoute("directory poisoned".into()))?;
                 let cov = d.coverage();
                 let missing: Vec<usize> = (0..cov.len()).filter(|&b| cov[b] == 0).collect();
-                (d.route(&[]), d.entries().len(), missing)
+                (d.route(avoid), d.entries().len(), missing)
             };
             if let Some(r) = route {
                 if known >= min_servers {
@@ -326,8 +339,10 @@ impl Node {
             }
             if Instant::now() >= deadline {
                 return Err(NodeError::NoRoute(format!(
-                    "after {:.0} s, {known} server(s) known and blocks {missing:?} uncovered; start nodes serving them",
-                    timeout.as_secs_f64()
+                    "after {:.0} s, {known} server(s) known ({} set aside after failures) and blocks {missing:?} \
+                     uncovered; start nodes serving them",
+                    timeout.as_secs_f64(),
+                    avoid.len()
                 )));
             }
             self.pull(&missing).await;
@@ -358,9 +373,27 @@ impl Node {
     }
 
     /// Generate through the network: find a route, run the request, stream tokens to `on_token`.
-    pub async fn generate(&self, req: &GenerateRequest, on_token: impl FnMut(u32) -> bool) -> Result<Generation> {
-        let route = self.wait_for_route(1, Duration::from_secs(10)).await?;
-        generate_on(self, &route, req, on_token).await
+    ///
+    /// When a server dies, stalls past the deadline, answers garbage or refuses, the generation
+    /// routes around it and continues (see [`generate_on`]); the tokens are those a fault-free
+    /// run gives. It gives up after [`MAX_FAILOVERS`] reroutes or when no other route appears.
+    pub async fn generate(&self, req: &GenerateRequest, mut on_token: impl FnMut(u32) -> bool) -> Result<Generation> {
+        let mut progress = Progress::default();
+        let mut avoid: Vec<PeerId> = Vec::new();
+        loop {
+            let route = self.wait_for_route_avoiding(1, &avoid, Duration::from_secs(10)).await?;
+            match generate_on(self, &route, req, &mut progress, &mut on_token).await {
+                Ok(mut g) => {
+                    g.failovers = avoid.len() as u32;
+                    return Ok(g);
+                }
+                Err(Failure { peer: Some(p), error }) if avoid.len() < MAX_FAILOVERS => {
+                    tracing::warn!("server {p} failed ({error}); routing around it");
+                    avoid.push(p);
+                }
+                Err(f) => return Err(f.error),
+            }
+        }
     }
 
     /// A snapshot for `/status`.

@@ -180,7 +180,7 @@ impl Server {
         }
         match env.msg {
             Request::Info => Ok(Response::Info(self.info.lock().map(|i| i.clone()).unwrap_or_default())),
-            Request::Open { session, start, end, sampling, reply } => {
+            Request::Open { session, start, end, sampling, drawn, reply } => {
                 let (start, end) = (start as usize, end as usize);
                 let state = self.shard.new_state_for(start..end).map_err(|_| {
                     let r = self.range();
@@ -190,12 +190,14 @@ impl Server {
                     )
                 })?;
                 let sampler = (end == self.layers).then(|| {
-                    Sampler::new(SamplerConfig {
+                    let mut s = Sampler::new(SamplerConfig {
                         temperature: sampling.temperature,
                         top_k: sampling.top_k as usize,
                         top_p: sampling.top_p,
                         seed: sampling.seed,
-                    })
+                    });
+                    s.advance(drawn.min(1 << 32));
+                    s
                 });
                 let mut s =
                     self.sessions.lock().map_err(|_| Fail(ErrorCode::Internal, "session table poisoned".into()))?;

@@ -118,8 +118,14 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
     let (code, msg) = err(call(&mut s, &wrong).await);
     assert_eq!(code, ErrorCode::WrongModel, "{msg}");
     // Blocks it does not hold.
-    let open =
-        |session, start, end| Request::Open { session, start, end, sampling: Sampling::default(), reply: Dtype::Q8 };
+    let open = |session, start, end| Request::Open {
+        session,
+        start,
+        end,
+        sampling: Sampling::default(),
+        drawn: 0,
+        reply: Dtype::Q8,
+    };
     let (code, _) = err(call(&mut s, &env(open(1, 0, 3))).await);
     assert_eq!(code, ErrorCode::BadBlocks);
     // Protocol version mismatch.
