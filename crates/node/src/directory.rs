@@ -25,6 +25,9 @@ pub struct Entry {
     pub backoff_until: Option<Instant>,
     /// Failures in a row.
     pub failures: u32,
+    /// When the latest failure happened; the server is not routed to again until it has
+    /// announced itself since (a killed process never does, a live one soon will).
+    pub failed_at: Option<Instant>,
 }
 
 /// One hop of a route: a server and the blocks it runs for this session.
@@ -76,6 +79,7 @@ impl Directory {
             rtt: None,
             backoff_until: None,
             failures: 0,
+            failed_at: None,
         });
         e.info = info;
         e.seen = Instant::now();
@@ -99,6 +103,7 @@ impl Directory {
             e.failures += 1;
             let ms = 500u64.saturating_mul(1 << (e.failures - 1).min(7)).min(60_000);
             e.backoff_until = Some(Instant::now() + Duration::from_millis(ms));
+            e.failed_at = Some(Instant::now());
         }
     }
 
@@ -107,6 +112,7 @@ impl Directory {
         if let Some(e) = self.servers.get_mut(peer) {
             e.failures = 0;
             e.backoff_until = None;
+            e.failed_at = None;
         }
     }
 
@@ -151,6 +157,7 @@ impl Directory {
                         && e.seen.elapsed() < self.ttl
                         && e.info.free_slots > 0
                         && e.backoff_until.is_none_or(|t| t <= now)
+                        && e.failed_at.is_none_or(|t| e.seen > t)
                 })
                 .collect();
             // A fixed order makes ties break the same way on every run.
@@ -243,6 +250,13 @@ mod tests {
         let r = d.route(&[c]).unwrap();
         // The slow server only for the blocks nobody else can take.
         assert_eq!(r, vec![Hop { peer: slow, start: 0, end: 2 }, Hop { peer: b, start: 2, end: 4 }]);
+        // Once the backoff is over, a failed server still waits for a fresh announcement:
+        // a dead one never sends one.
+        d.servers.get_mut(&a).unwrap().backoff_until = Some(Instant::now());
+        assert_eq!(d.route(&[c]).unwrap()[0].peer, slow);
+        d.update(a, info(0, 2, 1.0));
+        assert_eq!(d.route(&[c]).unwrap()[0].peer, a);
+        d.failed(&a);
         d.succeeded(&a);
         assert_eq!(d.coverage(), vec![2, 3, 3, 3]);
         d.remove(&slow);
