@@ -22,9 +22,22 @@ pub struct NodeArgs {
     /// Model directory (config.json, model.safetensors, tokenizer.json).
     #[arg(long)]
     model: PathBuf,
-    /// Blocks to serve, `A..B` (end exclusive); leave out to serve nothing (a client with --api).
+    /// Blocks to serve: `A..B` (end exclusive), or `auto` to take those the network needs most
+    /// (as many as fit in memory) and move when coverage changes; leave out to serve nothing.
     #[arg(long)]
     blocks: Option<String>,
+    /// With `--blocks auto`: serve at most this many blocks.
+    #[arg(long)]
+    max_blocks: Option<usize>,
+    /// With `--blocks auto`: MiB of memory the blocks may take (default: half of what is available).
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// With `--blocks auto`: seconds between rebalancing checks.
+    #[arg(long, default_value_t = 30.0)]
+    rebalance_secs: f64,
+    /// On Ctrl-C, wait at most this many seconds for open sessions to be handed over or closed.
+    #[arg(long, default_value_t = 10.0)]
+    grace_secs: f64,
     /// Address to listen on (repeatable); default: TCP and QUIC on every interface, ports chosen by the system.
     #[arg(long)]
     listen: Vec<Multiaddr>,
@@ -61,6 +74,9 @@ pub struct NodeArgs {
     /// Wait this many milliseconds before each step (for tests of slow servers).
     #[arg(long, default_value_t = 0, hide = true)]
     delay_ms: u64,
+    /// Answer steps with bytes that do not parse after this many (for tests of broken servers).
+    #[arg(long, hide = true)]
+    garbage_after: Option<u64>,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -104,8 +120,16 @@ pub fn node(a: NodeArgs) -> Result<()> {
     let layers = odin_format::ModelConfig::from_file(&cfg_path)
         .with_context(|| format!("cannot read {}", cfg_path.display()))?
         .num_layers();
-    let blocks =
-        a.blocks.as_deref().map(|b| odin_node::parse_blocks(b, layers)).transpose().map_err(anyhow::Error::msg)?;
+    let auto = a.blocks.as_deref() == Some("auto");
+    let blocks = match a.blocks.as_deref() {
+        Some("auto") | None => None,
+        Some(b) => Some(odin_node::parse_blocks(b, layers).map_err(anyhow::Error::msg)?),
+    };
+    for (flag, secs) in [("--rebalance-secs", a.rebalance_secs), ("--grace-secs", a.grace_secs)] {
+        if !(secs.is_finite() && secs >= 0.0) || (flag == "--rebalance-secs" && secs < 0.1) {
+            bail!("{flag} {secs} is not a sensible number of seconds");
+        }
+    }
     let expect_id = match &a.model_id {
         Some(h) => {
             Some(odin_format::ModelId::from_hex(h).with_context(|| format!("--model-id {h:?} is not 64 hex digits"))?)
@@ -122,11 +146,20 @@ pub fn node(a: NodeArgs) -> Result<()> {
     cfg.net.bootstrap = a.bootstrap.clone();
     cfg.net.mdns = a.mdns;
     cfg.net.upnp = !a.no_upnp;
-    cfg.net.dht_server = blocks.is_some();
+    cfg.net.dht_server = blocks.is_some() || auto;
+    if auto {
+        let default = odin_node::AutoConfig::default();
+        cfg.auto = Some(odin_node::AutoConfig {
+            max_blocks: a.max_blocks,
+            memory_budget: a.memory_mib.map(|m| m << 20).or(default.memory_budget),
+            rebalance_every: Duration::from_secs_f64(a.rebalance_secs),
+        });
+    }
     cfg.threads = a.threads.max(1);
     cfg.server = ServerConfig {
         max_sessions: a.max_sessions.max(1),
         delay: Duration::from_millis(a.delay_ms),
+        garbage_after: a.garbage_after,
         ..ServerConfig::default()
     };
     cfg.announce_every = Duration::from_secs_f64(a.announce_secs);
@@ -138,7 +171,7 @@ pub fn node(a: NodeArgs) -> Result<()> {
         };
         let ready = json!({
             "event": "ready", "peer": node.peer_id().to_string(), "model": node.model().to_string(),
-            "blocks": blocks.as_ref().map(|r| [r.start, r.end]),
+            "blocks": node.serving().map(|r| [r.start, r.end]),
             "addrs": node.net().addrs().iter().map(|m| m.to_string()).collect::<Vec<_>>(),
             "api": api.as_ref().map(|(addr, _)| format!("http://{addr}")),
         });
@@ -147,10 +180,20 @@ pub fn node(a: NodeArgs) -> Result<()> {
         eprintln!(
             "node {} serving blocks {} of model {}; Ctrl-C stops it",
             node.peer_id(),
-            blocks.as_ref().map_or("none".into(), |r| format!("{}..{}", r.start, r.end)),
+            node.serving().map_or("none".into(), |r| format!("{}..{}", r.start, r.end)),
             node.model()
         );
         tokio::signal::ctrl_c().await?;
+        if node.serving().is_some() {
+            eprintln!("stopping: no new sessions; handing over the open ones");
+            let left = node.shutdown(Duration::from_secs_f64(a.grace_secs)).await;
+            if left > 0 {
+                eprintln!(
+                    "{left} session(s) were still open after {} s; their clients will replay elsewhere",
+                    a.grace_secs
+                );
+            }
+        }
         if let Some((_, h)) = api {
             let _ = h.await;
         }

@@ -4,29 +4,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 mod common;
-use common::{bundled, odin, ok};
-
-fn json(out: Output) -> serde_json::Value {
-    let s = String::from_utf8(ok(out).stdout).unwrap();
-    serde_json::from_str(s.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {s}"))
-}
-
-const PROMPT: &str = "Solve for x: 6x - 5 = -10x + 59";
-
-fn generate(extra: &[&str]) -> serde_json::Value {
-    json(
-        odin()
-            .args(["generate", "--json", "--quiet", "--prompt", PROMPT])
-            .arg("--model")
-            .arg(bundled())
-            .args(extra)
-            .output()
-            .unwrap(),
-    )
-}
+use common::{bundled, generate, json, odin, ok, PROMPT};
 
 fn swarm(extra: &[&str]) -> serde_json::Value {
     json(
@@ -129,94 +110,4 @@ fn the_api_serves_the_official_openai_client_and_ctrl_c_stops_every_node() {
         .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
         .any(|l| l.contains(" node --model") && l.contains(&format!("odin-swarm-{pid}")));
     assert!(!alive, "a node outlived the swarm");
-}
-
-/// An `odin node` process and what it printed when ready.
-struct NodeProc {
-    child: std::process::Child,
-    peer: String,
-    addrs: Vec<String>,
-}
-
-fn node_proc(blocks: &str, boot: &[String], dir: &Path) -> NodeProc {
-    let mut cmd = odin();
-    cmd.args(["node", "--blocks", blocks, "--no-upnp", "--announce-secs", "0.5"])
-        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
-        .arg("--model")
-        .arg(bundled())
-        .arg("--data-dir")
-        .arg(dir);
-    for b in boot {
-        cmd.args(["--bootstrap", b]);
-    }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-    let addrs = v["addrs"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
-    NodeProc { child, peer: v["peer"].as_str().unwrap().to_string(), addrs }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_a_server_mid_generation_changes_no_token() {
-    use odin_node::{GenerateRequest, Node, NodeConfig};
-    let tmp = tempfile::tempdir().unwrap();
-    let first = node_proc("0..2", &[], &tmp.path().join("a"));
-    let boot: Vec<String> = first.addrs.iter().filter(|a| a.contains("/tcp/")).cloned().collect();
-    let mut rest: Vec<NodeProc> = ["2..4", "2..4", "1..4"]
-        .iter()
-        .enumerate()
-        .map(|(i, b)| node_proc(b, &boot, &tmp.path().join(i.to_string())))
-        .collect();
-    let mut cfg = NodeConfig::loopback(&bundled(), None, &tmp.path().join("client"));
-    cfg.net.bootstrap = boot.iter().map(|a| a.parse().unwrap()).collect();
-    let client = Node::start(cfg).await.unwrap();
-    client.wait_for_route(4, std::time::Duration::from_secs(60)).await.unwrap();
-    let tk = odin_train::generate::load_tokenizer(&bundled()).unwrap();
-    let prompt = odin_train::data::prompt_ids(&tk, PROMPT).unwrap();
-
-    for (k, (extra, sampling)) in [
-        (&["--max-tokens", "48"][..], odin_net::Sampling::default()),
-        (
-            &["--max-tokens", "48", "--temperature", "0.9", "--top-k", "30", "--seed", "11"][..],
-            odin_net::Sampling { temperature: 0.9, top_k: 30, top_p: 1.0, seed: 11 },
-        ),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let want = generate(extra)["ids"].clone();
-        let req =
-            GenerateRequest { prompt: prompt.clone(), max_new: 48, sampling, wire: odin_net::Dtype::Q8, stop: Some(1) };
-        let mut streamed = Vec::new();
-        let mut killed = None;
-        let g = client
-            .generate(&req, |t| {
-                streamed.push(t);
-                if streamed.len() == 3 + k {
-                    // Kill -9 the last server of the route being used, between two tokens.
-                    let last = client.route().unwrap().last().unwrap().peer.to_string();
-                    let i = rest
-                        .iter()
-                        .position(|n| n.peer == last)
-                        .expect("the last hop is one of the 2..4 / 1..4 servers");
-                    let mut dead = rest.remove(i);
-                    dead.child.kill().unwrap();
-                    dead.child.wait().unwrap();
-                    killed = Some(last);
-                }
-                true
-            })
-            .await
-            .unwrap();
-        assert!(killed.is_some(), "the generation ended before the kill");
-        assert_eq!(serde_json::json!(g.tokens), want, "run {k}");
-        assert_eq!(g.tokens, streamed, "every token streamed once");
-        assert_eq!(g.failovers, 1);
-        assert!(g.route.iter().all(|h| Some(h.hop.peer.to_string()) != killed));
-    }
-    for mut n in rest.into_iter().chain([first]) {
-        let _ = n.child.kill();
-        let _ = n.child.wait();
-    }
 }

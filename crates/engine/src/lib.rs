@@ -32,7 +32,7 @@ pub mod weights;
 pub use error::{EngineError, Result};
 pub use kernels::Kernel;
 pub use sample::{generate, greedy_many, Sampler, SamplerConfig};
-pub use shard::{Input, LayerState, Logits, Options, Shard, State};
+pub use shard::{state_rows_per_block, Input, LayerState, Logits, Options, Shard, State};
 pub use weights::ENGINE_FILE;
 
 /// blake3 of logits as little-endian f32 bytes: the value verifiers compare.

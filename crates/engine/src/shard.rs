@@ -212,6 +212,28 @@ impl State {
         }
         h.finalize()
     }
+
+    /// The state as rows of width C, [`state_rows_per_block`] rows per block: att_shift, ffn_shift, then the wkv state.
+    ///
+    /// For each block in order: the `att_shift` row, the `ffn_shift` row, then the
+    /// WKV state (C·N values, N = head size) as N consecutive rows of C in its
+    /// in-memory order. This is how a session's state travels between servers;
+    /// [`Shard::state_from_rows`] rebuilds it bit for bit.
+    pub fn to_rows(&self) -> Vec<f32> {
+        let len: usize = self.layers.iter().map(|l| l.att_shift.len() + l.ffn_shift.len() + l.wkv.len()).sum();
+        let mut out = Vec::with_capacity(len);
+        for l in &self.layers {
+            out.extend_from_slice(&l.att_shift);
+            out.extend_from_slice(&l.ffn_shift);
+            out.extend_from_slice(&l.wkv);
+        }
+        out
+    }
+}
+
+/// Rows of width C one block's state takes in [`State::to_rows`]: head_size + 2.
+pub fn state_rows_per_block(head_size: usize) -> usize {
+    head_size + 2
 }
 
 /// What a shard takes in.
@@ -490,13 +512,58 @@ impl Shard {
     /// A zero state for one session that runs only blocks `sub` of this shard
     /// (a route may use part of a server's range).
     pub fn new_state_for(&self, sub: Range<usize>) -> Result<State> {
+        self.check_sub(&sub)?;
+        Ok(self.blank_state(sub))
+    }
+
+    /// Rebuild the state of blocks `sub` of this shard from the rows [`State::to_rows`] made
+    /// (a session handed over by a server that is leaving); the result has `first_block = sub.start`.
+    ///
+    /// `sub` must be a non-empty part of this shard's range, and `rows` must hold exactly
+    /// `sub.len() * (head_size + 2)` rows of width C, every value finite.
+    pub fn state_from_rows(&self, sub: Range<usize>, rows: &[f32]) -> Result<State> {
+        self.check_sub(&sub)?;
+        let (c, n) = (self.cfg.hidden_size, self.cfg.head_size);
+        let per_block = state_rows_per_block(n);
+        let want = sub.len() * per_block * c;
+        if rows.len() != want {
+            return Err(EngineError::BadInput(format!(
+                "a state for blocks {}..{} is {} rows of {c} ({per_block} per block), {want} values, not {}; \
+                 send the rows State::to_rows made for exactly these blocks of this model",
+                sub.start,
+                sub.end,
+                sub.len() * per_block,
+                rows.len()
+            )));
+        }
+        if let Some(i) = rows.iter().position(|v| !v.is_finite()) {
+            return Err(EngineError::BadInput(format!(
+                "the state holds NaN or infinity (row {} of block {}); a state must be finite, so it was corrupted \
+                 on the way: open the session afresh and replay its history",
+                i / c % per_block,
+                sub.start + i / (per_block * c)
+            )));
+        }
+        let layers = rows
+            .chunks_exact(per_block * c)
+            .map(|b| LayerState {
+                att_shift: b[..c].to_vec(),
+                ffn_shift: b[c..2 * c].to_vec(),
+                wkv: b[2 * c..].to_vec(),
+            })
+            .collect();
+        Ok(State { first_block: sub.start, layers })
+    }
+
+    /// Refuse a block range that is not a non-empty part of this shard's.
+    fn check_sub(&self, sub: &Range<usize>) -> Result<()> {
         if sub.is_empty() || sub.start < self.range.start || sub.end > self.range.end {
             return Err(EngineError::BadInput(format!(
                 "blocks {}..{} are not a non-empty part of this shard's {}..{}",
                 sub.start, sub.end, self.range.start, self.range.end
             )));
         }
-        Ok(self.blank_state(sub))
+        Ok(())
     }
 
     fn blank_state(&self, sub: Range<usize>) -> State {
@@ -721,4 +788,133 @@ fn shifted(x: &[f32], c: usize, ln: &(Vec<f32>, Vec<f32>), eps: f32, shift: &mut
     }
     shift.copy_from_slice(&xx[(t_len - 1) * c..]);
     (xx, sx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synthetic::{golden_config, weights, GOLDEN_SEED};
+
+    /// The golden model's shape with `layers` blocks (synthetic weights, no files).
+    fn cfg(layers: usize) -> Rwkv6Config {
+        Rwkv6Config { num_layers: layers, ..golden_config() }
+    }
+
+    fn shard(cfg: &Rwkv6Config, range: Range<usize>, opts: Options) -> Shard {
+        let w = weights(cfg, GOLDEN_SEED);
+        Shard::build(&ModelConfig::Rwkv6(cfg.clone()), ModelId([0; 32]), range, &Source::Memory(&w), opts).unwrap()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    const PROMPT: [u32; 7] = [5, 17, 42, 3, 88, 61, 0];
+    const NEXT: [u32; 3] = [9, 33, 70];
+
+    #[test]
+    fn state_rows_round_trip() {
+        let cfg = cfg(2);
+        let s = shard(&cfg, 0..2, Options::default());
+        let mut st = s.new_state();
+        s.forward(Input::Tokens(&PROMPT), &mut st, Logits::Last).unwrap();
+        let rows = st.to_rows();
+        let per = state_rows_per_block(cfg.head_size);
+        assert_eq!(per, cfg.head_size + 2);
+        assert_eq!(rows.len(), 2 * per * cfg.hidden_size);
+        // Layout: att_shift, ffn_shift, then the wkv state in its order.
+        let c = cfg.hidden_size;
+        assert_eq!(rows[..c], st.layers[0].att_shift[..]);
+        assert_eq!(rows[c..2 * c], st.layers[0].ffn_shift[..]);
+        assert_eq!(rows[2 * c..per * c], st.layers[0].wkv[..]);
+        let back = s.state_from_rows(0..2, &rows).unwrap();
+        assert_eq!(back, st);
+        assert_eq!(back.hash(), st.hash());
+        assert_eq!(bits(&back.to_rows()), bits(&rows));
+        // A zero state of part of the shard round-trips too.
+        let zero = s.new_state_for(1..2).unwrap();
+        assert_eq!(s.state_from_rows(1..2, &zero.to_rows()).unwrap(), zero);
+    }
+
+    #[test]
+    fn resumed_state_continues_bit_exactly() {
+        let cfg = cfg(2);
+        let leaving = shard(&cfg, 0..2, Options::default());
+        // The server the session moves to: another shard object, another kernel and thread count.
+        let other = Options { threads: 2, kernel: Some(crate::Kernel::Scalar), parallel_min_macs: 0 };
+        let taking = shard(&cfg, 0..2, other);
+        let mut st = leaving.new_state();
+        leaving.forward(Input::Tokens(&PROMPT), &mut st, Logits::Last).unwrap();
+        let mut moved = taking.state_from_rows(0..2, &st.to_rows()).unwrap();
+        for t in NEXT {
+            let want = leaving.forward(Input::Tokens(&[t]), &mut st, Logits::Last).unwrap();
+            let got = taking.forward(Input::Tokens(&[t]), &mut moved, Logits::Last).unwrap();
+            assert_eq!(bits(&want), bits(&got));
+        }
+        assert_eq!(moved.hash(), st.hash());
+    }
+
+    #[test]
+    fn a_sliced_state_resumes_on_two_shards() {
+        let cfg = cfg(3);
+        let (c, per) = (cfg.hidden_size, state_rows_per_block(cfg.head_size));
+        let whole = shard(&cfg, 0..3, Options::default());
+        let mut st = whole.new_state();
+        whole.forward(Input::Tokens(&PROMPT), &mut st, Logits::Last).unwrap();
+        // Two servers take blocks 0..1 and 1..3: each gets its rows of the whole state.
+        let rows = st.to_rows();
+        let (head, tail) = rows.split_at(per * c);
+        let first = shard(&cfg, 0..1, Options::default());
+        let last = shard(&cfg, 1..3, Options { threads: 3, kernel: None, parallel_min_macs: 0 });
+        let mut s1 = first.state_from_rows(0..1, head).unwrap();
+        let mut s2 = last.state_from_rows(1..3, tail).unwrap();
+        assert_eq!((s1.first_block, s2.first_block), (0, 1));
+        for t in NEXT {
+            let want = whole.forward(Input::Tokens(&[t]), &mut st, Logits::Last).unwrap();
+            let h = first.forward(Input::Tokens(&[t]), &mut s1, Logits::Last).unwrap();
+            let got = last.forward(Input::Hidden(&h), &mut s2, Logits::Last).unwrap();
+            assert_eq!(bits(&want), bits(&got));
+        }
+        let mut joined = s1.to_rows();
+        joined.extend(s2.to_rows());
+        assert_eq!(bits(&joined), bits(&st.to_rows()));
+        // Part of a server's range: blocks 1..3 of the whole shard, from the same rows.
+        let mut s3 = whole.state_from_rows(1..3, tail).unwrap();
+        let mut s0 = whole.state_from_rows(0..1, head).unwrap();
+        let mut again = whole.state_from_rows(0..3, &rows).unwrap();
+        let h = whole.forward(Input::Tokens(&NEXT), &mut s0, Logits::All).unwrap();
+        let got = whole.forward(Input::Hidden(&h), &mut s3, Logits::Last).unwrap();
+        let want = whole.forward(Input::Tokens(&NEXT), &mut again, Logits::Last).unwrap();
+        assert_eq!(bits(&want), bits(&got));
+    }
+
+    #[test]
+    fn bad_state_rows_are_refused() {
+        let cfg = cfg(3);
+        let (c, per) = (cfg.hidden_size, state_rows_per_block(cfg.head_size));
+        let s = shard(&cfg, 1..3, Options::default());
+        let good = vec![0.0f32; 2 * per * c];
+        assert!(s.state_from_rows(1..3, &good).is_ok());
+        let msg = |r: Result<State>| match r {
+            Err(EngineError::BadInput(m)) => m,
+            other => panic!("expected BadInput, got {other:?}"),
+        };
+        // Wrong lengths: a value short, a row too many, one block's rows for two blocks.
+        for len in [good.len() - 1, good.len() + c, per * c, 0] {
+            let m = msg(s.state_from_rows(1..3, &vec![0.0; len]));
+            assert!(m.contains(&format!("not {len}")) && m.contains("68 rows of 64"), "{m}");
+        }
+        // Non-finite values, with where they are.
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut rows = good.clone();
+            rows[per * c + 2 * c + 5] = bad;
+            let m = msg(s.state_from_rows(1..3, &rows));
+            assert!(m.contains("NaN or infinity") && m.contains("row 2 of block 2"), "{m}");
+        }
+        // Block ranges that are not a non-empty part of the shard's.
+        for sub in [0..2, 1..4, 2..2, 3..4] {
+            let m = msg(s.state_from_rows(sub.clone(), &vec![0.0; sub.len() * per * c]));
+            assert!(m.contains("not a non-empty part of this shard's 1..3"), "{m}");
+        }
+    }
 }

@@ -35,6 +35,9 @@ pub struct ServerInfo {
     pub addrs: Vec<String>,
     /// Milliseconds since the Unix epoch when it was made (announcements expire).
     pub at_ms: u64,
+    /// Whether it picks its own blocks (`--blocks auto`) and so may move to rebalance.
+    #[serde(default)]
+    pub auto: bool,
 }
 
 impl ServerInfo {
@@ -84,6 +87,7 @@ mod tests {
             free_slots: 8,
             addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
             at_ms: 1,
+            auto: false,
         }
     }
 

@@ -296,6 +296,20 @@ impl Net {
     /// Open a shard-protocol stream to `peer` (connecting first if needed).
     pub async fn open_stream(&self, peer: PeerId) -> Result<libp2p::Stream> {
         let mut c = self.control.clone();
+        let mut wait = Duration::from_millis(20);
+        for _ in 0..3 {
+            match c.open_stream(peer, SHARD_PROTOCOL).await {
+                Ok(s) => return Ok(s),
+                // The connection it picked may have just closed (a duplicate connection being
+                // pruned, a transport timing out); a moment later it dials afresh if it must.
+                Err(libp2p_stream::OpenStreamError::Io(e)) => {
+                    tracing::debug!("opening a stream to {peer} failed ({e}); trying again");
+                    tokio::time::sleep(wait).await;
+                    wait *= 4;
+                }
+                Err(e) => return Err(NetError::Swarm(format!("cannot open a stream to {peer}: {e}"))),
+            }
+        }
         c.open_stream(peer, SHARD_PROTOCOL)
             .await
             .map_err(|e| NetError::Swarm(format!("cannot open a stream to {peer}: {e}")))
@@ -416,7 +430,14 @@ impl EventLoop {
                     accept,
                 );
                 match verdict {
-                    Ok((peer, info)) => self.emit(NetEvent::Info(peer, info)),
+                    Ok((peer, info)) => {
+                        // Gossip may arrive through a third peer: remember where the announcer
+                        // listens, so a stream to it can be dialled directly.
+                        for a in info.addrs.iter().take(16).filter_map(|a| a.parse::<Multiaddr>().ok()) {
+                            self.swarm.add_peer_address(peer, a);
+                        }
+                        self.emit(NetEvent::Info(peer, info))
+                    }
                     Err(e) => tracing::debug!("rejected an announcement from {propagation_source}: {e}"),
                 }
             }

@@ -6,6 +6,10 @@
 //! infinity on the way in. A frame is a little-endian `u32` length followed
 //! by a payload; every payload starts with the protocol version and the model
 //! id, so a message for other weights or another version is refused by name.
+//!
+//! A session's recurrent state (in [`Request::Resume`] and [`Response::Handoff`])
+//! travels as an f32 [`Tensor`] of rows of width C: per block, the token-shift
+//! rows then the WKV state as head-size rows (`odin_engine::State::to_rows`).
 
 use half::f16;
 use odin_format::ModelId;
@@ -13,11 +17,12 @@ use odin_format::ModelId;
 use crate::error::{NetError, Result};
 
 /// Version of the shard protocol and the server announcements; peers with another version are refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest frame a peer may send (a prompt's hidden states for a ~100M model fit with room).
 pub const MAX_FRAME: usize = 64 << 20;
-/// Most tokens one step may carry (prefill of a long prompt).
+/// Most tokens one step may carry (prefill of a long prompt), and most rows of any tensor,
+/// a session state's included (12 blocks with head size 64 are 12 × 66 = 792 rows).
 pub const MAX_TOKENS: usize = 8192;
 /// Widest hidden state a tensor may have.
 pub const MAX_WIDTH: usize = 16384;
@@ -235,6 +240,28 @@ pub enum Request {
         /// How the server sends hidden states back.
         reply: Dtype,
     },
+    /// Open a session like [`Request::Open`], but starting from `state` instead of zeros
+    /// (a session handed over by a server that left, see [`Response::Handoff`]).
+    ///
+    /// `state` is f32 rows of width C, `head_size + 2` rows per block of `start..end`
+    /// (the layout of `odin_engine::State::to_rows`); a state travels as rows, so it counts
+    /// against the [`MAX_TOKENS`] row cap. Any other dtype is refused: a state must be exact.
+    Resume {
+        /// Chosen by the client, unique per session.
+        session: u64,
+        /// First block.
+        start: u32,
+        /// One past the last block.
+        end: u32,
+        /// Sampling, used when `end` is the model's last block.
+        sampling: Sampling,
+        /// Random draws the sampler has already made in this generation.
+        drawn: u64,
+        /// How the server sends hidden states back.
+        reply: Dtype,
+        /// The session's state over blocks `start..end`, f32 rows.
+        state: Tensor,
+    },
     /// Run the session's blocks over some tokens.
     Step {
         /// The session.
@@ -277,6 +304,15 @@ pub enum Response {
     },
     /// The session is closed.
     Closed,
+    /// This server is leaving: it did NOT run the step just asked for, and `state` is the
+    /// session's state before that step; resume it elsewhere with [`Request::Resume`].
+    ///
+    /// `state` is f32 rows of width C, `head_size + 2` rows per block of the session
+    /// (a state travels as rows, see [`Request::Resume`]); any other dtype is refused.
+    Handoff {
+        /// The session's state over its blocks, f32 rows.
+        state: Tensor,
+    },
     /// The request failed; the stream stays usable.
     Error {
         /// What kind of failure.
@@ -305,6 +341,8 @@ pub enum ErrorCode {
     BadInput,
     /// Anything else on the server's side.
     Internal,
+    /// The server is shutting down or dropping these blocks and takes no new sessions; route elsewhere.
+    Draining,
 }
 
 impl ErrorCode {
@@ -318,6 +356,7 @@ impl ErrorCode {
             ErrorCode::BadBlocks => 6,
             ErrorCode::BadInput => 7,
             ErrorCode::Internal => 8,
+            ErrorCode::Draining => 9,
         }
     }
 
@@ -331,6 +370,7 @@ impl ErrorCode {
             6 => ErrorCode::BadBlocks,
             7 => ErrorCode::BadInput,
             8 => ErrorCode::Internal,
+            9 => ErrorCode::Draining,
             _ => return Err(NetError::Malformed(format!("unknown error code {c}"))),
         })
     }
@@ -373,6 +413,18 @@ impl Writer {
     fn bytes(&mut self, b: &[u8]) {
         self.u32(b.len() as u32);
         self.0.extend_from_slice(b);
+    }
+    /// The fields [`Request::Open`] and [`Request::Resume`] share.
+    fn open(&mut self, session: u64, start: u32, end: u32, sampling: &Sampling, drawn: u64, reply: Dtype) {
+        self.u64(session);
+        self.u32(start);
+        self.u32(end);
+        self.f64(sampling.temperature);
+        self.u32(sampling.top_k);
+        self.f64(sampling.top_p);
+        self.u64(sampling.seed);
+        self.u64(drawn);
+        self.u8(reply.code());
     }
     fn tensor(&mut self, t: &Tensor) {
         self.u8(t.dtype.code());
@@ -426,6 +478,21 @@ impl<'a> Reader<'a> {
     }
     fn tensor(&mut self) -> Result<Tensor> {
         let dtype = Dtype::from_code(self.u8("tensor dtype")?)?;
+        self.tensor_body(dtype)
+    }
+    /// A session state: an f32 tensor, refused by its dtype before anything else is read.
+    fn state(&mut self) -> Result<Tensor> {
+        let dtype = Dtype::from_code(self.u8("state dtype")?)?;
+        if dtype != Dtype::F32 {
+            return Err(NetError::Malformed(format!(
+                "a session state must travel as f32 (exact), not {}; encode it with Dtype::F32",
+                dtype.name()
+            )));
+        }
+        self.tensor_body(dtype)
+    }
+    /// A tensor's shape and data after its dtype: caps are checked before allocating.
+    fn tensor_body(&mut self, dtype: Dtype) -> Result<Tensor> {
         let rows = self.u32("tensor rows")? as usize;
         let cols = self.u32("tensor cols")? as usize;
         if rows == 0 || cols == 0 {
@@ -446,6 +513,29 @@ impl<'a> Reader<'a> {
         // Reject non-finite values here, so no hop ever computes on them.
         t.check()?;
         Ok(t)
+    }
+    /// The fields [`Request::Open`] and [`Request::Resume`] share, checked.
+    fn open(&mut self) -> Result<(u64, u32, u32, Sampling, u64, Dtype)> {
+        let session = self.u64("session")?;
+        let start = self.u32("first block")?;
+        let end = self.u32("end block")?;
+        let sampling = Sampling {
+            temperature: self.f64("temperature")?,
+            top_k: self.u32("top_k")?,
+            top_p: self.f64("top_p")?,
+            seed: self.u64("seed")?,
+        };
+        let drawn = self.u64("sampler draws")?;
+        let temperature_ok = sampling.temperature.is_finite() && sampling.temperature >= 0.0;
+        let top_p_ok = sampling.top_p > 0.0 && sampling.top_p <= 1.0;
+        if !(temperature_ok && top_p_ok) {
+            return Err(NetError::Malformed("sampling needs temperature >= 0 and top_p within (0, 1]".into()));
+        }
+        if start >= end {
+            return Err(NetError::Malformed(format!("empty block range {start}..{end}")));
+        }
+        let reply = Dtype::from_code(self.u8("reply dtype")?)?;
+        Ok((session, start, end, sampling, drawn, reply))
     }
     fn end(&self) -> Result<()> {
         if self.p != self.b.len() {
@@ -472,20 +562,17 @@ impl Envelope<Request> {
             Request::Open { .. } => 2,
             Request::Step { .. } => 3,
             Request::Close { .. } => 4,
+            Request::Resume { .. } => 5,
         };
         let mut w = Writer::new(&self.model, kind);
         match &self.msg {
             Request::Info => {}
             Request::Open { session, start, end, sampling, drawn, reply } => {
-                w.u64(*session);
-                w.u32(*start);
-                w.u32(*end);
-                w.f64(sampling.temperature);
-                w.u32(sampling.top_k);
-                w.f64(sampling.top_p);
-                w.u64(sampling.seed);
-                w.u64(*drawn);
-                w.u8(reply.code());
+                w.open(*session, *start, *end, sampling, *drawn, *reply);
+            }
+            Request::Resume { session, start, end, sampling, drawn, reply, state } => {
+                w.open(*session, *start, *end, sampling, *drawn, *reply);
+                w.tensor(state);
             }
             Request::Step { session, input } => {
                 w.u64(*session);
@@ -513,25 +600,7 @@ impl Envelope<Request> {
         let msg = match kind {
             1 => Request::Info,
             2 => {
-                let session = r.u64("session")?;
-                let start = r.u32("first block")?;
-                let end = r.u32("end block")?;
-                let sampling = Sampling {
-                    temperature: r.f64("temperature")?,
-                    top_k: r.u32("top_k")?,
-                    top_p: r.f64("top_p")?,
-                    seed: r.u64("seed")?,
-                };
-                let drawn = r.u64("sampler draws")?;
-                let temperature_ok = sampling.temperature.is_finite() && sampling.temperature >= 0.0;
-                let top_p_ok = sampling.top_p > 0.0 && sampling.top_p <= 1.0;
-                if !(temperature_ok && top_p_ok) {
-                    return Err(NetError::Malformed("sampling needs temperature >= 0 and top_p within (0, 1]".into()));
-                }
-                if start >= end {
-                    return Err(NetError::Malformed(format!("empty block range {start}..{end}")));
-                }
-                let reply = Dtype::from_code(r.u8("reply dtype")?)?;
+                let (session, start, end, sampling, drawn, reply) = r.open()?;
                 Request::Open { session, start, end, sampling, drawn, reply }
             }
             3 => {
@@ -556,6 +625,10 @@ impl Envelope<Request> {
                 Request::Step { session, input }
             }
             4 => Request::Close { session: r.u64("session")? },
+            5 => {
+                let (session, start, end, sampling, drawn, reply) = r.open()?;
+                Request::Resume { session, start, end, sampling, drawn, reply, state: r.state()? }
+            }
             k => return Err(NetError::Malformed(format!("unknown request kind {k}"))),
         };
         r.end()?;
@@ -573,6 +646,7 @@ impl Envelope<Response> {
             Response::Token { .. } => 4,
             Response::Closed => 5,
             Response::Error { .. } => 6,
+            Response::Handoff { .. } => 7,
         };
         let mut w = Writer::new(&self.model, kind);
         match &self.msg {
@@ -588,6 +662,7 @@ impl Envelope<Response> {
                 w.u32(*compute_us);
             }
             Response::Closed => {}
+            Response::Handoff { state } => w.tensor(state),
             Response::Error { code, message } => {
                 w.u8(code.code());
                 let m = message.as_bytes();
@@ -620,6 +695,7 @@ impl Envelope<Response> {
                 let m = r.bytes(MAX_MESSAGE, "error message")?;
                 Response::Error { code, message: String::from_utf8_lossy(m).into_owned() }
             }
+            7 => Response::Handoff { state: r.state()? },
             k => return Err(NetError::Malformed(format!("unknown response kind {k}"))),
         };
         r.end()?;
@@ -728,6 +804,90 @@ mod tests {
         assert_eq!(back, b"hello");
     }
 
+    #[test]
+    fn states_travel_only_as_f32() {
+        let open = |state| Request::Resume {
+            session: 3,
+            start: 0,
+            end: 2,
+            sampling: Sampling::default(),
+            drawn: 0,
+            reply: Dtype::Q8,
+            state,
+        };
+        let q8 = Tensor::encode(&[0.5; 64], 32, Dtype::Q8).unwrap();
+        let e = Envelope::<Request>::from_bytes(&Envelope { model: id(), msg: open(q8.clone()) }.to_bytes());
+        let e = e.unwrap_err();
+        assert!(matches!(&e, NetError::Malformed(m) if m.contains("must travel as f32")), "{e}");
+        let e = Envelope::<Response>::from_bytes(
+            &Envelope { model: id(), msg: Response::Handoff { state: q8 } }.to_bytes(),
+        );
+        let e = e.unwrap_err();
+        assert!(matches!(&e, NetError::Malformed(m) if m.contains("must travel as f32")), "{e}");
+        // The dtype is refused before the shape is even read: an int8 state claiming 2^32-1 rows
+        // is refused for its dtype, an f32 one for its rows, and neither allocates.
+        for (dtype, want_dtype) in [(1u8, true), (0u8, false)] {
+            let mut w = Writer::new(&id(), 7);
+            w.u8(dtype);
+            w.u32(u32::MAX);
+            w.u32(64);
+            let e = Envelope::<Response>::from_bytes(&w.0).unwrap_err();
+            if want_dtype {
+                assert!(matches!(&e, NetError::Malformed(m) if m.contains("must travel as f32")), "{e}");
+            } else {
+                assert!(matches!(&e, NetError::TooLarge { cap: MAX_TOKENS, .. }), "{e}");
+            }
+        }
+        // A state with a NaN is refused like any tensor.
+        let mut t = Tensor::encode(&[1.0; 4], 2, Dtype::F32).unwrap();
+        t.data[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        let e =
+            Envelope::<Response>::from_bytes(&Envelope { model: id(), msg: Response::Handoff { state: t } }.to_bytes());
+        assert!(e.unwrap_err().to_string().contains("NaN or infinity"));
+    }
+
+    #[test]
+    fn resume_and_handoff_layout() {
+        // A 12-block state with head size 64 and C = 768: 12 * 66 = 792 rows, under the row cap.
+        let rows: Vec<f32> = (0..792 * 768).map(|i| (i % 1000) as f32 * 0.25 - 100.0).collect();
+        let state = Tensor::encode(&rows, 768, Dtype::F32).unwrap();
+        let sampling = Sampling { temperature: 0.7, top_k: 40, top_p: 0.9, seed: 11 };
+        let msg = Request::Resume { session: 5, start: 0, end: 12, sampling, drawn: 6, reply: Dtype::F32, state };
+        let b = Envelope { model: id(), msg: msg.clone() }.to_bytes();
+        // version u16, model id [32], kind u8 = 5; then Open's 53 bytes; then dtype u8 = 0, rows u32, cols u32, data.
+        assert_eq!(b[34], 5);
+        assert_eq!(b.len(), 35 + 53 + 9 + 792 * 768 * 4);
+        assert_eq!(b[35 + 53], 0);
+        assert_eq!(b[35 + 54..35 + 58], 792u32.to_le_bytes());
+        assert_eq!(b[35 + 58..35 + 62], 768u32.to_le_bytes());
+        let back = Envelope::<Request>::from_bytes(&b).unwrap();
+        assert_eq!(back.msg, msg);
+        let Request::Resume { state, .. } = back.msg else { unreachable!() };
+        assert_eq!(state.decode().unwrap(), rows);
+        // The same fields before the state as Open, byte for byte.
+        let open = Request::Open { session: 5, start: 0, end: 12, sampling, drawn: 6, reply: Dtype::F32 };
+        let ob = Envelope { model: id(), msg: open }.to_bytes();
+        assert_eq!(ob[35..], b[35..35 + 53]);
+        // Handoff: kind 7, then the tensor.
+        let h = Envelope {
+            model: id(),
+            msg: Response::Handoff { state: Tensor::encode(&[1.5; 6], 3, Dtype::F32).unwrap() },
+        };
+        let hb = h.to_bytes();
+        assert_eq!((hb[34], hb[35], hb.len()), (7, 0, 35 + 9 + 24));
+        assert_eq!(Envelope::<Response>::from_bytes(&hb).unwrap(), h);
+        // Draining has its own code.
+        assert_eq!(ErrorCode::Draining.code(), 9);
+        assert_eq!(ErrorCode::from_code(9).unwrap(), ErrorCode::Draining);
+    }
+
+    fn arb_state() -> impl Strategy<Value = Tensor> {
+        (1usize..6, 1usize..70).prop_flat_map(|(rows, cols)| {
+            proptest::collection::vec(-1e4f32..1e4, rows * cols)
+                .prop_map(move |v| Tensor::encode(&v, cols, Dtype::F32).unwrap())
+        })
+    }
+
     fn arb_tensor() -> impl Strategy<Value = Tensor> {
         (1usize..4, 1usize..70, any::<bool>()).prop_flat_map(|(rows, cols, q8)| {
             proptest::collection::vec(-1e4f32..1e4, rows * cols)
@@ -752,6 +912,16 @@ mod tests {
             (any::<u64>(), arb_tensor())
                 .prop_map(|(session, t)| Request::Step { session, input: StepInput::Hidden(t) }),
             any::<u64>().prop_map(|session| Request::Close { session }),
+            (any::<u64>(), 0u32..100, 1u32..100, 0.0f64..3.0, any::<u32>(), 0.01f64..=1.0, any::<u64>(), arb_state())
+                .prop_map(|(session, start, len, temperature, top_k, top_p, seed, state)| Request::Resume {
+                    session,
+                    start,
+                    end: start + len,
+                    sampling: Sampling { temperature, top_k, top_p, seed },
+                    drawn: seed % 1000,
+                    reply: if seed % 2 == 0 { Dtype::F32 } else { Dtype::Q8 },
+                    state,
+                }),
         ]
     }
 
@@ -766,8 +936,9 @@ mod tests {
                 compute_us
             }),
             Just(Response::Closed),
-            ("[a-z é]{0,40}", 1u8..9)
+            ("[a-z é]{0,40}", 1u8..10)
                 .prop_map(|(message, c)| Response::Error { code: ErrorCode::from_code(c).unwrap(), message }),
+            arb_state().prop_map(|state| Response::Handoff { state }),
         ]
     }
 
@@ -801,6 +972,38 @@ mod tests {
             let b = Envelope { model: id(), msg }.to_bytes();
             for cut in 0..b.len() {
                 prop_assert!(Envelope::<Request>::from_bytes(&b[..cut]).is_err());
+            }
+        }
+
+        #[test]
+        fn every_response_truncation_is_an_error(msg in arb_response()) {
+            let b = Envelope { model: id(), msg }.to_bytes();
+            for cut in 0..b.len() {
+                prop_assert!(Envelope::<Response>::from_bytes(&b[..cut]).is_err());
+            }
+        }
+
+        #[test]
+        fn mutated_messages_never_panic(
+            req in arb_request(),
+            resp in arb_response(),
+            at in any::<proptest::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            // Random bytes rarely get past the envelope; valid messages with one byte changed
+            // reach every field decoder, the new state tensors included.
+            for mut b in [Envelope { model: id(), msg: req.clone() }.to_bytes(), Envelope { model: id(), msg: resp.clone() }.to_bytes()] {
+                let i = at.index(b.len());
+                b[i] = byte;
+                if let Ok(e) = Envelope::<Request>::from_bytes(&b) {
+                    // What decodes encodes back to the same bytes.
+                    prop_assert_eq!(e.to_bytes(), b.clone());
+                }
+                if let Ok(e) = Envelope::<Response>::from_bytes(&b) {
+                    if let Response::Hidden { tensor: t, .. } | Response::Handoff { state: t } = &e.msg {
+                        prop_assert!(t.decode().is_ok());
+                    }
+                }
             }
         }
     }

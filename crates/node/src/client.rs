@@ -17,8 +17,12 @@ use crate::error::{NodeError, Result};
 use crate::node::Node;
 use crate::server::Server;
 
-/// Longest a client waits for one hop's answer.
+/// Longest a client waits for one hop's answer (a long prefill on a slow machine).
 pub const STEP_DEADLINE: Duration = Duration::from_secs(30);
+/// A decode step taking this many times the hop's usual round trip counts as a stall…
+const STALL_FACTOR: f64 = 50.0;
+/// …but never before this long (scheduling hiccups are not stalls).
+const MIN_STALL: Duration = Duration::from_millis(500);
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -68,6 +72,10 @@ pub struct Generation {
     pub decode_tok_s: f64,
     /// Times the generation moved to another route after a server failed.
     pub failovers: u32,
+    /// What failed, one line per failover.
+    pub failures: Vec<String>,
+    /// Times a leaving server handed its part of the session over (no replay needed).
+    pub handoffs: u32,
 }
 
 enum Link {
@@ -76,7 +84,12 @@ enum Link {
 }
 
 impl Link {
-    async fn call(&mut self, model: odin_format::ModelId, msg: Request) -> Result<(Response, usize)> {
+    async fn call(
+        &mut self,
+        model: odin_format::ModelId,
+        msg: Request,
+        deadline: Duration,
+    ) -> Result<(Response, usize)> {
         let bytes = Envelope { model, msg }.to_bytes();
         match self {
             // The same request path as a remote hop, but no byte crosses a wire.
@@ -87,9 +100,8 @@ impl Link {
                     write_frame(stream.as_mut(), &bytes).await?;
                     read_frame(stream.as_mut(), MAX_FRAME).await
                 };
-                let frame = tokio::time::timeout(STEP_DEADLINE, fut)
-                    .await
-                    .map_err(|_| NodeError::Timeout(peer_s.clone()))??;
+                let frame =
+                    tokio::time::timeout(deadline, fut).await.map_err(|_| NodeError::Timeout(peer_s.clone()))??;
                 let env = Envelope::<Response>::from_bytes(&frame)
                     .map_err(|e| NodeError::Protocol { peer: peer_s.clone(), what: e.to_string() })?;
                 if env.model != model {
@@ -108,7 +120,7 @@ impl Link {
 pub async fn fetch_info(node: &Node, peer: PeerId) -> Result<odin_net::ServerInfo> {
     let stream = node.net().open_stream(peer).await?;
     let mut link = Link::Remote { peer, stream: Box::new(stream) };
-    match link.call(node.model(), Request::Info).await?.0 {
+    match link.call(node.model(), Request::Info, STEP_DEADLINE).await?.0 {
         Response::Info(json) => Ok(odin_net::ServerInfo::from_bytes(&json)?),
         other => Err(NodeError::Protocol { peer: peer.to_string(), what: format!("answered Info with {other:?}") }),
     }
@@ -130,6 +142,7 @@ fn kind(r: &Response) -> &'static str {
         Response::Hidden { .. } => "Hidden",
         Response::Token { .. } => "Token",
         Response::Closed => "Closed",
+        Response::Handoff { .. } => "Handoff",
         Response::Error { .. } => "Error",
     }
 }
@@ -146,11 +159,36 @@ struct HopRun {
 impl HopRun {
     /// Call this hop; a failure puts its server on backoff in the node's directory.
     async fn call(&mut self, node: &Node, msg: Request) -> Result<(Response, usize)> {
-        let r = self.link.call(node.model(), msg).await;
+        let r = self.link.call(node.model(), msg, STEP_DEADLINE).await;
         if r.is_err() {
             node.report_failure(&self.hop.peer);
         }
         r
+    }
+
+    /// One step: a decode step that takes far longer than this hop usually does is a stall,
+    /// so a server that hangs (or died without a word, as a killed QUIC peer does) is left fast.
+    async fn step(&mut self, node: &Node, msg: Request, decoding: bool) -> Result<(Response, usize)> {
+        let deadline = if decoding && self.steps >= 1 {
+            Duration::from_secs_f64(self.rtt_us / self.steps as f64 * STALL_FACTOR / 1e6)
+                .clamp(MIN_STALL, STEP_DEADLINE)
+        } else {
+            STEP_DEADLINE
+        };
+        let r = self.link.call(node.model(), msg, deadline).await;
+        if r.is_err() {
+            node.report_failure(&self.hop.peer);
+        }
+        r
+    }
+
+    /// Open (or resume) the session on this hop.
+    async fn open(&mut self, node: &Node, msg: Request) -> std::result::Result<(), Failure> {
+        match self.call(node, msg).await {
+            Ok((Response::Opened { .. }, _)) => Ok(()),
+            Ok((r, _)) => Err(blame(self.refused(node, r), self.hop.peer)),
+            Err(e) => Err(blame(e, self.hop.peer)),
+        }
     }
 
     /// The answer was not the one expected: say so, and back off from the server.
@@ -168,6 +206,7 @@ pub struct Progress {
     prefill_ms: Option<f64>,
     decode_start: Option<Instant>,
     decode_steps: u64,
+    handoffs: u32,
     done: bool,
 }
 
@@ -217,27 +256,9 @@ pub async fn generate_on(
     let session: u64 = rand::random();
     let mut hops = Vec::with_capacity(route.len());
     for hop in route {
-        let link = if hop.peer == node.peer_id() {
-            match node.server() {
-                Some(s) => Link::Local(s.clone()),
-                None => return Err(NodeError::NoRoute("the route names this node, which serves nothing".into()).into()),
-            }
-        } else {
-            let opened = tokio::time::timeout(STEP_DEADLINE, node.net().open_stream(hop.peer))
-                .await
-                .map_err(|_| NodeError::Timeout(hop.peer.to_string()))
-                .and_then(|r| r.map_err(NodeError::from));
-            match opened {
-                Ok(stream) => Link::Remote { peer: hop.peer, stream: Box::new(stream) },
-                Err(e) => {
-                    node.report_failure(&hop.peer);
-                    return Err(blame(e, hop.peer));
-                }
-            }
-        };
-        hops.push(HopRun { hop: hop.clone(), link, steps: 0, rtt_us: 0.0, compute_us: 0.0, bytes: 0.0 });
+        hops.push(connect(node, hop).await?);
     }
-    let drawn = u64::from(req.sampling.temperature > 0.0) * progress.tokens.len() as u64;
+    let drawn = draws(req, progress);
     for h in &mut hops {
         let open = Request::Open {
             session,
@@ -247,16 +268,12 @@ pub async fn generate_on(
             drawn,
             reply: req.wire,
         };
-        match h.call(node, open).await {
-            Ok((Response::Opened { .. }, _)) => {}
-            Ok((r, _)) => return Err(blame(h.refused(node, r), h.hop.peer)),
-            Err(e) => return Err(blame(e, h.hop.peer)),
-        }
+        h.open(node, open).await?;
     }
     let result = run_steps(node, session, &mut hops, req, progress, &mut on_token).await;
     for h in &mut hops {
         // Closing is a courtesy: sessions also expire on their own.
-        let _ = h.link.call(model, Request::Close { session }).await;
+        let _ = h.link.call(model, Request::Close { session }, MIN_STALL).await;
     }
     result?;
     hops.iter().for_each(|h| node.report_success(&h.hop.peer));
@@ -282,13 +299,88 @@ pub async fn generate_on(
         prefill_ms: progress.prefill_ms.unwrap_or(0.0),
         decode_tok_s: if decode_s > 0.0 { decoded as f64 / decode_s } else { 0.0 },
         failovers: 0,
+        failures: Vec::new(),
+        handoffs: progress.handoffs,
     })
+}
+
+/// Random draws the last hop's sampler has made so far: one per sampled token (none when greedy).
+fn draws(req: &GenerateRequest, progress: &Progress) -> u64 {
+    u64::from(req.sampling.temperature > 0.0) * progress.tokens.len() as u64
+}
+
+/// Open a link to `hop`'s server (a local call when it is this node).
+async fn connect(node: &Node, hop: &Hop) -> std::result::Result<HopRun, Failure> {
+    let link = if hop.peer == node.peer_id() {
+        match node.server() {
+            Some(s) => Link::Local(s.clone()),
+            None => return Err(NodeError::NoRoute("the route names this node, which serves nothing".into()).into()),
+        }
+    } else {
+        let opened = tokio::time::timeout(STEP_DEADLINE, node.net().open_stream(hop.peer))
+            .await
+            .map_err(|_| NodeError::Timeout(hop.peer.to_string()))
+            .and_then(|r| r.map_err(NodeError::from));
+        match opened {
+            Ok(stream) => Link::Remote { peer: hop.peer, stream: Box::new(stream) },
+            Err(e) => {
+                node.report_failure(&hop.peer);
+                return Err(blame(e, hop.peer));
+            }
+        }
+    };
+    Ok(HopRun { hop: hop.clone(), link, steps: 0, rtt_us: 0.0, compute_us: 0.0, bytes: 0.0 })
+}
+
+/// `old`'s server left and handed back the session's `state` over its blocks: resume the session
+/// on other servers for those blocks (several, when no one server holds them all), each from its
+/// slice of the state. The step `old` refused is then run on them; nothing is replayed.
+async fn take_over(
+    node: &Node,
+    session: u64,
+    old: Hop,
+    state: odin_net::Tensor,
+    req: &GenerateRequest,
+    progress: &Progress,
+) -> std::result::Result<Vec<HopRun>, Failure> {
+    let (start, end) = (old.start, old.end);
+    let bad = |what: String| {
+        node.report_failure(&old.peer);
+        Failure { error: NodeError::Protocol { peer: old.peer.to_string(), what }, peer: Some(old.peer) }
+    };
+    if !state.rows.is_multiple_of(end - start) {
+        return Err(bad(format!("handed over {} state rows for {} blocks", state.rows, end - start)));
+    }
+    let per_block = state.rows / (end - start);
+    let rows = state.decode().map_err(|e| bad(e.to_string()))?;
+    let route = node.wait_for_span(start..end, &[old.peer], Duration::from_secs(10)).await.map_err(|error| {
+        node.report_failure(&old.peer);
+        Failure { error, peer: Some(old.peer) }
+    })?;
+    let mut hops = Vec::with_capacity(route.len());
+    for hop in &route {
+        let mut h = connect(node, hop).await?;
+        let slice = &rows[(hop.start - start) * per_block * state.cols..(hop.end - start) * per_block * state.cols];
+        let state = odin_net::Tensor::encode(slice, state.cols, Dtype::F32).map_err(|e| bad(e.to_string()))?;
+        let resume = Request::Resume {
+            session,
+            start: hop.start as u32,
+            end: hop.end as u32,
+            sampling: req.sampling,
+            drawn: draws(req, progress),
+            reply: req.wire,
+            state,
+        };
+        h.open(node, resume).await?;
+        hops.push(h);
+    }
+    Ok(hops)
 }
 
 async fn run_steps(
     node: &Node,
     session: u64,
-    hops: &mut [HopRun],
+    hops: &mut Vec<HopRun>,
     req: &GenerateRequest,
     progress: &mut Progress,
     on_token: &mut impl FnMut(u32) -> bool,
@@ -303,13 +395,17 @@ async fn run_steps(
         let decoding = step > 0;
         let mut x = StepInput::Tokens(std::mem::take(&mut input));
         let mut token = None;
-        let last = hops.len() - 1;
-        for (i, h) in hops.iter_mut().enumerate() {
+        let mut i = 0;
+        while i < hops.len() {
+            let last = i + 1 == hops.len();
+            let h = &mut hops[i];
             let t = Instant::now();
+            // Kept in case the hop hands its session over and the step goes to its successors.
+            let sent = x.clone();
             let (r, bytes) =
-                h.call(node, Request::Step { session, input: x }).await.map_err(|e| blame(e, h.hop.peer))?;
+                h.step(node, Request::Step { session, input: x }, decoding).await.map_err(|e| blame(e, h.hop.peer))?;
             let rtt = t.elapsed().as_secs_f64() * 1e6;
-            let compute = match (r, i == last) {
+            let compute = match (r, last) {
                 (Response::Hidden { tensor, compute_us }, false) => {
                     x = StepInput::Hidden(tensor);
                     compute_us
@@ -320,9 +416,17 @@ async fn run_steps(
                     x = StepInput::Tokens(Vec::new());
                     compute_us
                 }
+                (Response::Handoff { state }, _) => {
+                    tracing::info!("server {} is leaving; moving its part of the session", h.hop.peer);
+                    let new = take_over(node, session, h.hop.clone(), state, req, progress).await?;
+                    hops.splice(i..=i, new);
+                    progress.handoffs += 1;
+                    x = sent;
+                    continue;
+                }
                 (r, _) => return Err(blame(h.refused(node, r), h.hop.peer)),
             };
-            if decoding && i == last {
+            if decoding && last {
                 progress.decode_steps += 1;
             }
             if decoding {
@@ -331,6 +435,7 @@ async fn run_steps(
                 h.compute_us += f64::from(compute);
                 h.bytes += bytes as f64;
             }
+            i += 1;
         }
         if progress.prefill_ms.is_none() {
             progress.prefill_ms = Some(t0.elapsed().as_secs_f64() * 1e3);

@@ -147,6 +147,14 @@ impl Directory {
     /// The cheapest chain of servers over blocks 0..L, skipping `avoid` and servers in backoff
     /// or without a free session slot. `None` when the blocks are not all covered.
     pub fn route(&self, avoid: &[PeerId]) -> Option<Vec<Hop>> {
+        self.route_span(0..self.layers, avoid)
+    }
+
+    /// [`Directory::route`] over blocks `span` only (where a session moves part of its chain).
+    pub fn route_span(&self, span: std::ops::Range<usize>, avoid: &[PeerId]) -> Option<Vec<Hop>> {
+        if span.is_empty() || span.end > self.layers {
+            return None;
+        }
         let now = Instant::now();
         let usable: Vec<(&PeerId, &Entry)> = {
             let mut v: Vec<_> = self
@@ -164,14 +172,14 @@ impl Directory {
             v.sort_by_key(|(p, _)| p.to_bytes());
             v
         };
-        let l = self.layers;
+        let (first, l) = (span.start, span.end);
         // Dijkstra over block boundaries; costs in microseconds.
         let mut best: Vec<Option<(u64, usize, Hop)>> = vec![None; l + 1];
         let mut done = vec![false; l + 1];
         let mut dist = vec![u64::MAX; l + 1];
-        dist[0] = 0;
-        for _ in 0..=l {
-            let Some(a) = (0..=l).filter(|&v| !done[v] && dist[v] < u64::MAX).min_by_key(|&v| (dist[v], v)) else {
+        dist[first] = 0;
+        for _ in first..=l {
+            let Some(a) = (first..=l).filter(|&v| !done[v] && dist[v] < u64::MAX).min_by_key(|&v| (dist[v], v)) else {
                 break;
             };
             done[a] = true;
@@ -186,7 +194,7 @@ impl Directory {
                 let rtt = e.rtt.unwrap_or(UNKNOWN_RTT).as_micros() as u64;
                 // Busy servers cost a little more, so equal chains spread the load.
                 let load = u64::from(e.info.load) * 50;
-                for b in a + 1..=end {
+                for b in a + 1..=end.min(l) {
                     let cost = dist[a] + rtt + load + ((b - a) as f64 * e.info.ms_per_block * 1e3) as u64;
                     if cost < dist[b] {
                         dist[b] = cost;
@@ -200,7 +208,7 @@ impl Directory {
         }
         let mut hops = Vec::new();
         let mut v = l;
-        while v > 0 {
+        while v > first {
             let (_, prev, hop) = best[v].clone()?;
             hops.push(hop);
             v = prev;
@@ -226,6 +234,7 @@ mod tests {
             free_slots: 4,
             addrs: vec![],
             at_ms: 0,
+            auto: false,
         }
     }
 

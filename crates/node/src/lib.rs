@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod alloc;
 pub mod client;
 pub mod directory;
 pub mod error;
@@ -17,7 +18,7 @@ pub mod server;
 pub use client::{GenerateRequest, Generation, HopStats};
 pub use directory::{Directory, Hop};
 pub use error::{NodeError, Result};
-pub use node::{Node, NodeConfig, ServerStatus, Status};
+pub use node::{AutoConfig, Node, NodeConfig, ServerStatus, Status};
 pub use server::{Server, ServerConfig};
 
 /// Parse a block range written `A..B` (end exclusive).

@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -16,6 +16,7 @@ use odin_net::{block_key, now_ms, Net, NetConfig, NetEvent, PeerId, ServerInfo};
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use crate::alloc;
 use crate::client::{fetch_info, generate_on, Failure, GenerateRequest, Generation, Progress};
 use crate::directory::{Directory, Hop};
 use crate::error::{NodeError, Result};
@@ -43,6 +44,29 @@ pub struct NodeConfig {
     pub threads: usize,
     /// How often the node re-announces itself (announcements live three times as long).
     pub announce_every: Duration,
+    /// Pick the blocks from the network's needs instead of `blocks`, and keep rebalancing.
+    pub auto: Option<AutoConfig>,
+}
+
+/// How a `--blocks auto` node sizes its share and how often it reconsiders it.
+#[derive(Debug, Clone)]
+pub struct AutoConfig {
+    /// Serve at most this many blocks.
+    pub max_blocks: Option<usize>,
+    /// Bytes of memory the blocks may take (default: half of what the system has available).
+    pub memory_budget: Option<u64>,
+    /// Time between rebalancing checks (each waits a random 0.75–1.25 of it).
+    pub rebalance_every: Duration,
+}
+
+impl Default for AutoConfig {
+    fn default() -> Self {
+        Self {
+            max_blocks: None,
+            memory_budget: alloc::default_memory_budget(),
+            rebalance_every: Duration::from_secs(30),
+        }
+    }
 }
 
 impl NodeConfig {
@@ -57,6 +81,7 @@ impl NodeConfig {
             server: ServerConfig::default(),
             threads: 1,
             announce_every: Duration::from_secs(2),
+            auto: None,
         }
     }
 }
@@ -105,20 +130,30 @@ pub struct Node {
     model: ModelId,
     config: ModelConfig,
     model_dir: PathBuf,
-    server: Option<Arc<Server>>,
+    threads: usize,
+    /// Set once the node knows its blocks (at start, or after looking at the network with `--blocks auto`).
+    server: OnceLock<Arc<Server>>,
+    auto: Option<AutoConfig>,
     dir: Arc<Mutex<Directory>>,
     changed: Arc<Notify>,
-    ms_per_block: f64,
+    ms_per_block: OnceLock<f64>,
+    /// Serialises moves between block ranges.
+    moving: tokio::sync::Mutex<()>,
+    /// The route the latest generation through this node runs on.
+    in_use: Mutex<Option<Vec<Hop>>>,
 }
 
 impl Node {
     /// Load the model (and the shard, when serving), start the swarm and the node's tasks.
+    ///
+    /// With [`NodeConfig::auto`], the node first looks at the network (gossip and the DHT),
+    /// then serves the blocks that add most to its weakest coverage, and keeps rebalancing.
     pub async fn start(mut cfg: NodeConfig) -> Result<Arc<Node>> {
         let dir_path = cfg.model_dir.clone();
         let config = ModelConfig::from_file(&dir_path.join("config.json"))
             .map_err(|e| NodeError::Model(format!("{}: {e}", dir_path.display())))?;
         let layers = config.num_layers();
-        let blocks = cfg.blocks.clone();
+        let blocks = if cfg.auto.is_some() { None } else { cfg.blocks.clone() };
         let threads = cfg.threads;
         // Hashing and quantizing read the whole model: off the async threads.
         let (model, shard) = tokio::task::spawn_blocking(move || -> Result<(ModelId, Option<Shard>)> {
@@ -143,40 +178,21 @@ impl Node {
         cfg.net.model = model;
         let key = odin_net::load_or_create_identity(&cfg.data_dir.join("identity.key"))?;
         let (net, mut events) = Net::start(key, cfg.net.clone()).await?;
-        let server = shard.map(|s| Arc::new(Server::new(s, cfg.server.clone())));
-        let ms_per_block = match &server {
-            Some(s) => {
-                let s = s.clone();
-                tokio::task::spawn_blocking(move || s.measure_ms_per_block()).await.unwrap_or(1.0)
-            }
-            None => 0.0,
-        };
         let ttl = cfg.announce_every * 3;
         let node = Arc::new(Node {
             net,
             model,
             config,
             model_dir: cfg.model_dir.clone(),
-            server,
+            threads,
+            server: OnceLock::new(),
+            auto: cfg.auto.clone(),
             dir: Arc::new(Mutex::new(Directory::new(layers, ttl))),
             changed: Arc::new(Notify::new()),
-            ms_per_block,
+            ms_per_block: OnceLock::new(),
+            moving: tokio::sync::Mutex::new(()),
+            in_use: Mutex::new(None),
         });
-
-        if let Some(server) = node.server.clone() {
-            let incoming = node.net.accept()?;
-            let serving = server.clone();
-            tokio::spawn(async move {
-                let server = serving;
-                let mut incoming = incoming;
-                while let Some((_peer, stream)) = incoming.next().await {
-                    tokio::spawn(server.clone().serve_stream(stream));
-                }
-            });
-            let r = server.range();
-            node.net.provide(r.map(|b| block_key(&model, b)).collect()).await?;
-            node.announce().await;
-        }
 
         // Network events feed the directory; weak, so the task ends with the node.
         let weak = Arc::downgrade(&node);
@@ -186,6 +202,34 @@ impl Node {
                 node.on_event(ev).await;
             }
         });
+
+        let shard = match (shard, &cfg.auto) {
+            (Some(s), _) => Some(s),
+            (None, Some(auto)) => {
+                let range = node.choose_blocks(auto, !cfg.net.bootstrap.is_empty(), cfg.announce_every).await;
+                tracing::info!("--blocks auto: serving blocks {}..{}", range.start, range.end);
+                Some(node.load_shard(range).await?)
+            }
+            (None, None) => None,
+        };
+        if let Some(shard) = shard {
+            let server = Arc::new(Server::new(shard, cfg.server.clone()));
+            let s = server.clone();
+            let ms = tokio::task::spawn_blocking(move || s.measure_ms_per_block()).await.unwrap_or(1.0);
+            let _ = node.ms_per_block.set(ms);
+            let _ = node.server.set(server.clone());
+            let incoming = node.net.accept()?;
+            tokio::spawn(async move {
+                let mut incoming = incoming;
+                while let Some((_peer, stream)) = incoming.next().await {
+                    tokio::spawn(server.clone().serve_stream(stream));
+                }
+            });
+            let r = node.serving().unwrap_or_default();
+            node.net.provide(r.map(|b| block_key(&model, b)).collect()).await?;
+            node.announce().await;
+        }
+
         let weak = Arc::downgrade(&node);
         let every = cfg.announce_every;
         tokio::spawn(async move {
@@ -193,7 +237,7 @@ impl Node {
             loop {
                 tick.tick().await;
                 let Some(node) = weak.upgrade() else { return };
-                if let Some(s) = &node.server {
+                if let Some(s) = node.server() {
                     s.reap();
                 }
                 node.announce().await;
@@ -202,7 +246,109 @@ impl Node {
                 };
             }
         });
+        if let Some(auto) = cfg.auto {
+            let weak = Arc::downgrade(&node);
+            tokio::spawn(async move {
+                loop {
+                    // Jitter, so nodes that saw the same change do not all act in the same instant.
+                    let jitter = 0.75 + rand::random::<f64>() * 0.5;
+                    tokio::time::sleep(auto.rebalance_every.mul_f64(jitter)).await;
+                    let Some(node) = weak.upgrade() else { return };
+                    node.rebalance().await;
+                }
+            });
+        }
         Ok(node)
+    }
+
+    /// Blocks for a `--blocks auto` node: as many as fit, where the network is weakest.
+    async fn choose_blocks(&self, auto: &AutoConfig, joining: bool, announce_every: Duration) -> Range<usize> {
+        if joining {
+            // Learn the network first: announcements arrive by gossip within an announce
+            // interval; the DHT names the providers of every block for those that did not.
+            let deadline = tokio::time::Instant::now() + announce_every * 2;
+            loop {
+                let notified = self.changed.notified();
+                let known = self.dir.lock().map(|d| d.entries().len()).unwrap_or(0);
+                if known > 0 || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    break;
+                }
+            }
+            self.pull(&[]).await;
+        }
+        let num = alloc::blocks_that_fit(&self.config, auto.max_blocks, auto.memory_budget);
+        let infos = self.live_servers();
+        let t = alloc::block_throughputs(self.config.num_layers(), infos.iter().map(|(_, i)| i));
+        let start = alloc::choose_start(&t, num);
+        start..start + num
+    }
+
+    /// Servers the directory knows and may route to, with their announcements.
+    fn live_servers(&self) -> Vec<(PeerId, ServerInfo)> {
+        self.dir.lock().map(|d| d.entries().into_iter().map(|(p, e)| (p, e.info)).collect()).unwrap_or_default()
+    }
+
+    async fn load_shard(&self, range: Range<usize>) -> Result<Shard> {
+        let (dir, threads) = (self.model_dir.clone(), self.threads);
+        tokio::task::spawn_blocking(move || Shard::load(&dir, Some(range), Options::threads(threads)))
+            .await
+            .map_err(|e| NodeError::Model(format!("loading failed: {e}")))?
+            .map_err(NodeError::from)
+    }
+
+    /// One rebalancing round of a `--blocks auto` node: move if this node is the one that should.
+    pub async fn rebalance(&self) {
+        let Some(server) = self.server() else { return };
+        if server.draining() {
+            return;
+        }
+        let servers = self.live_servers();
+        let Some(to) = alloc::rebalance(self.config.num_layers(), &servers, &self.peer_id()) else { return };
+        if let Err(e) = self.move_to(to.clone()).await {
+            tracing::warn!("cannot move to blocks {}..{}: {e}", to.start, to.end);
+        }
+    }
+
+    /// Serve blocks `to` instead of the current ones, without a restart: the new blocks load and
+    /// are announced before the old ones are withdrawn; sessions on dropped blocks are handed
+    /// back to their clients at their next step (see [`Server::replace_shard`]).
+    pub async fn move_to(&self, to: Range<usize>) -> Result<()> {
+        let _one_at_a_time = self.moving.lock().await;
+        let Some(server) = self.server() else {
+            return Err(NodeError::NoRoute("this node serves nothing, so it has nothing to move".into()));
+        };
+        let from = server.range();
+        if from == to {
+            return Ok(());
+        }
+        tracing::info!("moving from blocks {}..{} to {}..{}", from.start, from.end, to.start, to.end);
+        let shard = self.load_shard(to.clone()).await?;
+        server.replace_shard(shard);
+        self.net.provide(to.clone().map(|b| block_key(&self.model, b)).collect()).await?;
+        self.announce().await;
+        let dropped: Vec<_> = from.filter(|b| !to.contains(b)).map(|b| block_key(&self.model, b)).collect();
+        self.net.withdraw(dropped).await?;
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Leave the network politely: take no new sessions, announce that, withdraw the provider
+    /// records, and wait (at most `grace`) until every open session has been handed back to its
+    /// client or closed. Returns the sessions still open when the grace ran out.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        let Some(server) = self.server() else { return 0 };
+        server.drain();
+        self.announce().await;
+        let r = server.range();
+        let _ = self.net.withdraw(r.map(|b| block_key(&self.model, b)).collect()).await;
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let closed = server.closed();
+            let open = server.load();
+            if open == 0 || tokio::time::timeout_at(deadline, closed).await.is_err() {
+                return server.load();
+            }
+        }
     }
 
     async fn on_event(&self, ev: NetEvent) {
@@ -223,13 +369,19 @@ impl Node {
                 if let Ok(mut d) = self.dir.lock() {
                     d.remove(&peer);
                 }
+                self.changed.notify_waiters();
             }
         }
     }
 
+    /// Blocks this node serves now.
+    pub fn serving(&self) -> Option<Range<usize>> {
+        self.server().map(|s| s.range())
+    }
+
     /// The announcement of this node's server, if it serves.
     pub fn info(&self) -> Option<ServerInfo> {
-        let s = self.server.as_ref()?;
+        let s = self.server()?;
         let r = s.range();
         Some(ServerInfo {
             version: odin_net::wire::PROTOCOL_VERSION,
@@ -237,17 +389,19 @@ impl Node {
             model: self.model.to_string(),
             start: r.start as u32,
             end: r.end as u32,
-            ms_per_block: self.ms_per_block,
+            ms_per_block: self.ms_per_block.get().copied().unwrap_or(1.0),
             load: s.load() as u32,
-            free_slots: s.free_slots() as u32,
+            // A draining server takes no new sessions, so routes stop naming it.
+            free_slots: if s.draining() { 0 } else { s.free_slots() as u32 },
             addrs: self.net.addrs().iter().map(|a| a.to_string()).collect(),
             at_ms: now_ms(),
+            auto: self.auto.is_some(),
         })
     }
 
     async fn announce(&self) {
         let Some(info) = self.info() else { return };
-        if let Some(s) = &self.server {
+        if let Some(s) = self.server() {
             s.set_info(info.to_bytes());
         }
         // A node does not hear its own gossip: it knows itself directly.
@@ -258,7 +412,6 @@ impl Node {
             tracing::warn!("cannot announce: {e}");
         }
     }
-
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.net.peer_id()
@@ -286,7 +439,7 @@ impl Node {
 
     /// The local server, if this node serves blocks.
     pub fn server(&self) -> Option<&Arc<Server>> {
-        self.server.as_ref()
+        self.server.get()
     }
 
     /// Tell the directory a request to `peer` failed.
@@ -303,6 +456,12 @@ impl Node {
         }
     }
 
+    /// The route the latest generation started through this node runs on (before any failover
+    /// or handoff it has not reached yet); `None` before the first.
+    pub fn route_in_use(&self) -> Option<Vec<Hop>> {
+        self.in_use.lock().ok()?.clone()
+    }
+
     /// The current best route, if every block is covered.
     pub fn route(&self) -> Option<Vec<Hop>> {
         self.dir.lock().ok()?.route(&[])
@@ -314,6 +473,42 @@ impl Node {
     /// names the providers of each uncovered block and they are asked directly.
     pub async fn wait_for_route(&self, min_servers: usize, timeout: Duration) -> Result<Vec<Hop>> {
         self.wait_for_route_avoiding(min_servers, &[], timeout).await
+    }
+
+    /// The cheapest chain over blocks `span` avoiding `avoid`, waiting up to `timeout` for one.
+    pub async fn wait_for_span(&self, span: Range<usize>, avoid: &[PeerId], timeout: Duration) -> Result<Vec<Hop>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            if let Some(r) = self.dir.lock().ok().and_then(|d| d.route_span(span.clone(), avoid)) {
+                return Ok(r);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(NodeError::NoRoute(format!(
+                    "no server took over blocks {}..{} within {:.0} s; start a node serving them",
+                    span.start,
+                    span.end,
+                    timeout.as_secs_f64()
+                )));
+            }
+        }
+    }
+
+    /// Wait until the directory knows `peer` as a server, for at most `timeout`.
+    pub async fn wait_for_server(&self, peer: &PeerId, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            if self.dir.lock().map(|d| d.knows(peer)).unwrap_or(false) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(NodeError::NoRoute(format!(
+                    "server {peer} did not announce itself within {:.0} s; is it running and bootstrapped to this network?",
+                    timeout.as_secs_f64()
+                )));
+            }
+        }
     }
 
     /// [`Node::wait_for_route`], never through the servers in `avoid`.
@@ -379,17 +574,30 @@ impl Node {
     /// run gives. It gives up after [`MAX_FAILOVERS`] reroutes or when no other route appears.
     pub async fn generate(&self, req: &GenerateRequest, mut on_token: impl FnMut(u32) -> bool) -> Result<Generation> {
         let mut progress = Progress::default();
-        let mut avoid: Vec<PeerId> = Vec::new();
+        // Servers that failed are skipped by the directory until they announce themselves again
+        // (a dead one never does) and their backoff has passed; a transient failure costs a
+        // server this generation only until then.
+        let mut why: Vec<String> = Vec::new();
         loop {
-            let route = self.wait_for_route_avoiding(1, &avoid, Duration::from_secs(10)).await?;
+            let route = match self.wait_for_route(1, Duration::from_secs(10)).await {
+                Ok(r) => r,
+                Err(NodeError::NoRoute(m)) if !why.is_empty() => {
+                    return Err(NodeError::NoRoute(format!("{m}; failed on the way: {}", why.join("; "))))
+                }
+                Err(e) => return Err(e),
+            };
+            if let Ok(mut u) = self.in_use.lock() {
+                *u = Some(route.clone());
+            }
             match generate_on(self, &route, req, &mut progress, &mut on_token).await {
                 Ok(mut g) => {
-                    g.failovers = avoid.len() as u32;
+                    g.failovers = why.len() as u32;
+                    g.failures = why;
                     return Ok(g);
                 }
-                Err(Failure { peer: Some(p), error }) if avoid.len() < MAX_FAILOVERS => {
+                Err(Failure { peer: Some(p), error }) if why.len() < MAX_FAILOVERS => {
                     tracing::warn!("server {p} failed ({error}); routing around it");
-                    avoid.push(p);
+                    why.push(format!("{p} ({error})"));
                 }
                 Err(f) => return Err(f.error),
             }
@@ -419,11 +627,11 @@ impl Node {
         Status {
             peer: self.peer_id().to_string(),
             model: self.model.to_string(),
-            serving: self.server.as_ref().map(|s| [s.range().start, s.range().end]),
+            serving: self.serving().map(|r| [r.start, r.end]),
             addrs: self.net.addrs().iter().map(|a| a.to_string()).collect(),
             coverage,
             servers,
-            sessions: self.server.as_ref().map_or(0, |s| s.load()),
+            sessions: self.server().map_or(0, |s| s.load()),
             peers,
         }
     }

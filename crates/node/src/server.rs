@@ -9,7 +9,8 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use odin_engine::{Input, Logits, Sampler, SamplerConfig, Shard, State};
@@ -26,15 +27,19 @@ pub struct ServerConfig {
     pub session_ttl: Duration,
     /// Extra delay before each step (tests of slow servers).
     pub delay: Duration,
+    /// After this many steps, answer every step with bytes that do not parse (tests of broken servers).
+    pub garbage_after: Option<u64>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { max_sessions: 64, session_ttl: Duration::from_secs(600), delay: Duration::ZERO }
+        Self { max_sessions: 64, session_ttl: Duration::from_secs(600), delay: Duration::ZERO, garbage_after: None }
     }
 }
 
 struct Session {
+    /// The shard it was opened on: a session keeps its blocks while the server moves to others.
+    shard: Arc<Shard>,
     state: Option<State>,
     sampler: Option<Sampler>,
     reply: Dtype,
@@ -43,12 +48,19 @@ struct Session {
 
 /// A shard and its sessions.
 pub struct Server {
-    shard: Arc<Shard>,
+    /// The shard new sessions open on (rebalancing replaces it).
+    shard: RwLock<Arc<Shard>>,
     model: ModelId,
     layers: usize,
     cfg: ServerConfig,
     sessions: Mutex<HashMap<u64, Session>>,
     info: Mutex<Vec<u8>>,
+    /// Woken whenever a session leaves the table.
+    closed: tokio::sync::Notify,
+    /// Shutting down: no new sessions, and each open one is handed back at its next step.
+    draining: AtomicBool,
+    /// Steps answered, for [`ServerConfig::garbage_after`].
+    steps: std::sync::atomic::AtomicU64,
 }
 
 /// Why a request failed, ready to go back to the client.
@@ -60,17 +72,44 @@ impl Server {
         let layers = shard.config().num_layers;
         Self {
             model: shard.model_id(),
-            shard: Arc::new(shard),
+            shard: RwLock::new(Arc::new(shard)),
             layers,
             cfg,
             sessions: Mutex::new(HashMap::new()),
             info: Mutex::new(Vec::new()),
+            closed: tokio::sync::Notify::new(),
+            draining: AtomicBool::new(false),
+            steps: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// Blocks this server holds.
     pub fn range(&self) -> Range<usize> {
-        self.shard.range()
+        self.shard().range()
+    }
+
+    /// Serve `shard` from now on. Open sessions on other blocks are handed back to their
+    /// clients at their next step (their state moves to another server); sessions on blocks
+    /// the new shard also holds keep the old shard until they close.
+    pub fn replace_shard(&self, shard: Shard) {
+        if let Ok(mut s) = self.shard.write() {
+            *s = Arc::new(shard);
+        }
+    }
+
+    /// Stop taking sessions; each open one is handed back to its client at its next step.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Resolves when a session next leaves the table (closed, handed back or expired).
+    pub fn closed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.closed.notified()
+    }
+
+    /// Whether [`Server::drain`] was called.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// The model it serves.
@@ -78,9 +117,12 @@ impl Server {
         self.model
     }
 
-    /// The shard.
-    pub fn shard(&self) -> &Arc<Shard> {
-        &self.shard
+    /// The shard new sessions open on.
+    pub fn shard(&self) -> Arc<Shard> {
+        match self.shard.read() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     /// Set the announcement returned to `Info` requests.
@@ -109,12 +151,16 @@ impl Server {
         };
         let before = s.len();
         s.retain(|_, v| v.state.is_none() || v.last.elapsed() < ttl);
-        before - s.len()
+        let reaped = before - s.len();
+        if reaped > 0 {
+            self.closed.notify_waiters();
+        }
+        reaped
     }
 
     /// Measured milliseconds per block for one decode token (median of a few).
     pub fn measure_ms_per_block(&self) -> f64 {
-        let shard = &self.shard;
+        let shard = &self.shard();
         let c = shard.config().hidden_size;
         let mut times = Vec::new();
         let mut st = shard.new_state();
@@ -131,7 +177,7 @@ impl Server {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
         times.sort_by(f64::total_cmp);
-        times[times.len() / 2] / self.shard.range().len().max(1) as f64
+        times[times.len() / 2] / shard.range().len().max(1) as f64
     }
 
     /// Speak the shard protocol on `stream` until the client closes it.
@@ -149,6 +195,15 @@ impl Server {
                 }
             };
             let resp = self.clone().respond(&frame).await;
+            if let (Some(n), Response::Hidden { .. } | Response::Token { .. }) = (self.cfg.garbage_after, &resp) {
+                if self.steps.fetch_add(1, Ordering::Relaxed) >= n {
+                    let junk: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
+                    if write_frame(&mut stream, &junk).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
             if self.reply(&mut stream, resp).await.is_err() {
                 return;
             }
@@ -181,42 +236,16 @@ impl Server {
         match env.msg {
             Request::Info => Ok(Response::Info(self.info.lock().map(|i| i.clone()).unwrap_or_default())),
             Request::Open { session, start, end, sampling, drawn, reply } => {
-                let (start, end) = (start as usize, end as usize);
-                let state = self.shard.new_state_for(start..end).map_err(|_| {
-                    let r = self.range();
-                    Fail(
-                        ErrorCode::BadBlocks,
-                        format!("blocks {start}..{end} are not within this server's {}..{}", r.start, r.end),
-                    )
-                })?;
-                let sampler = (end == self.layers).then(|| {
-                    let mut s = Sampler::new(SamplerConfig {
-                        temperature: sampling.temperature,
-                        top_k: sampling.top_k as usize,
-                        top_p: sampling.top_p,
-                        seed: sampling.seed,
-                    });
-                    s.advance(drawn.min(1 << 32));
-                    s
-                });
-                let mut s =
-                    self.sessions.lock().map_err(|_| Fail(ErrorCode::Internal, "session table poisoned".into()))?;
-                if !s.contains_key(&session) && s.len() >= self.cfg.max_sessions {
-                    return Err(Fail(
-                        ErrorCode::Full,
-                        format!(
-                            "this server holds its maximum of {} sessions; try another server or later",
-                            self.cfg.max_sessions
-                        ),
-                    ));
-                }
-                s.insert(session, Session { state: Some(state), sampler, reply, last: Instant::now() });
-                Ok(Response::Opened { session })
+                self.open(session, start as usize..end as usize, sampling, drawn, reply, None)
+            }
+            Request::Resume { session, start, end, sampling, drawn, reply, state } => {
+                self.open(session, start as usize..end as usize, sampling, drawn, reply, Some(state))
             }
             Request::Close { session } => {
                 let mut s =
                     self.sessions.lock().map_err(|_| Fail(ErrorCode::Internal, "session table poisoned".into()))?;
                 s.remove(&session).ok_or_else(|| unknown(session))?;
+                self.closed.notify_waiters();
                 Ok(Response::Closed)
             }
             Request::Step { session, input } => {
@@ -225,14 +254,26 @@ impl Server {
                 }
                 // Take the state out while the engine runs, so the table is never locked during compute;
                 // a second step on the same session meanwhile is refused, not interleaved.
-                let (state, sampler, reply) = {
+                let (shard, state, sampler, reply) = {
                     let mut s =
                         self.sessions.lock().map_err(|_| Fail(ErrorCode::Internal, "session table poisoned".into()))?;
                     let sess = s.get_mut(&session).ok_or_else(|| unknown(session))?;
                     let state = sess.state.take().ok_or_else(|| {
                         Fail(ErrorCode::BadInput, format!("session {session:016x} is already running a step"))
                     })?;
-                    (state, sess.sampler.take(), sess.reply)
+                    let blocks = state.first_block..state.first_block + state.layers.len();
+                    let current = self.range();
+                    if self.draining() || blocks.start < current.start || blocks.end > current.end {
+                        // Leaving these blocks: the step is not run, and the state goes back to the
+                        // client, which resumes the session elsewhere without replaying its history.
+                        s.remove(&session);
+                        self.closed.notify_waiters();
+                        let c = sess_width(&state);
+                        return Tensor::encode(&state.to_rows(), c, Dtype::F32)
+                            .map(|state| Response::Handoff { state })
+                            .map_err(|e| Fail(ErrorCode::Internal, e.to_string()));
+                    }
+                    (sess.shard.clone(), state, sess.sampler.take(), sess.reply)
                 };
                 let one_token = match &input {
                     StepInput::Tokens(t) => t.len() == 1,
@@ -245,10 +286,9 @@ impl Server {
                     // A decode step is short (well under a millisecond to a few ms): running it on
                     // this worker saves the hand-off to the blocking pool, a large share of a hop's
                     // overhead on small shards. block_in_place moves this worker's other tasks away.
-                    tokio::task::block_in_place(|| self.step(state, sampler, input, reply))
+                    tokio::task::block_in_place(|| step(&shard, state, sampler, input, reply))
                 } else {
-                    let me = self.clone();
-                    tokio::task::spawn_blocking(move || me.step(state, sampler, input, reply))
+                    tokio::task::spawn_blocking(move || step(&shard, state, sampler, input, reply))
                         .await
                         .map_err(|e| Fail(ErrorCode::Internal, format!("step failed: {e}")))?
                 };
@@ -264,43 +304,103 @@ impl Server {
         }
     }
 
-    fn step(
+    #[allow(clippy::too_many_arguments)]
+    fn open(
         &self,
-        mut state: State,
-        mut sampler: Option<Sampler>,
-        input: StepInput,
+        session: u64,
+        blocks: Range<usize>,
+        sampling: odin_net::Sampling,
+        drawn: u64,
         reply: Dtype,
-    ) -> (State, Option<Sampler>, Result<Response, Fail>) {
-        let t = Instant::now();
-        let hidden;
-        let input = match &input {
-            StepInput::Tokens(ids) => Input::Tokens(ids),
-            StepInput::Hidden(tensor) => match tensor.decode() {
-                Ok(v) => {
-                    hidden = v;
-                    Input::Hidden(&hidden)
+        from: Option<Tensor>,
+    ) -> Result<Response, Fail> {
+        if self.draining() {
+            return Err(Fail(ErrorCode::Draining, "this server is shutting down; open the session elsewhere".into()));
+        }
+        let shard = self.shard();
+        let r = shard.range();
+        let bad_blocks = || {
+            Fail(
+                ErrorCode::BadBlocks,
+                format!("blocks {}..{} are not within this server's {}..{}", blocks.start, blocks.end, r.start, r.end),
+            )
+        };
+        let state = match from {
+            None => shard.new_state_for(blocks.clone()).map_err(|_| bad_blocks())?,
+            Some(t) => {
+                if blocks.is_empty() || blocks.start < r.start || blocks.end > r.end {
+                    return Err(bad_blocks());
                 }
-                Err(e) => return (state, sampler, Err(Fail(ErrorCode::Malformed, e.to_string()))),
-            },
-        };
-        let out = match self.shard.forward(input, &mut state, Logits::Last) {
-            Ok(o) => o,
-            // The engine checks its input before touching the state, so a refused step leaves the session as it was.
-            Err(e) => return (state, sampler, Err(Fail(ErrorCode::BadInput, e.to_string()))),
-        };
-        let compute_us = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-        let resp = match sampler.as_mut() {
-            Some(s) => {
-                let id = s.sample(&out);
-                Ok(Response::Token { id, logits_hash: *odin_engine::logits_digest(&out).as_bytes(), compute_us })
+                let rows = t.decode().map_err(|e| Fail(ErrorCode::Malformed, e.to_string()))?;
+                shard.state_from_rows(blocks.clone(), &rows).map_err(|e| Fail(ErrorCode::BadInput, e.to_string()))?
             }
-            None => match Tensor::encode(&out, self.shard.config().hidden_size, reply) {
-                Ok(tensor) => Ok(Response::Hidden { tensor, compute_us }),
-                Err(e) => Err(Fail(ErrorCode::Internal, e.to_string())),
-            },
         };
-        (state, sampler, resp)
+        let sampler = (blocks.end == self.layers).then(|| {
+            let mut s = Sampler::new(SamplerConfig {
+                temperature: sampling.temperature,
+                top_k: sampling.top_k as usize,
+                top_p: sampling.top_p,
+                seed: sampling.seed,
+            });
+            s.advance(drawn.min(1 << 32));
+            s
+        });
+        let mut s = self.sessions.lock().map_err(|_| Fail(ErrorCode::Internal, "session table poisoned".into()))?;
+        if !s.contains_key(&session) && s.len() >= self.cfg.max_sessions {
+            return Err(Fail(
+                ErrorCode::Full,
+                format!(
+                    "this server holds its maximum of {} sessions; try another server or later",
+                    self.cfg.max_sessions
+                ),
+            ));
+        }
+        s.insert(session, Session { shard, state: Some(state), sampler, reply, last: Instant::now() });
+        Ok(Response::Opened { session })
     }
+}
+
+/// Width of a state's rows (the hidden size): its token-shift rows are one row each.
+fn sess_width(state: &State) -> usize {
+    state.layers.first().map_or(1, |l| l.att_shift.len().max(1))
+}
+
+fn step(
+    shard: &Shard,
+    mut state: State,
+    mut sampler: Option<Sampler>,
+    input: StepInput,
+    reply: Dtype,
+) -> (State, Option<Sampler>, Result<Response, Fail>) {
+    let t = Instant::now();
+    let hidden;
+    let input = match &input {
+        StepInput::Tokens(ids) => Input::Tokens(ids),
+        StepInput::Hidden(tensor) => match tensor.decode() {
+            Ok(v) => {
+                hidden = v;
+                Input::Hidden(&hidden)
+            }
+            Err(e) => return (state, sampler, Err(Fail(ErrorCode::Malformed, e.to_string()))),
+        },
+    };
+    let out = match shard.forward(input, &mut state, Logits::Last) {
+        Ok(o) => o,
+        // The engine checks its input before touching the state, so a refused step leaves the session as it was.
+        Err(e) => return (state, sampler, Err(Fail(ErrorCode::BadInput, e.to_string()))),
+    };
+    let compute_us = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+    let resp = match sampler.as_mut() {
+        Some(s) => {
+            let id = s.sample(&out);
+            Ok(Response::Token { id, logits_hash: *odin_engine::logits_digest(&out).as_bytes(), compute_us })
+        }
+        None => match Tensor::encode(&out, shard.config().hidden_size, reply) {
+            Ok(tensor) => Ok(Response::Hidden { tensor, compute_us }),
+            Err(e) => Err(Fail(ErrorCode::Internal, e.to_string())),
+        },
+    };
+    (state, sampler, resp)
 }
 
 fn unknown(session: u64) -> Fail {
