@@ -135,3 +135,154 @@ async fn killing_a_server_mid_generation_changes_no_token() {
         median(&mut recoveries)
     );
 }
+
+/// The bundled model's prompt as token ids.
+fn prompt_ids() -> Vec<u32> {
+    let tk = odin_train::generate::load_tokenizer(&bundled()).unwrap();
+    odin_train::data::prompt_ids(&tk, PROMPT).unwrap()
+}
+
+fn greedy_request() -> GenerateRequest {
+    GenerateRequest {
+        prompt: prompt_ids(),
+        max_new: 48,
+        sampling: odin_net::Sampling::default(),
+        wire: odin_net::Dtype::Q8,
+        stop: Some(1),
+    }
+}
+
+fn reference() -> Vec<u32> {
+    serde_json::from_value(generate(&["--max-tokens", "48"])["ids"].clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_sends_garbage_is_dropped_and_the_answer_is_unchanged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = node_proc("0..2", &[], &[], &tmp.path().join("first"));
+    let boot = tcp_addrs(&first);
+    let garbage = node_proc("2..4", &["--garbage-after", "5"], &boot, &tmp.path().join("garbage"));
+    let client = client(&boot, &tmp.path().join("client")).await;
+    client.wait_for_route(2, Duration::from_secs(60)).await.unwrap();
+    // The only server of 2..4 turns to garbage after five steps; a good one joins meanwhile.
+    let mut good = None;
+    let g = client
+        .generate(&greedy_request(), |_| {
+            if good.is_none() {
+                good = Some(node_proc("2..4", &[], &boot, &tmp.path().join("good")));
+            }
+            true
+        })
+        .await
+        .unwrap();
+    assert_eq!(g.tokens, reference());
+    assert_eq!(g.failovers, 1, "{:?}", g.failures);
+    assert!(g.failures[0].starts_with(&garbage.peer) && g.failures[0].contains("protocol"), "{:?}", g.failures);
+    let good = good.unwrap();
+    assert_eq!(g.route.last().unwrap().hop.peer.to_string(), good.peer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_learns_that_a_server_is_slow_and_routes_around_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = node_proc("0..2", &[], &[], &tmp.path().join("first"));
+    let boot = tcp_addrs(&first);
+    // It announces the speed it measured at start, then waits 30 ms before every step.
+    let slow = node_proc("2..4", &["--delay-ms", "30"], &boot, &tmp.path().join("slow"));
+    let client = client(&boot, &tmp.path().join("client")).await;
+    client.wait_for_route(2, Duration::from_secs(60)).await.unwrap();
+    let mut req = greedy_request();
+    req.max_new = 8;
+    let g = client.generate(&req, |_| true).await.unwrap();
+    assert_eq!(g.route.last().unwrap().hop.peer.to_string(), slow.peer, "the only server of 2..4");
+    let fast = node_proc("2..4", &[], &boot, &tmp.path().join("fast"));
+    client.wait_for_server(&fast.peer.parse().unwrap(), Duration::from_secs(60)).await.unwrap();
+    let status = client.status().await;
+    let learned = status.servers.iter().find(|s| s.peer == slow.peer).unwrap().observed_ms_per_block.unwrap();
+    assert!(learned >= 10.0, "30 ms per step over 2 blocks was measured as {learned} ms per block");
+    for _ in 0..3 {
+        let g = client.generate(&req, |_| true).await.unwrap();
+        assert_eq!(g.route.last().unwrap().hop.peer.to_string(), fast.peer, "the slow server is avoided");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_a_server_hands_its_sessions_over_without_replay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = node_proc("0..2", &[], &[], &tmp.path().join("first"));
+    let boot = tcp_addrs(&first);
+    let mut pool: Vec<NodeProc> =
+        (0..2).map(|i| node_proc("2..4", &[], &boot, &tmp.path().join(format!("s{i}")))).collect();
+    let client = client(&boot, &tmp.path().join("client")).await;
+    client.wait_for_route(3, Duration::from_secs(60)).await.unwrap();
+    let mut streamed = 0;
+    let mut leaving = None;
+    let g = client
+        .generate(&greedy_request(), |_| {
+            streamed += 1;
+            if streamed == 5 {
+                let last = client.route_in_use().unwrap().last().unwrap().peer.to_string();
+                let i = pool.iter().position(|n| n.peer == last).unwrap();
+                let n = pool.remove(i);
+                let pid = n.child.id().to_string();
+                assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+                leaving = Some(n);
+            }
+            true
+        })
+        .await
+        .unwrap();
+    assert_eq!(g.tokens, reference());
+    assert_eq!((g.handoffs, g.failovers), (1, 0), "{:?}", g.failures);
+    let mut leaving = leaving.unwrap();
+    assert!(g.route.iter().all(|h| h.hop.peer.to_string() != leaving.peer));
+    // Its sessions gone, it exits on its own, cleanly.
+    let status = leaving.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_nodes_cover_the_model_and_re_cover_it_when_one_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let auto = ["--max-blocks", "2", "--rebalance-secs", "0.5"];
+    let a = node_proc("auto", &auto, &[], &tmp.path().join("a"));
+    let boot = tcp_addrs(&a);
+    // One after another, as a user would start them: each looks at the network first.
+    let b = node_proc("auto", &auto, &boot, &tmp.path().join("b"));
+    let c = node_proc("auto", &auto, &boot, &tmp.path().join("c"));
+    let mut cfg = NodeConfig::loopback(&bundled(), None, &tmp.path().join("client"));
+    cfg.net.bootstrap = boot.iter().map(|x| x.parse().unwrap()).collect();
+    cfg.announce_every = Duration::from_millis(500);
+    let client = Node::start(cfg).await.unwrap();
+    client.wait_for_route(3, Duration::from_secs(60)).await.unwrap();
+    let status = client.status().await;
+    assert_eq!(status.coverage.iter().min(), Some(&1), "every block covered: {:?}", status.coverage);
+    let blocks = |p: &str| status.servers.iter().find(|s| s.peer == p).unwrap().blocks;
+    let ranges = [blocks(&a.peer), blocks(&b.peer), blocks(&c.peer)];
+    assert!(ranges.iter().all(|r| r[1] - r[0] == 2), "--max-blocks 2: {ranges:?}");
+    assert_eq!(client.generate(&greedy_request(), |_| true).await.unwrap().tokens, reference());
+
+    // Kill the sole server of some blocks; the others re-cover them by moving.
+    let sole = [&a, &b, &c]
+        .into_iter()
+        .find(|n| {
+            let r = blocks(&n.peer);
+            (r[0]..r[1]).any(|blk| status.coverage[blk as usize] == 1)
+        })
+        .unwrap()
+        .peer
+        .clone();
+    let mut nodes = vec![a, b, c];
+    let i = nodes.iter().position(|n| n.peer == sole).unwrap();
+    let mut dead = nodes.remove(i);
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    let killed = Instant::now();
+    let dead_peer: odin_net::PeerId = dead.peer.parse().unwrap();
+    client.wait_for_route_avoiding(1, &[dead_peer], Duration::from_secs(60)).await.unwrap();
+    let recovered = killed.elapsed();
+    eprintln!("blocks re-covered {:.0} ms after the kill", recovered.as_secs_f64() * 1e3);
+    let g = client.generate(&greedy_request(), |_| true).await.unwrap();
+    assert_eq!(g.tokens, reference());
+    assert!(g.route.iter().all(|h| h.hop.peer != dead_peer));
+}

@@ -276,7 +276,12 @@ pub async fn generate_on(
         let _ = h.link.call(model, Request::Close { session }, MIN_STALL).await;
     }
     result?;
-    hops.iter().for_each(|h| node.report_success(&h.hop.peer));
+    for h in &hops {
+        node.report_success(&h.hop.peer);
+        if h.steps > 0 {
+            node.report_observed(&h.hop.peer, h.rtt_us / h.steps as f64 / h.hop.blocks() as f64);
+        }
+    }
     let decoded = progress.decode_steps;
     let decode_s = progress.decode_start.map_or(0.0, |t| t.elapsed().as_secs_f64());
     Ok(Generation {

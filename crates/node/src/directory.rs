@@ -25,6 +25,9 @@ pub struct Entry {
     pub backoff_until: Option<Instant>,
     /// Failures in a row.
     pub failures: u32,
+    /// What this node measured itself, µs per block per decode step (round trip included),
+    /// averaged over recent generations; routes trust it over the server's own announcement.
+    pub observed_us_per_block: Option<f64>,
     /// When the latest failure happened; the server is not routed to again until it has
     /// announced itself since (a killed process never does, a live one soon will).
     pub failed_at: Option<Instant>,
@@ -40,6 +43,13 @@ pub struct Hop {
     pub start: usize,
     /// One past the last block.
     pub end: usize,
+}
+
+impl Hop {
+    /// Blocks it runs.
+    pub fn blocks(&self) -> usize {
+        self.end - self.start
+    }
 }
 
 fn peer_string<S: serde::Serializer>(p: &PeerId, s: S) -> Result<S::Ok, S::Error> {
@@ -79,6 +89,7 @@ impl Directory {
             rtt: None,
             backoff_until: None,
             failures: 0,
+            observed_us_per_block: None,
             failed_at: None,
         });
         e.info = info;
@@ -89,6 +100,20 @@ impl Directory {
     pub fn rtt(&mut self, peer: PeerId, rtt: Duration) {
         if let Some(e) = self.servers.get_mut(&peer) {
             e.rtt = Some(rtt);
+        }
+    }
+
+    /// Record what a generation measured through `peer`: `us_per_block` per decode step.
+    pub fn observed(&mut self, peer: &PeerId, us_per_block: f64) {
+        if !us_per_block.is_finite() || us_per_block < 0.0 {
+            return;
+        }
+        if let Some(e) = self.servers.get_mut(peer) {
+            // Recent generations weigh most, so a server that recovers is trusted again.
+            e.observed_us_per_block = Some(match e.observed_us_per_block {
+                Some(old) => 0.5 * old + 0.5 * us_per_block,
+                None => us_per_block,
+            });
         }
     }
 
@@ -191,11 +216,14 @@ impl Directory {
                 if !(s <= a && a < end) {
                     continue;
                 }
-                let rtt = e.rtt.unwrap_or(UNKNOWN_RTT).as_micros() as u64;
+                // What we measured ourselves beats what the server says. Every hop costs at least
+                // its round trip, so a chain never splits one server into two hops.
+                let rtt = (e.rtt.unwrap_or(UNKNOWN_RTT).as_micros() as u64).max(1);
+                let per_block_us = e.observed_us_per_block.unwrap_or(e.info.ms_per_block * 1e3);
                 // Busy servers cost a little more, so equal chains spread the load.
                 let load = u64::from(e.info.load) * 50;
                 for b in a + 1..=end.min(l) {
-                    let cost = dist[a] + rtt + load + ((b - a) as f64 * e.info.ms_per_block * 1e3) as u64;
+                    let cost = dist[a] + rtt + load + ((b - a) as f64 * per_block_us) as u64;
                     if cost < dist[b] {
                         dist[b] = cost;
                         best[b] = Some((cost, a, Hop { peer: **peer, start: a, end: b }));
@@ -271,6 +299,19 @@ mod tests {
         d.remove(&slow);
         d.remove(&a);
         assert_eq!(d.route(&[]), None);
+    }
+
+    #[test]
+    fn measured_slowness_beats_announced_speed() {
+        let mut d = Directory::new(2, Duration::from_secs(60));
+        let (liar, honest) = (PeerId::random(), PeerId::random());
+        d.update(liar, info(0, 2, 0.01));
+        d.update(honest, info(0, 2, 0.5));
+        assert_eq!(d.route(&[]).unwrap()[0].peer, liar, "on announcements alone the liar looks fastest");
+        d.observed(&liar, 20_000.0);
+        assert_eq!(d.route(&[]).unwrap()[0].peer, honest);
+        d.observed(&liar, f64::NAN);
+        assert_eq!(d.entries().iter().find(|(p, _)| *p == liar).unwrap().1.observed_us_per_block, Some(20_000.0));
     }
 
     #[test]

@@ -22,6 +22,11 @@ use crate::directory::{Directory, Hop};
 use crate::error::{NodeError, Result};
 use crate::server::{Server, ServerConfig};
 
+/// Longest one DHT lookup or one announcement fetch may take while looking for servers.
+const PULL_DEADLINE: Duration = Duration::from_secs(1);
+/// A provider that did not answer is not asked again for this long.
+const SHUN: Duration = Duration::from_secs(30);
+
 /// Most reroutes one generation makes before it gives up.
 pub const MAX_FAILOVERS: usize = 8;
 
@@ -122,6 +127,8 @@ pub struct ServerStatus {
     pub free_slots: u32,
     /// Round trip from here, µs.
     pub rtt_us: Option<u64>,
+    /// What generations from here measured, ms per block per decode step (round trip included).
+    pub observed_ms_per_block: Option<f64>,
 }
 
 /// A running node.
@@ -141,6 +148,8 @@ pub struct Node {
     moving: tokio::sync::Mutex<()>,
     /// The route the latest generation through this node runs on.
     in_use: Mutex<Option<Vec<Hop>>>,
+    /// Providers that did not answer, and when.
+    unreachable: Mutex<std::collections::HashMap<PeerId, Instant>>,
 }
 
 impl Node {
@@ -192,6 +201,7 @@ impl Node {
             ms_per_block: OnceLock::new(),
             moving: tokio::sync::Mutex::new(()),
             in_use: Mutex::new(None),
+            unreachable: Mutex::new(std::collections::HashMap::new()),
         });
 
         // Network events feed the directory; weak, so the task ends with the node.
@@ -248,7 +258,11 @@ impl Node {
         });
         if let Some(auto) = cfg.auto {
             let weak = Arc::downgrade(&node);
+            let warm_up = ttl;
             tokio::spawn(async move {
+                // Until announcements have had a full lifetime to arrive, the view is partial:
+                // a server not heard from yet would look like a gap.
+                tokio::time::sleep(warm_up).await;
                 loop {
                     // Jitter, so nodes that saw the same change do not all act in the same instant.
                     let jitter = 0.75 + rand::random::<f64>() * 0.5;
@@ -344,8 +358,7 @@ impl Node {
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             let closed = server.closed();
-            let open = server.load();
-            if open == 0 || tokio::time::timeout_at(deadline, closed).await.is_err() {
+            if server.idle() || tokio::time::timeout_at(deadline, closed).await.is_err() {
                 return server.load();
             }
         }
@@ -446,6 +459,13 @@ impl Node {
     pub fn report_failure(&self, peer: &PeerId) {
         if let Ok(mut d) = self.dir.lock() {
             d.failed(peer);
+        }
+    }
+
+    /// Tell the directory how fast `peer` turned out to be: µs per block per decode step.
+    pub fn report_observed(&self, peer: &PeerId, us_per_block: f64) {
+        if let Ok(mut d) = self.dir.lock() {
+            d.observed(peer, us_per_block);
         }
     }
 
@@ -550,16 +570,30 @@ impl Node {
         let all: Vec<usize> = (0..self.config.num_layers()).collect();
         let blocks = if blocks.is_empty() { &all[..] } else { blocks };
         for &b in blocks {
-            let Ok(peers) = self.net.providers(block_key(&self.model, b)).await else { return };
+            // Provider records outlive their servers, and a dead server's dial can hang:
+            // every lookup is bounded, and a peer that did not answer is not asked again soon.
+            let Ok(Ok(peers)) =
+                tokio::time::timeout(PULL_DEADLINE, self.net.providers(block_key(&self.model, b))).await
+            else {
+                continue;
+            };
             for p in peers {
                 let known = self.dir.lock().map(|d| d.knows(&p)).unwrap_or(true);
-                if known || p == self.peer_id() {
+                let shunned =
+                    self.unreachable.lock().map(|u| u.get(&p).is_some_and(|t| t.elapsed() < SHUN)).unwrap_or(false);
+                if known || shunned || p == self.peer_id() {
                     continue;
                 }
-                if let Ok(info) = fetch_info(self, p).await {
-                    if info.peer == p.to_string() && info.model == self.model.to_string() {
+                match tokio::time::timeout(PULL_DEADLINE, fetch_info(self, p)).await {
+                    Ok(Ok(info)) if info.peer == p.to_string() && info.model == self.model.to_string() => {
                         if let Ok(mut d) = self.dir.lock() {
                             d.update(p, info);
+                        }
+                    }
+                    _ => {
+                        if let Ok(mut u) = self.unreachable.lock() {
+                            u.retain(|_, t| t.elapsed() < SHUN);
+                            u.insert(p, Instant::now());
                         }
                     }
                 }
@@ -619,6 +653,7 @@ impl Node {
                         load: e.info.load,
                         free_slots: e.info.free_slots,
                         rtt_us: e.rtt.map(|r| r.as_micros() as u64),
+                        observed_ms_per_block: e.observed_us_per_block.map(|us| us / 1e3),
                     })
                     .collect(),
             ),

@@ -59,6 +59,9 @@ pub struct Server {
     closed: tokio::sync::Notify,
     /// Shutting down: no new sessions, and each open one is handed back at its next step.
     draining: AtomicBool,
+    /// Client streams open now: a leaving server waits for its clients to hang up, so every
+    /// handed-over state has surely reached its client before the process exits.
+    streams: std::sync::atomic::AtomicUsize,
     /// Steps answered, for [`ServerConfig::garbage_after`].
     steps: std::sync::atomic::AtomicU64,
 }
@@ -80,6 +83,7 @@ impl Server {
             closed: tokio::sync::Notify::new(),
             draining: AtomicBool::new(false),
             steps: std::sync::atomic::AtomicU64::new(0),
+            streams: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -102,7 +106,12 @@ impl Server {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    /// Resolves when a session next leaves the table (closed, handed back or expired).
+    /// Whether no session is open and no client is connected (safe to exit).
+    pub fn idle(&self) -> bool {
+        self.load() == 0 && self.streams.load(Ordering::SeqCst) == 0
+    }
+
+    /// Resolves when a session next leaves the table (closed, handed back or expired) or a client hangs up.
     pub fn closed(&self) -> tokio::sync::futures::Notified<'_> {
         self.closed.notified()
     }
@@ -181,7 +190,14 @@ impl Server {
     }
 
     /// Speak the shard protocol on `stream` until the client closes it.
-    pub async fn serve_stream(self: Arc<Self>, mut stream: odin_net::Stream) {
+    pub async fn serve_stream(self: Arc<Self>, stream: odin_net::Stream) {
+        self.streams.fetch_add(1, Ordering::SeqCst);
+        self.converse(stream).await;
+        self.streams.fetch_sub(1, Ordering::SeqCst);
+        self.closed.notify_waiters();
+    }
+
+    async fn converse(self: &Arc<Self>, mut stream: odin_net::Stream) {
         loop {
             let frame = match read_frame(&mut stream, MAX_FRAME).await {
                 Ok(f) => f,
@@ -194,20 +210,22 @@ impl Server {
                     return;
                 }
             };
-            let resp = self.clone().respond(&frame).await;
-            if let (Some(n), Response::Hidden { .. } | Response::Token { .. }) = (self.cfg.garbage_after, &resp) {
-                if self.steps.fetch_add(1, Ordering::Relaxed) >= n {
-                    let junk: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
-                    if write_frame(&mut stream, &junk).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-            }
-            if self.reply(&mut stream, resp).await.is_err() {
+            if !self.answer(&mut stream, &frame).await {
                 return;
             }
         }
+    }
+
+    /// Answer one frame on `stream`; false when the stream is gone.
+    async fn answer(self: &Arc<Self>, stream: &mut odin_net::Stream, frame: &[u8]) -> bool {
+        let resp = self.clone().respond(frame).await;
+        if let (Some(n), Response::Hidden { .. } | Response::Token { .. }) = (self.cfg.garbage_after, &resp) {
+            if self.steps.fetch_add(1, Ordering::Relaxed) >= n {
+                let junk: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
+                return write_frame(stream, &junk).await.is_ok();
+            }
+        }
+        self.reply(stream, resp).await.is_ok()
     }
 
     async fn reply(&self, stream: &mut odin_net::Stream, msg: Response) -> odin_net::Result<()> {
