@@ -89,7 +89,20 @@ async fn killing_a_server_mid_generation_changes_no_token() {
     .unwrap();
     assert!(want_greedy.len() > 20 && want_sampled.len() > 20, "the answers are long enough to kill in");
 
+    // Fault-free speed first, on the same network, for the churn comparison.
+    let (mut calm_tokens, mut calm_s) = (0usize, 0.0f64);
+    for sampling in [greedy, sampled] {
+        let req =
+            GenerateRequest { prompt: prompt.clone(), max_new: 48, sampling, wire: odin_net::Dtype::Q8, stop: Some(1) };
+        let t = Instant::now();
+        let g = client.generate(&req, |_| true).await.unwrap();
+        calm_s += t.elapsed().as_secs_f64();
+        calm_tokens += g.tokens.len();
+        assert_eq!(g.failovers, 0);
+    }
+
     let mut recoveries = Vec::new();
+    let (mut churn_tokens, mut churn_s) = (0usize, 0.0f64);
     for run in 0..runs {
         let (sampling, want) = if run % 2 == 0 { (greedy, &want_greedy) } else { (sampled, &want_sampled) };
         // Kill at a different token each run, from the first to well into the answer.
@@ -99,6 +112,7 @@ async fn killing_a_server_mid_generation_changes_no_token() {
         let mut streamed = Vec::new();
         let mut killed: Option<(NodeProc, Instant)> = None;
         let mut recovery = None;
+        let t = Instant::now();
         let g = client
             .generate(&req, |t| {
                 streamed.push(t);
@@ -117,22 +131,31 @@ async fn killing_a_server_mid_generation_changes_no_token() {
             })
             .await
             .unwrap_or_else(|e| panic!("run {run}: {e}"));
+        churn_s += t.elapsed().as_secs_f64();
+        churn_tokens += g.tokens.len();
         let (dead, _) = killed.unwrap_or_else(|| panic!("run {run}: the generation ended before the kill"));
         assert_eq!(&g.tokens, want, "run {run} (kill after {kill_at} tokens)");
         assert_eq!(g.tokens, streamed, "run {run}: every token streamed once");
         assert_eq!(g.failovers, 1, "run {run}: {:?}", g.failures);
         assert!(g.route.iter().all(|h| h.hop.peer.to_string() != dead.peer), "run {run}");
-        recoveries.push(recovery.expect("a token came after the kill").as_secs_f64() * 1e3);
+        let ms = recovery.expect("a token came after the kill").as_secs_f64() * 1e3;
+        if ms > 500.0 {
+            eprintln!("run {run}: recovery took {ms:.0} ms (kill after {kill_at} tokens): {:?}", g.failures);
+        }
+        recoveries.push(ms);
         // A fresh process takes the dead one's blocks, so the next run again has two to choose from.
         let fresh = node_proc(&dead.blocks, &[], &boot, &tmp.path().join(format!("r{run}")));
         client.wait_for_server(&fresh.peer.parse().unwrap(), Duration::from_secs(60)).await.unwrap();
         pool.push(fresh);
     }
     let max = recoveries.iter().cloned().fold(0.0, f64::max);
+    let (calm, churn) = (calm_tokens as f64 / calm_s, churn_tokens as f64 / churn_s);
     eprintln!(
         "{runs} of {runs} generations survived a SIGKILL with identical tokens; recovery (kill to next token) \
-         median {:.0} ms, max {max:.0} ms",
-        median(&mut recoveries)
+         median {:.0} ms, max {max:.0} ms; {churn:.0} tok/s with a kill in every generation vs {calm:.0} tok/s \
+         without ({:.2}x)",
+        median(&mut recoveries),
+        churn / calm
     );
 }
 
@@ -279,7 +302,9 @@ async fn auto_nodes_cover_the_model_and_re_cover_it_when_one_dies() {
     dead.child.wait().unwrap();
     let killed = Instant::now();
     let dead_peer: odin_net::PeerId = dead.peer.parse().unwrap();
-    client.wait_for_route_avoiding(1, &[dead_peer], Duration::from_secs(60)).await.unwrap();
+    // The stated bound (README): a dead server's announcements expire after three announce
+    // intervals, and a survivor moves at its next rebalancing check; 20 s leaves CI room.
+    client.wait_for_route_avoiding(1, &[dead_peer], Duration::from_secs(20)).await.unwrap();
     let recovered = killed.elapsed();
     eprintln!("blocks re-covered {:.0} ms after the kill", recovered.as_secs_f64() * 1e3);
     let g = client.generate(&greedy_request(), |_| true).await.unwrap();

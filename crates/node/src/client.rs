@@ -21,8 +21,8 @@ use crate::server::Server;
 pub const STEP_DEADLINE: Duration = Duration::from_secs(30);
 /// A decode step taking this many times the hop's usual round trip counts as a stall…
 const STALL_FACTOR: f64 = 50.0;
-/// …but never before this long (scheduling hiccups are not stalls).
-const MIN_STALL: Duration = Duration::from_millis(500);
+/// …but never before this long (a busy machine's scheduling hiccups are not stalls).
+const MIN_STALL: Duration = Duration::from_secs(2);
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -154,6 +154,8 @@ struct HopRun {
     rtt_us: f64,
     compute_us: f64,
     bytes: f64,
+    /// Round trip of the prefill step, µs: bounds the first decode step, which costs no more.
+    prefill_us: f64,
 }
 
 impl HopRun {
@@ -271,8 +273,10 @@ pub async fn generate_on(
         h.open(node, open).await?;
     }
     let result = run_steps(node, session, &mut hops, req, progress, &mut on_token).await;
-    for h in &mut hops {
-        // Closing is a courtesy: sessions also expire on their own.
+    let failed = result.as_ref().err().and_then(|f| f.peer);
+    for h in hops.iter_mut().filter(|h| Some(h.hop.peer) != failed) {
+        // Closing is a courtesy (sessions also expire on their own), and never to the server
+        // that just failed: a dead one would only make the failover wait.
         let _ = h.link.call(model, Request::Close { session }, MIN_STALL).await;
     }
     result?;
@@ -334,7 +338,7 @@ async fn connect(node: &Node, hop: &Hop) -> std::result::Result<HopRun, Failure>
             }
         }
     };
-    Ok(HopRun { hop: hop.clone(), link, steps: 0, rtt_us: 0.0, compute_us: 0.0, bytes: 0.0 })
+    Ok(HopRun { hop: hop.clone(), link, steps: 0, rtt_us: 0.0, compute_us: 0.0, bytes: 0.0, prefill_us: 0.0 })
 }
 
 /// `old`'s server left and handed back the session's `state` over its blocks: resume the session
@@ -433,6 +437,9 @@ async fn run_steps(
             };
             if decoding && last {
                 progress.decode_steps += 1;
+            }
+            if !decoding {
+                h.prefill_us = rtt;
             }
             if decoding {
                 h.steps += 1;

@@ -560,8 +560,17 @@ impl Node {
                     avoid.len()
                 )));
             }
-            self.pull(&missing).await;
-            let _ = tokio::time::timeout(Duration::from_millis(250), notified).await;
+            // Ask the DHT meanwhile, but an announcement arriving ends the wait at once.
+            let ask = async {
+                self.pull(&missing).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            tokio::select! {
+                _ = notified => {}
+                _ = ask => {}
+                _ = tokio::time::sleep(remaining) => {}
+            }
         }
     }
 
