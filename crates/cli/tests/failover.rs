@@ -14,6 +14,10 @@ use odin_node::{GenerateRequest, Node, NodeConfig};
 mod common;
 use common::{bundled, generate, odin, PROMPT};
 
+/// One test at a time: each starts several node processes, and on a two-core machine five tests'
+/// worth of them at once would turn scheduling delays into stalls the tests do not mean to test.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// An `odin node` process and what it printed when ready; killed when dropped.
 struct NodeProc {
     child: Child,
@@ -66,6 +70,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_server_mid_generation_changes_no_token() {
+    let _one_at_a_time = SERIAL.lock().await;
     let runs: usize = std::env::var("ODIN_KILL_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let tmp = tempfile::tempdir().unwrap();
     let first = node_proc("0..2", &[], &[], &tmp.path().join("first"));
@@ -181,6 +186,7 @@ fn reference() -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_sends_garbage_is_dropped_and_the_answer_is_unchanged() {
+    let _one_at_a_time = SERIAL.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let first = node_proc("0..2", &[], &[], &tmp.path().join("first"));
     let boot = tcp_addrs(&first);
@@ -207,6 +213,7 @@ async fn a_server_that_sends_garbage_is_dropped_and_the_answer_is_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_router_learns_that_a_server_is_slow_and_routes_around_it() {
+    let _one_at_a_time = SERIAL.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let first = node_proc("0..2", &[], &[], &tmp.path().join("first"));
     let boot = tcp_addrs(&first);
@@ -231,6 +238,7 @@ async fn the_router_learns_that_a_server_is_slow_and_routes_around_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_on_a_server_hands_its_sessions_over_without_replay() {
+    let _one_at_a_time = SERIAL.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let first = node_proc("0..2", &[], &[], &tmp.path().join("first"));
     let boot = tcp_addrs(&first);
@@ -266,6 +274,7 @@ async fn ctrl_c_on_a_server_hands_its_sessions_over_without_replay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_nodes_cover_the_model_and_re_cover_it_when_one_dies() {
+    let _one_at_a_time = SERIAL.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let auto = ["--max-blocks", "2", "--rebalance-secs", "0.5"];
     let a = node_proc("auto", &auto, &[], &tmp.path().join("a"));
