@@ -108,19 +108,7 @@ mod tests {
     use super::*;
 
     fn info(start: u32, end: u32, auto: bool) -> ServerInfo {
-        ServerInfo {
-            version: odin_net::wire::PROTOCOL_VERSION,
-            peer: String::new(),
-            model: String::new(),
-            start,
-            end,
-            ms_per_block: 1.0,
-            load: 0,
-            free_slots: 4,
-            addrs: vec![],
-            at_ms: 0,
-            auto,
-        }
+        crate::directory::test_info(start, end, 1.0, auto)
     }
 
     #[test]

@@ -246,24 +246,30 @@ impl Directory {
     }
 }
 
+/// An announcement of blocks `start..end` at `ms` per block, for tests.
+#[cfg(test)]
+pub(crate) fn test_info(start: u32, end: u32, ms: f64, auto: bool) -> ServerInfo {
+    ServerInfo {
+        version: odin_net::wire::PROTOCOL_VERSION,
+        peer: String::new(),
+        model: String::new(),
+        start,
+        end,
+        ms_per_block: ms,
+        load: 0,
+        free_slots: 4,
+        addrs: vec![],
+        at_ms: 0,
+        auto,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn info(start: u32, end: u32, ms: f64) -> ServerInfo {
-        ServerInfo {
-            version: odin_net::wire::PROTOCOL_VERSION,
-            peer: String::new(),
-            model: String::new(),
-            start,
-            end,
-            ms_per_block: ms,
-            load: 0,
-            free_slots: 4,
-            addrs: vec![],
-            at_ms: 0,
-            auto: false,
-        }
+        test_info(start, end, ms, false)
     }
 
     #[test]
