@@ -57,9 +57,12 @@ fn tcp_addrs(n: &NodeProc) -> Vec<String> {
     n.addrs.iter().filter(|a| a.contains("/tcp/")).cloned().collect()
 }
 
+/// An in-process client (it serves nothing) joined through `boot`; it forgets servers whose
+/// announcements stop after 1.5 s, like the test nodes announcing every 0.5 s.
 async fn client(boot: &[String], dir: &Path) -> std::sync::Arc<Node> {
     let mut cfg = NodeConfig::loopback(&bundled(), None, dir);
     cfg.net.bootstrap = boot.iter().map(|a| a.parse().unwrap()).collect();
+    cfg.announce_every = Duration::from_millis(500);
     Node::start(cfg).await.unwrap()
 }
 
@@ -282,10 +285,7 @@ async fn auto_nodes_cover_the_model_and_re_cover_it_when_one_dies() {
     // One after another, as a user would start them: each looks at the network first.
     let b = node_proc("auto", &auto, &boot, &tmp.path().join("b"));
     let c = node_proc("auto", &auto, &boot, &tmp.path().join("c"));
-    let mut cfg = NodeConfig::loopback(&bundled(), None, &tmp.path().join("client"));
-    cfg.net.bootstrap = boot.iter().map(|x| x.parse().unwrap()).collect();
-    cfg.announce_every = Duration::from_millis(500);
-    let client = Node::start(cfg).await.unwrap();
+    let client = client(&boot, &tmp.path().join("client")).await;
     client.wait_for_route(3, Duration::from_secs(60)).await.unwrap();
     let status = client.status().await;
     assert_eq!(status.coverage.iter().min(), Some(&1), "every block covered: {:?}", status.coverage);

@@ -296,23 +296,20 @@ impl Net {
     /// Open a shard-protocol stream to `peer` (connecting first if needed).
     pub async fn open_stream(&self, peer: PeerId) -> Result<libp2p::Stream> {
         let mut c = self.control.clone();
-        let mut wait = Duration::from_millis(20);
-        for _ in 0..3 {
+        let (mut wait, mut retries) = (Duration::from_millis(20), 0);
+        loop {
             match c.open_stream(peer, SHARD_PROTOCOL).await {
                 Ok(s) => return Ok(s),
                 // The connection it picked may have just closed (a duplicate connection being
                 // pruned, a transport timing out); a moment later it dials afresh if it must.
-                Err(libp2p_stream::OpenStreamError::Io(e)) => {
+                Err(libp2p_stream::OpenStreamError::Io(e)) if retries < 3 => {
                     tracing::debug!("opening a stream to {peer} failed ({e}); trying again");
                     tokio::time::sleep(wait).await;
-                    wait *= 4;
+                    (wait, retries) = (wait * 4, retries + 1);
                 }
                 Err(e) => return Err(NetError::Swarm(format!("cannot open a stream to {peer}: {e}"))),
             }
         }
-        c.open_stream(peer, SHARD_PROTOCOL)
-            .await
-            .map_err(|e| NetError::Swarm(format!("cannot open a stream to {peer}: {e}")))
     }
 
     /// Incoming shard-protocol streams (call once, on a serving node).

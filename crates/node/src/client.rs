@@ -154,34 +154,35 @@ struct HopRun {
     rtt_us: f64,
     compute_us: f64,
     bytes: f64,
-    /// Round trip of the prefill step, µs: bounds the first decode step, which costs no more.
+    /// Round trip of the prefill step, µs: the first decode step costs no more.
     prefill_us: f64,
 }
 
 impl HopRun {
     /// Call this hop; a failure puts its server on backoff in the node's directory.
     async fn call(&mut self, node: &Node, msg: Request) -> Result<(Response, usize)> {
-        let r = self.link.call(node.model(), msg, STEP_DEADLINE).await;
+        self.call_within(node, msg, STEP_DEADLINE).await
+    }
+
+    async fn call_within(&mut self, node: &Node, msg: Request, deadline: Duration) -> Result<(Response, usize)> {
+        let r = self.link.call(node.model(), msg, deadline).await;
         if r.is_err() {
             node.report_failure(&self.hop.peer);
         }
         r
     }
 
-    /// One step: a decode step that takes far longer than this hop usually does is a stall,
-    /// so a server that hangs (or died without a word, as a killed QUIC peer does) is left fast.
+    /// One step. A decode step that takes far longer than this hop's usual one (its mean decode
+    /// round trip; before the first, its prefill's, which did more work) is a stall, so a server
+    /// that hangs, or died without a word as a killed QUIC peer does, is left fast.
     async fn step(&mut self, node: &Node, msg: Request, decoding: bool) -> Result<(Response, usize)> {
-        let deadline = if decoding && self.steps >= 1 {
-            Duration::from_secs_f64(self.rtt_us / self.steps as f64 * STALL_FACTOR / 1e6)
-                .clamp(MIN_STALL, STEP_DEADLINE)
+        let usual_us = if self.steps > 0 { self.rtt_us / self.steps as f64 } else { self.prefill_us };
+        let deadline = if decoding && usual_us > 0.0 {
+            Duration::from_secs_f64(usual_us * STALL_FACTOR / 1e6).clamp(MIN_STALL, STEP_DEADLINE)
         } else {
             STEP_DEADLINE
         };
-        let r = self.link.call(node.model(), msg, deadline).await;
-        if r.is_err() {
-            node.report_failure(&self.hop.peer);
-        }
-        r
+        self.call_within(node, msg, deadline).await
     }
 
     /// Open (or resume) the session on this hop.
@@ -438,14 +439,13 @@ async fn run_steps(
             if decoding && last {
                 progress.decode_steps += 1;
             }
-            if !decoding {
-                h.prefill_us = rtt;
-            }
             if decoding {
                 h.steps += 1;
                 h.rtt_us += rtt;
                 h.compute_us += f64::from(compute);
                 h.bytes += bytes as f64;
+            } else {
+                h.prefill_us = rtt;
             }
             i += 1;
         }

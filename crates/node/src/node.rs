@@ -280,14 +280,7 @@ impl Node {
         if joining {
             // Learn the network first: announcements arrive by gossip within an announce
             // interval; the DHT names the providers of every block for those that did not.
-            let deadline = tokio::time::Instant::now() + announce_every * 2;
-            loop {
-                let notified = self.changed.notified();
-                let known = self.dir.lock().map(|d| d.entries().len()).unwrap_or(0);
-                if known > 0 || tokio::time::timeout_at(deadline, notified).await.is_err() {
-                    break;
-                }
-            }
+            self.wait_for(announce_every * 2, |d| (!d.entries().is_empty()).then_some(())).await;
             self.pull(&[]).await;
         }
         let num = alloc::blocks_that_fit(&self.config, auto.max_blocks, auto.memory_budget);
@@ -297,7 +290,7 @@ impl Node {
         start..start + num
     }
 
-    /// Servers the directory knows and may route to, with their announcements.
+    /// Servers with a live announcement in the directory, and what they announced.
     fn live_servers(&self) -> Vec<(PeerId, ServerInfo)> {
         self.dir.lock().map(|d| d.entries().into_iter().map(|(p, e)| (p, e.info)).collect()).unwrap_or_default()
     }
@@ -495,40 +488,39 @@ impl Node {
         self.wait_for_route_avoiding(min_servers, &[], timeout).await
     }
 
-    /// The cheapest chain over blocks `span` avoiding `avoid`, waiting up to `timeout` for one.
-    pub async fn wait_for_span(&self, span: Range<usize>, avoid: &[PeerId], timeout: Duration) -> Result<Vec<Hop>> {
+    /// Wait until `found` finds something in the directory (checked at once and after every
+    /// change), for at most `timeout`.
+    async fn wait_for<T>(&self, timeout: Duration, found: impl Fn(&Directory) -> Option<T>) -> Option<T> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
-            if let Some(r) = self.dir.lock().ok().and_then(|d| d.route_span(span.clone(), avoid)) {
-                return Ok(r);
+            if let Some(t) = self.dir.lock().ok().and_then(|d| found(&d)) {
+                return Some(t);
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(NodeError::NoRoute(format!(
-                    "no server took over blocks {}..{} within {:.0} s; start a node serving them",
-                    span.start,
-                    span.end,
-                    timeout.as_secs_f64()
-                )));
-            }
+            tokio::time::timeout_at(deadline, notified).await.ok()?;
         }
+    }
+
+    /// The cheapest chain over blocks `span` avoiding `avoid`, waiting up to `timeout` for one.
+    pub async fn wait_for_span(&self, span: Range<usize>, avoid: &[PeerId], timeout: Duration) -> Result<Vec<Hop>> {
+        self.wait_for(timeout, |d| d.route_span(span.clone(), avoid)).await.ok_or_else(|| {
+            NodeError::NoRoute(format!(
+                "no server took over blocks {}..{} within {:.0} s; start a node serving them",
+                span.start,
+                span.end,
+                timeout.as_secs_f64()
+            ))
+        })
     }
 
     /// Wait until the directory knows `peer` as a server, for at most `timeout`.
     pub async fn wait_for_server(&self, peer: &PeerId, timeout: Duration) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.changed.notified();
-            if self.dir.lock().map(|d| d.knows(peer)).unwrap_or(false) {
-                return Ok(());
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(NodeError::NoRoute(format!(
-                    "server {peer} did not announce itself within {:.0} s; is it running and bootstrapped to this network?",
-                    timeout.as_secs_f64()
-                )));
-            }
-        }
+        self.wait_for(timeout, |d| d.knows(peer).then_some(())).await.ok_or_else(|| {
+            NodeError::NoRoute(format!(
+                "server {peer} did not announce itself within {:.0} s; is it running and bootstrapped to this network?",
+                timeout.as_secs_f64()
+            ))
+        })
     }
 
     /// [`Node::wait_for_route`], never through the servers in `avoid`.
@@ -565,11 +557,10 @@ impl Node {
                 self.pull(&missing).await;
                 tokio::time::sleep(Duration::from_millis(250)).await;
             };
-            let remaining = deadline.saturating_duration_since(Instant::now());
             tokio::select! {
                 _ = notified => {}
                 _ = ask => {}
-                _ = tokio::time::sleep(remaining) => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {}
             }
         }
     }

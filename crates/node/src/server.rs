@@ -284,9 +284,9 @@ impl Server {
                     if self.draining() || blocks.start < current.start || blocks.end > current.end {
                         // Leaving these blocks: the step is not run, and the state goes back to the
                         // client, which resumes the session elsewhere without replaying its history.
+                        let c = sess.shard.config().hidden_size;
                         s.remove(&session);
                         self.closed.notify_waiters();
-                        let c = sess_width(&state);
                         return Tensor::encode(&state.to_rows(), c, Dtype::F32)
                             .map(|state| Response::Handoff { state })
                             .map_err(|e| Fail(ErrorCode::Internal, e.to_string()));
@@ -337,22 +337,20 @@ impl Server {
         }
         let shard = self.shard();
         let r = shard.range();
-        let bad_blocks = || {
-            Fail(
+        if blocks.is_empty() || blocks.start < r.start || blocks.end > r.end {
+            return Err(Fail(
                 ErrorCode::BadBlocks,
                 format!("blocks {}..{} are not within this server's {}..{}", blocks.start, blocks.end, r.start, r.end),
-            )
-        };
+            ));
+        }
         let state = match from {
-            None => shard.new_state_for(blocks.clone()).map_err(|_| bad_blocks())?,
+            None => shard.new_state_for(blocks.clone()),
             Some(t) => {
-                if blocks.is_empty() || blocks.start < r.start || blocks.end > r.end {
-                    return Err(bad_blocks());
-                }
                 let rows = t.decode().map_err(|e| Fail(ErrorCode::Malformed, e.to_string()))?;
-                shard.state_from_rows(blocks.clone(), &rows).map_err(|e| Fail(ErrorCode::BadInput, e.to_string()))?
+                shard.state_from_rows(blocks.clone(), &rows)
             }
-        };
+        }
+        .map_err(|e| Fail(ErrorCode::BadInput, e.to_string()))?;
         let sampler = (blocks.end == self.layers).then(|| {
             let mut s = Sampler::new(SamplerConfig {
                 temperature: sampling.temperature,
@@ -376,11 +374,6 @@ impl Server {
         s.insert(session, Session { shard, state: Some(state), sampler, reply, last: Instant::now() });
         Ok(Response::Opened { session })
     }
-}
-
-/// Width of a state's rows (the hidden size): its token-shift rows are one row each.
-fn sess_width(state: &State) -> usize {
-    state.layers.first().map_or(1, |l| l.att_shift.len().max(1))
 }
 
 fn step(
