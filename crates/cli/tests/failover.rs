@@ -320,3 +320,37 @@ async fn auto_nodes_cover_the_model_and_re_cover_it_when_one_dies() {
     assert_eq!(g.tokens, reference());
     assert!(g.route.iter().all(|h| h.hop.peer != dead_peer));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_answering_is_left_at_the_stall_deadline() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let first = node_proc("0..2", &[], &[], &tmp.path().join("first"));
+    let boot = tcp_addrs(&first);
+    let pool: Vec<NodeProc> =
+        (0..2).map(|i| node_proc("2..4", &[], &boot, &tmp.path().join(format!("s{i}")))).collect();
+    let client = client(&boot, &tmp.path().join("client")).await;
+    client.wait_for_route(3, Duration::from_secs(60)).await.unwrap();
+    let mut streamed = 0;
+    let mut frozen = None;
+    let g = client
+        .generate(&greedy_request(), |_| {
+            streamed += 1;
+            if streamed == 5 {
+                // SIGSTOP: the process and its connections stay up, but it answers nothing.
+                let last = client.route_in_use().unwrap().last().unwrap().peer.to_string();
+                let n = pool.iter().find(|n| n.peer == last).unwrap();
+                let pid = n.child.id().to_string();
+                assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+                frozen = Some(last);
+            }
+            true
+        })
+        .await
+        .unwrap();
+    let frozen = frozen.unwrap();
+    assert_eq!(g.tokens, reference());
+    assert_eq!(g.failovers, 1, "{:?}", g.failures);
+    assert!(g.failures[0].starts_with(&frozen) && g.failures[0].contains("deadline"), "{:?}", g.failures);
+    assert!(g.route.iter().all(|h| h.hop.peer.to_string() != frozen));
+}

@@ -18,6 +18,11 @@ const PROMPT: [u32; 8] = [0, 3, 40, 41, 42, 43, 44, 4];
 
 /// The same generation on one machine, with the engine alone.
 fn local(max_new: usize, sampling: SamplerConfig) -> Vec<u32> {
+    local_until(max_new, sampling, Some(1))
+}
+
+/// [`local`], stopping before `stop` (or never).
+fn local_until(max_new: usize, sampling: SamplerConfig, stop: Option<u32>) -> Vec<u32> {
     let shard = Shard::load(&tiny(), None, Options::default()).unwrap();
     let mut st = shard.new_state();
     let mut s = Sampler::new(sampling);
@@ -25,7 +30,7 @@ fn local(max_new: usize, sampling: SamplerConfig) -> Vec<u32> {
     let mut out = Vec::new();
     for _ in 0..max_new {
         let t = s.sample(&logits);
-        if t == 1 {
+        if Some(t) == stop {
             break;
         }
         out.push(t);
@@ -202,4 +207,48 @@ async fn nodes_joined_over_quic_alone_generate() {
     };
     let g = client.generate(&req, |_| true).await.unwrap();
     assert_eq!(g.tokens, local(8, SamplerConfig::default()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_moving_to_other_blocks_hands_its_sessions_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = start(Some(0..2), &[], tmp.path()).await;
+    let boot = first.net().addrs();
+    let mover = start(Some(2..4), &boot, tmp.path()).await;
+    let client = start(None, &boot, tmp.path()).await;
+    client.wait_for_route(2, Duration::from_secs(30)).await.unwrap();
+    // The other server of 2..4 joins once the route through the mover is fixed.
+    let other = start(Some(2..4), &boot, tmp.path()).await;
+    client.wait_for_server(&other.peer_id(), Duration::from_secs(30)).await.unwrap();
+    // No stop token: 24 tokens, so the move falls in the middle.
+    let want = local_until(24, SamplerConfig { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }, None);
+    let req = GenerateRequest {
+        prompt: PROMPT.to_vec(),
+        max_new: 24,
+        sampling: Sampling::default(),
+        wire: Dtype::Q8,
+        stop: None,
+    };
+    let mut n = 0;
+    let mut moved_from = None;
+    let g = client
+        .generate(&req, |_| {
+            n += 1;
+            if n == 5 {
+                let last = client.route_in_use().unwrap().last().unwrap().peer;
+                let node = if last == mover.peer_id() { &mover } else { &other };
+                // The move completes between two steps: load, announce, withdraw.
+                tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(node.move_to(0..2))).unwrap();
+                moved_from = Some(last);
+            }
+            true
+        })
+        .await
+        .unwrap();
+    assert_eq!(g.tokens, want, "the session continued from its moved state");
+    assert_eq!((g.handoffs, g.failovers), (1, 0), "{:?}", g.failures);
+    let moved_from = moved_from.unwrap();
+    assert_ne!(g.route.last().unwrap().hop.peer, moved_from, "blocks 2..4 now run elsewhere");
+    let moved = if moved_from == mover.peer_id() { &mover } else { &other };
+    assert_eq!(moved.serving(), Some(0..2), "the moved server serves its new blocks");
 }
