@@ -243,32 +243,9 @@ async fn the_router_learns_that_a_server_is_slow_and_routes_around_it() {
 async fn ctrl_c_on_a_server_hands_its_sessions_over_without_replay() {
     let _one_at_a_time = SERIAL.lock().await;
     let tmp = tempfile::tempdir().unwrap();
-    let first = node_proc("0..2", &[], &[], &tmp.path().join("first"));
-    let boot = tcp_addrs(&first);
-    let mut pool: Vec<NodeProc> =
-        (0..2).map(|i| node_proc("2..4", &[], &boot, &tmp.path().join(format!("s{i}")))).collect();
-    let client = client(&boot, &tmp.path().join("client")).await;
-    client.wait_for_route(3, Duration::from_secs(60)).await.unwrap();
-    let mut streamed = 0;
-    let mut leaving = None;
-    let g = client
-        .generate(&greedy_request(), |_| {
-            streamed += 1;
-            if streamed == 5 {
-                let last = client.route_in_use().unwrap().last().unwrap().peer.to_string();
-                let i = pool.iter().position(|n| n.peer == last).unwrap();
-                let n = pool.remove(i);
-                let pid = n.child.id().to_string();
-                assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
-                leaving = Some(n);
-            }
-            true
-        })
-        .await
-        .unwrap();
+    let (g, mut leaving) = signal_the_last_hop_mid_generation("-INT", tmp.path()).await;
     assert_eq!(g.tokens, reference());
     assert_eq!((g.handoffs, g.failovers), (1, 0), "{:?}", g.failures);
-    let mut leaving = leaving.unwrap();
     assert!(g.route.iter().all(|h| h.hop.peer.to_string() != leaving.peer));
     // Its sessions gone, it exits on its own, cleanly.
     let status = leaving.child.wait().unwrap();
@@ -325,32 +302,37 @@ async fn auto_nodes_cover_the_model_and_re_cover_it_when_one_dies() {
 async fn a_server_that_stops_answering_is_left_at_the_stall_deadline() {
     let _one_at_a_time = SERIAL.lock().await;
     let tmp = tempfile::tempdir().unwrap();
-    let first = node_proc("0..2", &[], &[], &tmp.path().join("first"));
+    // SIGSTOP: the process and its connections stay up, but it answers nothing.
+    let (g, frozen) = signal_the_last_hop_mid_generation("-STOP", tmp.path()).await;
+    assert_eq!(g.tokens, reference());
+    assert_eq!(g.failovers, 1, "{:?}", g.failures);
+    assert!(g.failures[0].starts_with(&frozen.peer) && g.failures[0].contains("deadline"), "{:?}", g.failures);
+    assert!(g.route.iter().all(|h| h.hop.peer.to_string() != frozen.peer));
+}
+
+/// A server of 0..2 and two of 2..4; a greedy generation during which the 2..4 server in use
+/// gets `signal` after five tokens. Returns the generation and that server's process.
+async fn signal_the_last_hop_mid_generation(signal: &str, tmp: &Path) -> (odin_node::Generation, NodeProc) {
+    let first = node_proc("0..2", &[], &[], &tmp.join("first"));
     let boot = tcp_addrs(&first);
-    let pool: Vec<NodeProc> =
-        (0..2).map(|i| node_proc("2..4", &[], &boot, &tmp.path().join(format!("s{i}")))).collect();
-    let client = client(&boot, &tmp.path().join("client")).await;
+    let mut pool: Vec<NodeProc> = (0..2).map(|i| node_proc("2..4", &[], &boot, &tmp.join(format!("s{i}")))).collect();
+    let client = client(&boot, &tmp.join("client")).await;
     client.wait_for_route(3, Duration::from_secs(60)).await.unwrap();
     let mut streamed = 0;
-    let mut frozen = None;
+    let mut signalled = None;
     let g = client
         .generate(&greedy_request(), |_| {
             streamed += 1;
             if streamed == 5 {
-                // SIGSTOP: the process and its connections stay up, but it answers nothing.
                 let last = client.route_in_use().unwrap().last().unwrap().peer.to_string();
-                let n = pool.iter().find(|n| n.peer == last).unwrap();
+                let n = pool.remove(pool.iter().position(|n| n.peer == last).unwrap());
                 let pid = n.child.id().to_string();
-                assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
-                frozen = Some(last);
+                assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
+                signalled = Some(n);
             }
             true
         })
         .await
         .unwrap();
-    let frozen = frozen.unwrap();
-    assert_eq!(g.tokens, reference());
-    assert_eq!(g.failovers, 1, "{:?}", g.failures);
-    assert!(g.failures[0].starts_with(&frozen) && g.failures[0].contains("deadline"), "{:?}", g.failures);
-    assert!(g.route.iter().all(|h| h.hop.peer.to_string() != frozen));
+    (g, signalled.expect("the generation ended before the signal"))
 }
