@@ -79,8 +79,14 @@ pub struct NodeArgs {
     garbage_after: Option<u64>,
 }
 
+/// The runtime of a node or swarm process: one network thread (prefills, and steps while other
+/// sessions compute, go to the blocking pool). Every message of a hop passes from the socket
+/// through libp2p's connection task to the stream's task and back; on one thread those hand-offs
+/// are queue pushes, where on a multi-threaded runtime each can wake another thread. Measured on
+/// odin-tiny, 3 nodes on loopback: ~160 µs of overhead per hop instead of ~230, 1.35x the
+/// tokens/s (BENCHMARKS.md).
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
 }
 
 fn model_name(dir: &Path) -> String {
