@@ -276,9 +276,14 @@ impl Server {
                 if !self.cfg.delay.is_zero() {
                     tokio::time::sleep(self.cfg.delay).await;
                 }
+                let one_token = match &input {
+                    StepInput::Tokens(t) => t.len() == 1,
+                    StepInput::Hidden(h) => h.rows == 1,
+                };
+                let flavor = tokio::runtime::Handle::current().runtime_flavor();
                 // Take the state out while the engine runs, so the table is never locked during compute;
                 // a second step on the same session meanwhile is refused, not interleaved.
-                let ((shard, state, sampler, reply), busy) = {
+                let (shard, state, sampler, reply, inline) = {
                     let mut s =
                         self.sessions.lock().map_err(|_| Fail(ErrorCode::Internal, "session table poisoned".into()))?;
                     let sess = s.get_mut(&session).ok_or_else(|| unknown(session))?;
@@ -297,28 +302,31 @@ impl Server {
                             .map(|state| Response::Handoff { state })
                             .map_err(|e| Fail(ErrorCode::Internal, e.to_string()));
                     }
-                    let taken = (sess.shard.clone(), state, sess.sampler.take(), sess.reply);
-                    // Another session computing now or stepping steadily: this step should not wait for it.
-                    let busy = s.iter().any(|(id, v)| *id != session && (v.state.is_none() || v.last.elapsed() < BUSY));
-                    (taken, busy)
+                    let (shard, sampler, reply) = (sess.shard.clone(), sess.sampler.take(), sess.reply);
+                    // A decode step costs less than handing it to the blocking pool and back
+                    // (measured: ~150-200 µs per hop, as much as a small shard's whole step), so it
+                    // runs right here. On a multi-threaded runtime block_in_place moves this worker's
+                    // other tasks away first. On the node's single network thread it runs inline only
+                    // while no other session is computing or stepping steadily, so concurrent
+                    // sessions still compute in parallel on the pool.
+                    let inline = one_token
+                        && match flavor {
+                            RuntimeFlavor::MultiThread => true,
+                            RuntimeFlavor::CurrentThread => !s
+                                .iter()
+                                .any(|(id, v)| *id != session && (v.state.is_none() || v.last.elapsed() < BUSY)),
+                            _ => false,
+                        };
+                    (shard, state, sampler, reply, inline)
                 };
-                let one_token = match &input {
-                    StepInput::Tokens(t) => t.len() == 1,
-                    StepInput::Hidden(h) => h.rows == 1,
-                };
-                // A decode step costs less than handing it to the blocking pool and back (measured:
-                // ~150-200 µs per hop, as much as a small shard's whole step), so it runs right here.
-                // On a multi-threaded runtime block_in_place moves this worker's other tasks away
-                // first. On the node's single network thread it runs inline only while no other
-                // session is busy, so concurrent sessions still compute in parallel on the pool.
-                let (state, sampler, result) = match tokio::runtime::Handle::current().runtime_flavor() {
-                    RuntimeFlavor::MultiThread if one_token => {
-                        tokio::task::block_in_place(|| step(&shard, state, sampler, input, reply))
-                    }
-                    RuntimeFlavor::CurrentThread if one_token && !busy => step(&shard, state, sampler, input, reply),
-                    _ => tokio::task::spawn_blocking(move || step(&shard, state, sampler, input, reply))
+                let (state, sampler, result) = if !inline {
+                    tokio::task::spawn_blocking(move || step(&shard, state, sampler, input, reply))
                         .await
-                        .map_err(|e| Fail(ErrorCode::Internal, format!("step failed: {e}")))?,
+                        .map_err(|e| Fail(ErrorCode::Internal, format!("step failed: {e}")))?
+                } else if flavor == RuntimeFlavor::MultiThread {
+                    tokio::task::block_in_place(|| step(&shard, state, sampler, input, reply))
+                } else {
+                    step(&shard, state, sampler, input, reply)
                 };
                 if let Ok(mut s) = self.sessions.lock() {
                     if let Some(sess) = s.get_mut(&session) {

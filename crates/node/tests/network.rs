@@ -39,6 +39,11 @@ fn local_until(max_new: usize, sampling: SamplerConfig, stop: Option<u32>) -> Ve
     out
 }
 
+/// The engine's sampler settings for the network's `sampling`.
+fn sampler_config(s: Sampling) -> SamplerConfig {
+    SamplerConfig { temperature: s.temperature, top_k: s.top_k as usize, top_p: s.top_p, seed: s.seed }
+}
+
 async fn start(blocks: Option<std::ops::Range<usize>>, boot: &[odin_net::Multiaddr], tmp: &Path) -> Arc<Node> {
     let mut cfg = NodeConfig::loopback(&tiny(), blocks, &tmp.join(format!("n{}", rand_name())));
     cfg.net.bootstrap = boot.to_vec();
@@ -77,15 +82,7 @@ async fn a_chain_of_three_generates_what_one_machine_does() {
             })
             .await
             .unwrap();
-        let want = local(
-            24,
-            SamplerConfig {
-                temperature: sampling.temperature,
-                top_k: sampling.top_k as usize,
-                top_p: sampling.top_p,
-                seed: sampling.seed,
-            },
-        );
+        let want = local(24, sampler_config(sampling));
         assert_eq!(g.tokens, streamed);
         assert_eq!(g.tokens, want, "wire {wire:?} sampling {sampling:?}");
         assert_eq!(g.route.len(), 3);
@@ -268,9 +265,7 @@ async fn on_one_network_thread_concurrent_sessions_generate_what_one_machine_doe
     }
     let greedy = Sampling::default();
     let sampled = Sampling { temperature: 0.8, top_k: 20, top_p: 0.95, seed: 3 };
-    let want = |s: Sampling| {
-        local(32, SamplerConfig { temperature: s.temperature, top_k: s.top_k as usize, top_p: s.top_p, seed: s.seed })
-    };
+    let want = |s: Sampling| local(32, sampler_config(s));
     let req =
         |sampling| GenerateRequest { prompt: PROMPT.to_vec(), max_new: 32, sampling, wire: Dtype::F32, stop: Some(1) };
     let alone = a.generate(&req(greedy), |_| true).await.unwrap();
@@ -281,9 +276,10 @@ async fn on_one_network_thread_concurrent_sessions_generate_what_one_machine_doe
     assert_eq!(ga.tokens, want(greedy));
     assert_eq!(gb.tokens, want(sampled));
     // With four nodes on one thread, a stream sometimes lands on a duplicate connection that the
-    // other side then closes; the client fails over from that, and nothing else may go wrong: a
-    // step refused, garbled or stalled on either path would show here.
+    // other side then closes (yamux: "connection is closed"; QUIC: "stopped by peer"); the client
+    // fails over from that, and nothing else may go wrong: a step refused, garbled or stalled on
+    // either path would show here.
     for f in [&alone, &ga, &gb].iter().flat_map(|g| &g.failures) {
-        assert!(f.contains("connection is closed"), "{f}");
+        assert!(f.contains("connection is closed") || f.contains("stopped by peer"), "{f}");
     }
 }
