@@ -6,19 +6,31 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use odin_engine::{Options, Sampler, SamplerConfig, Shard};
+use odin_engine::{Decoder, Model, Options, Sampler, SamplerConfig, Shard};
 use odin_train::data::{prompt_ids, special};
 use odin_train::generate::{load_tokenizer, TextStream};
 
 /// The int8 engine as an evaluation backend (the train layer does not import the engine).
-pub struct Int8(pub Shard);
+pub struct Int8(pub Model);
 
 impl Int8 {
-    /// Load the whole model in `dir` with `threads` threads per product.
+    /// Load the whole model in `dir` (either architecture) with `threads` threads per product.
     pub fn load(dir: &Path, threads: usize) -> Result<Self> {
-        let shard = Shard::load(dir, None, Options::threads(threads))
+        let model = Model::load(dir, Options::threads(threads))
             .with_context(|| format!("cannot load {} into the int8 engine", dir.display()))?;
-        Ok(Self(shard))
+        Ok(Self(model))
+    }
+}
+
+/// Load the RWKV-6 model in `dir` whole, for the exports (llama.cpp's and web-rwkv's RWKV-6 layouts).
+fn load_rwkv6(dir: &Path) -> Result<Shard> {
+    match Int8::load(dir, 1)?.0 {
+        Model::Rwkv6(s) => Ok(s),
+        other => bail!(
+            "{} is a {} model; `odin export` and llama.cpp comparisons cover RWKV-6 models only",
+            dir.display(),
+            other.architecture()
+        ),
     }
 }
 
@@ -40,8 +52,8 @@ pub struct QuantizeArgs {
 /// Write `model.int8.safetensors` next to the model.
 pub fn quantize(a: QuantizeArgs) -> Result<()> {
     let t = Instant::now();
-    let shard = Shard::load(&a.model, None, Options::default())
-        .with_context(|| format!("cannot quantize {}", a.model.display()))?;
+    let shard =
+        Model::load(&a.model, Options::default()).with_context(|| format!("cannot quantize {}", a.model.display()))?;
     let path = shard.save_engine_file(&a.model)?;
     let size = std::fs::metadata(&path)?.len();
     let f32_size = std::fs::metadata(a.model.join("model.safetensors")).map(|m| m.len()).unwrap_or(0);
@@ -146,9 +158,9 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let shard = Int8::load(&a.model, a.threads)?.0;
     let ids = prompt_ids(&tk, &a.prompt)?;
     let mut sampler = Sampler::new(sampling);
-    let mut state = shard.new_state();
+    let mut state = shard.start();
     let t0 = Instant::now();
-    let mut logits = shard.forward(odin_engine::Input::Tokens(&ids), &mut state, odin_engine::Logits::Last)?;
+    let mut logits = shard.next_logits(&ids, &mut state)?;
     let prefill = t0.elapsed();
     let t1 = Instant::now();
     let mut stream = TextStream::new(&tk);
@@ -161,7 +173,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         if let Some(piece) = stream.push(tok)? {
             emit(&piece);
         }
-        logits = shard.forward(odin_engine::Input::Tokens(&[tok]), &mut state, odin_engine::Logits::Last)?;
+        logits = shard.next_logits(&[tok], &mut state)?;
         steps += 1;
     }
     let decode = t1.elapsed();
@@ -170,7 +182,8 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let rate = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
     if a.json {
         let v = serde_json::json!({
-            "model_id": shard.model_id().to_string(), "engine": "int8", "kernel": shard.exec().kernel().name(),
+            "model_id": shard.model_id().to_string(), "architecture": shard.architecture(), "engine": "int8",
+            "kernel": shard.exec().kernel().name(),
             "threads": shard.exec().threads(), "prompt_ids": ids, "ids": generated, "text": text,
             "prefill_tok_s": rate(ids.len(), prefill), "decode_tok_s": rate(steps, decode),
         });
@@ -219,7 +232,7 @@ pub fn export(cmd: ExportCmd) -> Result<()> {
         ExportCmd::Gguf(a) => (a, "gguf"),
         ExportCmd::St(a) => (a, "st"),
     };
-    let shard = Int8::load(&a.model, 1)?.0;
+    let shard = load_rwkv6(&a.model)?;
     let t = Instant::now();
     match kind {
         "gguf" => odin_engine::export::write_gguf(&shard, &a.model.join("tokenizer.json"), &a.out),
@@ -401,7 +414,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if let Some(exe) = &a.llama_bench {
         let dir = tempfile_dir()?;
         let gguf = dir.join("model.gguf");
-        let shard = Int8::load(&a.model, 1)?.0;
+        let shard = load_rwkv6(&a.model)?;
         odin_engine::export::write_gguf(&shard, &a.model.join("tokenizer.json"), &gguf)?;
         for &t in &a.threads {
             rows.push(llama_bench(exe, &gguf, &a, t)?);

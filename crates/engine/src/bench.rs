@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use crate::error::Result;
-use crate::shard::{Input, Logits, Shard};
+use crate::model::Decoder;
 
 /// Speed of one shard configuration, medians over runs.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -27,18 +27,18 @@ pub fn prompt(n: usize, vocab: usize) -> Vec<u32> {
 }
 
 /// Time prefill of `prompt_len` tokens and decode of `decode_len` tokens, `runs` times each.
-pub fn measure(shard: &Shard, prompt_len: usize, decode_len: usize, runs: usize) -> Result<Speed> {
-    let ids = prompt(prompt_len.max(1), shard.config().vocab_size);
+pub fn measure<D: Decoder>(model: &D, prompt_len: usize, decode_len: usize, runs: usize) -> Result<Speed> {
+    let ids = prompt(prompt_len.max(1), model.vocab_size());
     let (mut pre, mut dec) = (Vec::new(), Vec::new());
     for _ in 0..runs.max(1) {
-        let mut st = shard.new_state();
+        let mut st = model.start();
         let t = Instant::now();
-        let mut logits = shard.forward(Input::Tokens(&ids), &mut st, Logits::Last)?;
+        let mut logits = model.next_logits(&ids, &mut st)?;
         pre.push(ids.len() as f64 / t.elapsed().as_secs_f64());
         let t = Instant::now();
         for _ in 0..decode_len {
             let tok = crate::math::argmax(&logits) as u32;
-            logits = shard.forward(Input::Tokens(&[tok]), &mut st, Logits::Last)?;
+            logits = model.next_logits(&[tok], &mut st)?;
         }
         dec.push(decode_len as f64 / t.elapsed().as_secs_f64());
     }

@@ -22,8 +22,8 @@ pub enum EngineError {
     #[error("bad weights: {0}")]
     BadWeights(String),
 
-    /// The architecture has no int8 engine yet.
-    #[error("the int8 engine runs RWKV-6 models; `{0}` models run only on the f32 path (--engine f32)")]
+    /// A model or an operation this part of the engine does not support.
+    #[error("unsupported: {0}")]
     Unsupported(String),
 
     /// A call got input of the wrong shape, range or kind.

@@ -13,6 +13,8 @@
 //! A prompt's walk: [`Shard::load`] reads a model directory (quantizing, or
 //! taking the saved engine file), [`Shard::forward`] runs token ids or
 //! hidden states through its blocks, and [`sample::generate`] decodes.
+//! [`LlamaShard`] is the same for the Llama-style model, and [`Model`] loads
+//! a whole model of either architecture for the commands.
 
 #![warn(missing_docs)]
 
@@ -20,7 +22,9 @@ pub mod bench;
 pub mod error;
 pub mod export;
 pub mod kernels;
+pub mod llama;
 pub mod math;
+pub mod model;
 pub mod quant;
 pub mod sample;
 pub mod shard;
@@ -31,6 +35,8 @@ pub mod weights;
 
 pub use error::{EngineError, Result};
 pub use kernels::Kernel;
+pub use llama::{KvLayer, KvState, LlamaShard};
+pub use model::{Decoder, Model, ModelState};
 pub use sample::{generate, greedy_many, Sampler, SamplerConfig};
 pub use shard::{state_rows_per_block, Input, LayerState, Logits, Options, Shard, State};
 pub use weights::ENGINE_FILE;

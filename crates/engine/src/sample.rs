@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::Result;
 use crate::math::argmax;
-use crate::shard::{Input, Logits, Shard, State};
+use crate::model::Decoder;
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -95,18 +95,18 @@ impl Sampler {
     }
 }
 
-/// Prefill `prompt`, then decode up to `max_new` tokens on a whole-model shard,
+/// Prefill `prompt`, then decode up to `max_new` tokens on a whole model of either architecture,
 /// stopping at `stop`. `on_token` sees each new token and may end early by returning false.
-pub fn generate(
-    shard: &Shard,
+pub fn generate<D: Decoder>(
+    model: &D,
     prompt: &[u32],
     max_new: usize,
     sampler: &mut Sampler,
     stop: Option<u32>,
     mut on_token: impl FnMut(u32) -> bool,
-) -> Result<(Vec<u32>, State)> {
-    let mut state = shard.new_state();
-    let mut logits = shard.forward(Input::Tokens(prompt), &mut state, Logits::Last)?;
+) -> Result<(Vec<u32>, D::State)> {
+    let mut state = model.start();
+    let mut logits = model.next_logits(prompt, &mut state)?;
     let mut out = Vec::new();
     for _ in 0..max_new {
         let tok = sampler.sample(&logits);
@@ -117,17 +117,17 @@ pub fn generate(
         if !on_token(tok) {
             break;
         }
-        logits = shard.forward(Input::Tokens(&[tok]), &mut state, Logits::Last)?;
+        logits = model.next_logits(&[tok], &mut state)?;
     }
     Ok((out, state))
 }
 
 /// Greedy continuations of many prompts, until `stop` or `max_new` tokens (evaluation).
 /// Each prompt decodes alone; with the `threads` feature they run in parallel.
-pub fn greedy_many(shard: &Shard, prompts: &[Vec<u32>], max_new: usize, stop: u32) -> Result<Vec<Vec<u32>>> {
+pub fn greedy_many<D: Decoder>(model: &D, prompts: &[Vec<u32>], max_new: usize, stop: u32) -> Result<Vec<Vec<u32>>> {
     let one = |p: &Vec<u32>| {
         let mut greedy = Sampler::new(SamplerConfig::default());
-        generate(shard, p, max_new, &mut greedy, Some(stop), |_| true).map(|(toks, _)| toks)
+        generate(model, p, max_new, &mut greedy, Some(stop), |_| true).map(|(toks, _)| toks)
     };
     #[cfg(feature = "threads")]
     {

@@ -140,8 +140,27 @@ impl Exec {
     }
 
     /// Quantize each row of `x` ([T, cols]) and multiply: returns [T, rows].
-    fn linear(&self, m: &QMatrix, x: &[f32]) -> Vec<f32> {
+    pub(crate) fn linear(&self, m: &QMatrix, x: &[f32]) -> Vec<f32> {
         let xs: Vec<QVec> = x.chunks_exact(m.cols()).map(QVec::from_f32).collect();
+        let mut out = vec![0f32; xs.len() * m.rows()];
+        self.matmul(m, &xs, &mut out);
+        out
+    }
+
+    /// [`Exec::linear`] for rows of `width` values, zero-padded to the matrix's stored
+    /// columns when `width` is not a multiple of 32 (see [`crate::weights::padded_cols`]).
+    pub(crate) fn linear_padded(&self, m: &QMatrix, x: &[f32], width: usize) -> Vec<f32> {
+        if width == m.cols() {
+            return self.linear(m, x);
+        }
+        let mut row = vec![0f32; m.cols()];
+        let xs: Vec<QVec> = x
+            .chunks_exact(width)
+            .map(|r| {
+                row[..width].copy_from_slice(r);
+                QVec::from_f32(&row)
+            })
+            .collect();
         let mut out = vec![0f32; xs.len() * m.rows()];
         self.matmul(m, &xs, &mut out);
         out
@@ -291,7 +310,13 @@ impl Shard {
     pub fn build(cfg: &ModelConfig, id: ModelId, range: Range<usize>, src: &Source<'_>, opts: Options) -> Result<Self> {
         let c = match cfg {
             ModelConfig::Rwkv6(c) => c.clone(),
-            other => return Err(EngineError::Unsupported(other.architecture().to_string())),
+            other => {
+                return Err(EngineError::Unsupported(format!(
+                    "a {} model in an RWKV-6 shard; the network serves RWKV-6 models only, and `odin generate` \
+                     or `odin eval --engine int8` run a whole {0} model on one machine",
+                    other.architecture()
+                )))
+            }
         };
         let l = c.num_layers;
         if range.start >= range.end || range.end > l {
@@ -302,7 +327,9 @@ impl Shard {
         }
         for (what, n) in [("hidden_size", c.hidden_size), ("ffn_size", c.ffn_size)] {
             if n % crate::quant::BLOCK != 0 {
-                return Err(EngineError::Unsupported(format!("rwkv6 with {what} {n} (not a multiple of 32)")));
+                return Err(EngineError::Unsupported(format!(
+                    "an RWKV-6 model with {what} {n} (the int8 engine needs a multiple of 32)"
+                )));
             }
         }
         let specs = shard_specs(cfg, &range);
@@ -586,45 +613,7 @@ impl Shard {
         self.check_state(state)?;
         let sub = state.first_block..state.first_block + state.layers.len();
         let emb = if sub.start == 0 { self.emb.as_ref() } else { None };
-        let mut x = match (input, emb) {
-            (Input::Tokens(ids), Some(emb)) => {
-                if ids.is_empty() {
-                    return Err(EngineError::BadInput("no tokens".into()));
-                }
-                let mut x = vec![0f32; ids.len() * c];
-                for (t, &id) in ids.iter().enumerate() {
-                    if id as usize >= emb.rows {
-                        return Err(EngineError::BadInput(format!(
-                            "token id {id} is outside the vocabulary of {}",
-                            emb.rows
-                        )));
-                    }
-                    emb.row(id as usize, &mut x[t * c..(t + 1) * c]);
-                }
-                x
-            }
-            (Input::Hidden(h), None) => {
-                if h.is_empty() || h.len() % c != 0 {
-                    return Err(EngineError::BadInput(format!(
-                        "hidden state of {} values is not a whole number of {c}-wide rows",
-                        h.len()
-                    )));
-                }
-                if h.iter().any(|v| !v.is_finite()) {
-                    return Err(EngineError::BadInput("hidden state holds NaN or infinity".into()));
-                }
-                h.to_vec()
-            }
-            (Input::Tokens(_), None) => {
-                return Err(EngineError::BadInput(format!(
-                    "this state starts at block {}; send it hidden states, not token ids",
-                    sub.start
-                )))
-            }
-            (Input::Hidden(_), Some(_)) => {
-                return Err(EngineError::BadInput("the first shard takes token ids, not hidden states".into()))
-            }
-        };
+        let mut x = input_rows(input, emb, c, sub.start)?;
         let first = sub.start - self.range.start;
         for (blk, st) in self.blocks[first..first + sub.len()].iter().zip(state.layers.iter_mut()) {
             self.block(blk, &mut x, st);
@@ -761,8 +750,53 @@ impl Shard {
     }
 }
 
+/// The first rows a shard computes on: embedded token ids when `emb` is the model's
+/// embedding (the state starts at block 0), else the hidden states [T, c] it was sent,
+/// checked for shape and finiteness. `first_block` only words the error.
+pub(crate) fn input_rows(input: Input<'_>, emb: Option<&QRows>, c: usize, first_block: usize) -> Result<Vec<f32>> {
+    Ok(match (input, emb) {
+        (Input::Tokens(ids), Some(emb)) => {
+            if ids.is_empty() {
+                return Err(EngineError::BadInput("no tokens".into()));
+            }
+            let mut x = vec![0f32; ids.len() * c];
+            for (t, &id) in ids.iter().enumerate() {
+                if id as usize >= emb.rows {
+                    return Err(EngineError::BadInput(format!(
+                        "token id {id} is outside the vocabulary of {}",
+                        emb.rows
+                    )));
+                }
+                emb.row(id as usize, &mut x[t * c..(t + 1) * c]);
+            }
+            x
+        }
+        (Input::Hidden(h), None) => {
+            if h.is_empty() || h.len() % c != 0 {
+                return Err(EngineError::BadInput(format!(
+                    "hidden state of {} values is not a whole number of {c}-wide rows",
+                    h.len()
+                )));
+            }
+            if h.iter().any(|v| !v.is_finite()) {
+                return Err(EngineError::BadInput("hidden state holds NaN or infinity".into()));
+            }
+            h.to_vec()
+        }
+        (Input::Tokens(_), None) => {
+            return Err(EngineError::BadInput(format!(
+                "this state starts at block {}; send it hidden states, not token ids",
+                first_block
+            )))
+        }
+        (Input::Hidden(_), Some(_)) => {
+            return Err(EngineError::BadInput("the first shard takes token ids, not hidden states".into()))
+        }
+    })
+}
+
 /// The engine file in `dir` when it was made from model `id`; a stale one is ignored.
-fn current_engine_file(dir: &Path, id: &ModelId) -> Result<Option<TensorFile>> {
+pub(crate) fn current_engine_file(dir: &Path, id: &ModelId) -> Result<Option<TensorFile>> {
     let path = dir.join(ENGINE_FILE);
     if !path.is_file() {
         return Ok(None);

@@ -1,12 +1,13 @@
-//! Deterministic random RWKV-6 weights made from a seed, with no files and no
-//! tensor library: the fixed model of the golden hash, identical in every
-//! build (native or wasm32), and the random model of speed benchmarks.
+//! Deterministic random RWKV-6 and Llama weights made from a seed, with no
+//! files and no tensor library: the fixed models of the golden hash, identical
+//! in every build (native or wasm32), and random models for tests.
 
 use std::collections::HashMap;
 
-use odin_format::{ModelConfig, ModelId, Rwkv6Config};
+use odin_format::{LlamaConfig, ModelConfig, ModelId, Rwkv6Config};
 
 use crate::error::Result;
+use crate::llama::LlamaShard;
 use crate::shard::{Input, Logits, Options, Shard};
 use crate::weights::Source;
 
@@ -65,6 +66,43 @@ pub fn weights(cfg: &Rwkv6Config, seed: u64) -> HashMap<String, Vec<f32>> {
     out
 }
 
+/// Random weights for a Llama-style `cfg`: norms near 1, matrices scaled by 1/sqrt(fan-in).
+pub fn llama_weights(cfg: &LlamaConfig, seed: u64) -> HashMap<String, Vec<f32>> {
+    let mut rng = Mix(seed);
+    let mut out = HashMap::new();
+    for spec in ModelConfig::Llama(cfg.clone()).tensor_specs() {
+        let n = spec.numel();
+        let a = if spec.name.ends_with("norm.weight") {
+            0.1
+        } else if spec.name == "model.embed_tokens.weight" {
+            1.0
+        } else {
+            1.0 / (*spec.shape.last().unwrap_or(&1) as f32).sqrt()
+        };
+        let base = if spec.name.ends_with("norm.weight") { 1.0 } else { 0.0 };
+        out.insert(spec.name, (0..n).map(|_| base + rng.uniform(a)).collect());
+    }
+    out
+}
+
+/// The golden Llama model: grouped-query attention (6 query heads on 2 key/value heads), and
+/// an attention width (48) and MLP width (80) that are not multiples of 32, so the padded
+/// products are covered too.
+pub fn llama_golden_config() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 96,
+        hidden_size: 64,
+        num_layers: 2,
+        num_heads: 6,
+        num_kv_heads: 2,
+        head_dim: 8,
+        intermediate_size: 80,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        max_position_embeddings: 64,
+    }
+}
+
 /// The golden model: a small RWKV-6 whose weights come from seed 2024.
 pub fn golden_config() -> Rwkv6Config {
     Rwkv6Config {
@@ -82,14 +120,15 @@ pub fn golden_config() -> Rwkv6Config {
 
 /// blake3 of the golden model's logits and final state ([`golden_hash`]). It changes only
 /// when the engine's arithmetic changes, and then every verifier must update with it.
-pub const GOLDEN_HASH: &str = "f65cface23080d42ff8ee92d695f8acd2878311fef3f145d085a6b417761134a";
+pub const GOLDEN_HASH: &str = "5e82704aa7733362c0c5d06663a04bac4f12db674f83582763b55d97da38cb9a";
 
 /// Seed of the golden model's weights.
 pub const GOLDEN_SEED: u64 = 2024;
 /// The golden prompt (token ids).
 pub const GOLDEN_PROMPT: [u32; 12] = [5, 17, 42, 3, 88, 61, 0, 95, 23, 23, 7, 50];
 
-/// Prefill the golden prompt, then feed back 8 greedy tokens; hash every logit seen.
+/// For each golden model (RWKV-6, then Llama): prefill the golden prompt, then feed back
+/// 8 greedy tokens; hash every logit seen and the final state.
 pub fn golden_hash(opts: Options) -> Result<String> {
     let cfg = golden_config();
     let w = weights(&cfg, GOLDEN_SEED);
@@ -104,6 +143,21 @@ pub fn golden_hash(opts: Options) -> Result<String> {
         }
         let last = &logits[logits.len() - cfg.vocab_size..];
         let tok = crate::math::argmax(last) as u32;
+        logits = shard.forward(Input::Tokens(&[tok]), &mut state, Logits::Last)?;
+    }
+    h.update(state.hash().as_bytes());
+
+    let cfg = llama_golden_config();
+    let w = llama_weights(&cfg, GOLDEN_SEED);
+    let full = ModelConfig::Llama(cfg.clone());
+    let shard = LlamaShard::build(&full, ModelId([0; 32]), 0..cfg.num_layers, &Source::Memory(&w), opts)?;
+    let mut state = shard.new_state();
+    let mut logits = shard.forward(Input::Tokens(&GOLDEN_PROMPT), &mut state, Logits::All)?;
+    for _ in 0..8 {
+        for v in &logits {
+            h.update(&v.to_le_bytes());
+        }
+        let tok = crate::math::argmax(&logits[logits.len() - cfg.vocab_size..]) as u32;
         logits = shard.forward(Input::Tokens(&[tok]), &mut state, Logits::Last)?;
     }
     h.update(state.hash().as_bytes());

@@ -24,7 +24,8 @@ pub const ENGINE_FORMAT: &str = "odin-int8/1";
 
 /// Whether the engine stores tensor `name` as int8 blocks (the big matrices and the embedding).
 pub fn is_quantized(name: &str) -> bool {
-    const SUFFIXES: [&str; 8] = [
+    const SUFFIXES: [&str; 15] = [
+        // RWKV-6
         "att.receptance.weight",
         "att.key.weight",
         "att.value.weight",
@@ -33,8 +34,25 @@ pub fn is_quantized(name: &str) -> bool {
         "ffn.key.weight",
         "ffn.receptance.weight",
         "ffn.value.weight",
+        // Llama
+        "self_attn.q_proj.weight",
+        "self_attn.k_proj.weight",
+        "self_attn.v_proj.weight",
+        "self_attn.o_proj.weight",
+        "mlp.gate_proj.weight",
+        "mlp.up_proj.weight",
+        "mlp.down_proj.weight",
     ];
-    name == "emb.weight" || name == "head.weight" || SUFFIXES.iter().any(|s| name.ends_with(s))
+    const WHOLE: [&str; 4] = ["emb.weight", "head.weight", "model.embed_tokens.weight", "lm_head.weight"];
+    WHOLE.contains(&name) || SUFFIXES.iter().any(|s| name.ends_with(s))
+}
+
+/// Columns a quantized matrix of `cols` columns is stored with: the next multiple of 32.
+///
+/// A row that does not fill its last block is padded with zeros, which change neither
+/// the block's scale nor any dot product; the activation is padded the same way.
+pub fn padded_cols(cols: usize) -> usize {
+    cols.next_multiple_of(BLOCK)
 }
 
 /// The tensors a shard over `range` needs, by name.
@@ -233,28 +251,24 @@ impl Source<'_> {
         Ok(v)
     }
 
-    /// Codes [rows, cols] and f16-exact scales [rows, cols/32] of a quantized tensor.
+    /// Codes [rows, stored] and f16-exact scales [rows, stored/32] of a quantized tensor,
+    /// `stored` being its columns padded to a multiple of 32 ([`padded_cols`]).
     fn codes(&self, spec: &TensorSpec) -> Result<(Vec<i8>, Vec<f32>, usize, usize)> {
         let (rows, cols) = match spec.shape.as_slice() {
             [r, c] => (*r, *c),
             s => return Err(EngineError::BadWeights(format!("tensor `{}` has shape {s:?}, not a matrix", spec.name))),
         };
-        if cols % BLOCK != 0 {
-            return Err(EngineError::BadWeights(format!(
-                "tensor `{}` has {cols} columns; the int8 engine needs a multiple of {BLOCK}",
-                spec.name
-            )));
-        }
+        let stored = padded_cols(cols);
         match self {
             Source::Int8(_) => {
                 let q = self.load(&spec.name)?;
-                check_shape(&spec.name, &q.shape, &spec.shape)?;
+                check_shape(&spec.name, &q.shape, &[rows, stored])?;
                 if q.dtype != "I8" {
                     return Err(EngineError::BadWeights(format!("tensor `{}` is {}, expected I8", spec.name, q.dtype)));
                 }
                 let sname = format!("{}.scale", spec.name);
                 let s = self.load(&sname)?;
-                check_shape(&sname, &s.shape, &[rows, cols / BLOCK])?;
+                check_shape(&sname, &s.shape, &[rows, stored / BLOCK])?;
                 if s.dtype != "F16" {
                     return Err(EngineError::BadWeights(format!("tensor `{sname}` is {}, expected F16", s.dtype)));
                 }
@@ -267,12 +281,18 @@ impl Source<'_> {
                 if scales.iter().any(|d| !d.is_finite()) {
                     return Err(EngineError::BadWeights(format!("tensor `{sname}` has a non-finite scale")));
                 }
-                Ok((codes, scales, rows, cols))
+                Ok((codes, scales, rows, stored))
             }
             _ => {
-                let data = self.f32s(spec)?;
-                let (codes, scales) = quantize_rows(&data, rows, cols);
-                Ok((codes, scales, rows, cols))
+                let mut data = self.f32s(spec)?;
+                if stored != cols {
+                    data = data
+                        .chunks_exact(cols)
+                        .flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(0.0, stored - cols)))
+                        .collect();
+                }
+                let (codes, scales) = quantize_rows(&data, rows, stored);
+                Ok((codes, scales, rows, stored))
             }
         }
     }
