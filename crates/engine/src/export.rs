@@ -20,7 +20,7 @@ use odin_format::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::quant::BLOCK;
 use crate::shard::Shard;
-use crate::weights::{is_quantized, write_safetensors, OutTensor};
+use crate::weights::{is_lora, is_quantized, transpose, write_safetensors, OutTensor};
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 const GGUF_VERSION: u32 = 3;
@@ -99,17 +99,6 @@ fn q8_0_bytes(codes: &[i8], scales: &[f32]) -> Vec<u8> {
     for (b, d) in codes.chunks_exact(BLOCK).zip(scales) {
         out.extend(f16::from_f32(*d).to_le_bytes());
         out.extend(b.iter().map(|&c| c as u8));
-    }
-    out
-}
-
-/// `x` [rows, cols] → [cols, rows].
-fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = x[r * cols + c];
-        }
     }
     out
 }
@@ -272,14 +261,39 @@ pub fn write_gguf(shard: &Shard, tokenizer: &Path, out: &Path) -> Result<()> {
             fused.extend_from_slice(v(&ours(&format!("att.time_maa_{q}")))?);
         }
         tensors.push(f32t(g("time_mix_lerp_fused.weight"), vec![c, 1, 1, 5], &fused));
-        // Ours [C, 5M] (in, out); llama.cpp ne {C, 5M}, i.e. [5M, C] rows.
-        tensors.push(f32t(g("time_mix_w1.weight"), vec![c, 5 * m], &transpose(v(&ours("att.time_maa_w1"))?, c, 5 * m)));
-        // Ours [5, M, C]; llama.cpp ne {M, C, 5}, i.e. [5, C, M]: each of the 5 slices transposed.
-        let w2 = v(&ours("att.time_maa_w2"))?;
-        let w2t: Vec<f32> = (0..5).flat_map(|q| transpose(&w2[q * m * c..(q + 1) * m * c], m, c)).collect();
-        tensors.push(f32t(g("time_mix_w2.weight"), vec![m, c, 5], &w2t));
-        tensors.push(f32t(g("time_mix_decay_w1.weight"), vec![c, d], &transpose(v(&ours("att.time_decay_w1"))?, c, d)));
-        tensors.push(f32t(g("time_mix_decay_w2.weight"), vec![d, c], &transpose(v(&ours("att.time_decay_w2"))?, d, c)));
+        // The LoRA matrices, as the engine runs them: int8, each held as [out, in] rows, which is
+        // llama.cpp's layout (time_mix_w1 ne {C, 5M}, time_mix_w2 ne {M, C, 5}, decay_w1 ne {C, D},
+        // decay_w2 ne {D, C}). Q8_0 needs whole blocks along ne0; a narrower LoRA (odin-tiny's
+        // M = 16, stored padded) goes as the same values in f32.
+        for (a, b, ne) in [
+            ("att.time_maa_w1", "time_mix_w1.weight", vec![c, 5 * m]),
+            ("att.time_maa_w2", "time_mix_w2.weight", vec![m, c, 5]),
+            ("att.time_decay_w1", "time_mix_decay_w1.weight", vec![c, d]),
+            ("att.time_decay_w2", "time_mix_decay_w2.weight", vec![d, c]),
+        ] {
+            let mats = shard.lora(&ours(a))?;
+            if mats.iter().all(|q| q.cols() == ne[0]) {
+                let (mut codes, mut scales) = (Vec::new(), Vec::new());
+                for q in mats {
+                    let (cq, sq) = q.to_rows();
+                    codes.extend(cq);
+                    scales.extend(sq);
+                }
+                let data = q8_0_bytes(&codes, &scales);
+                tensors.push(GgufTensor {
+                    name: g(b),
+                    ggml_type: GGML_Q8_0,
+                    ne: ne.iter().map(|&x| x as u64).collect(),
+                    data,
+                });
+            } else {
+                // Ours [k, in, out]; llama.cpp wants each of the k slices as [out, in] rows.
+                let (n_in, n_out) = (ne[0], ne[1]);
+                let w = shard.lora_f32(&ours(a))?;
+                let rows: Vec<f32> = w.chunks_exact(n_in * n_out).flat_map(|x| transpose(x, n_in, n_out)).collect();
+                tensors.push(f32t(g(b), ne, &rows));
+            }
+        }
         tensors.push(f32t(
             g("time_mix_first.weight"),
             vec![cfg.head_size, c / cfg.head_size],
@@ -364,6 +378,8 @@ pub fn write_st(shard: &Shard, out: &Path) -> Result<()> {
             let m = shard.matrix(name)?;
             let (codes, scales) = m.to_rows();
             codes.iter().enumerate().map(|(i, &q)| f32::from(q) * scales[i / BLOCK]).collect()
+        } else if is_lora(name) {
+            shard.lora_f32(name)?
         } else {
             shard.vector(name)?.to_vec()
         };

@@ -18,7 +18,7 @@ use odin_format::{model_id, LlamaConfig, ModelConfig, ModelId, TensorSpec};
 use crate::error::{EngineError, Result};
 use crate::math::exp;
 use crate::quant::{QMatrix, QRows, BLOCK};
-use crate::shard::{current_engine_file, input_rows, Exec, Input, Logits, Options};
+use crate::shard::{block_name, current_engine_file, input_rows, Exec, Input, Logits, Options};
 use crate::weights::{is_quantized, shard_specs, write_engine_file, OutTensor, Source, TensorFile, ENGINE_FILE};
 
 struct Layer {
@@ -221,14 +221,8 @@ impl LlamaShard {
     }
 
     fn layer_of<'n>(&self, name: &'n str) -> Result<(&Layer, &'n str)> {
-        let bad = || EngineError::BadInput(format!("`{name}` is not a tensor of this shard"));
-        let rest = name.strip_prefix("model.layers.").ok_or_else(bad)?;
-        let (idx, rest) = rest.split_once('.').ok_or_else(bad)?;
-        let i: usize = idx.parse().map_err(|_| bad())?;
-        if !self.range.contains(&i) {
-            return Err(bad());
-        }
-        Ok((&self.layers[i - self.range.start], rest))
+        let (i, rest) = block_name(name, "model.layers.", &self.range)?;
+        Ok((&self.layers[i], rest))
     }
 
     /// The model's config.

@@ -15,10 +15,11 @@ use odin_format::{model_id, ModelConfig, ModelId, Rwkv6Config, TensorSpec};
 
 use crate::error::{EngineError, Result};
 use crate::kernels::Kernel;
-use crate::math::{exp, layer_norm, layer_norm_into, matmul_in_out, sigmoid, tanh};
+use crate::math::{exp, layer_norm, layer_norm_into, sigmoid, tanh};
 use crate::quant::{QMatrix, QRows, QVec, TILE};
 use crate::weights::{
-    engine_file_source, is_quantized, shard_specs, write_engine_file, OutTensor, Source, TensorFile, ENGINE_FILE,
+    engine_file_source, is_lora, is_quantized, shard_specs, write_engine_file, OutTensor, Source, TensorFile,
+    ENGINE_FILE,
 };
 
 /// How the engine runs: which kernel and how many threads. Neither changes a single output bit.
@@ -173,11 +174,12 @@ struct Block {
     ln2: (Vec<f32>, Vec<f32>),
     maa_x: Vec<f32>,
     maa: [Vec<f32>; 5], // w, k, v, r, g
-    maa_w1: Vec<f32>,
-    maa_w2: Vec<f32>,
+    /// The mixing LoRA: [5·m, C] down, then five [C, m] up (int8, see [`Source::lora`]).
+    maa_w1: QMatrix,
+    maa_w2: Vec<QMatrix>,
     decay: Vec<f32>,
-    decay_w1: Vec<f32>,
-    decay_w2: Vec<f32>,
+    decay_w1: QMatrix,
+    decay_w2: QMatrix,
     faaaa: Vec<f32>,
     wr: QMatrix,
     wk: QMatrix,
@@ -338,6 +340,10 @@ impl Shard {
         };
         let f = |name: &str| -> Result<Vec<f32>> { src.f32s(spec(name)?) };
         let q = |name: &str| -> Result<QMatrix> { src.matrix(spec(name)?) };
+        let lora = |name: &str| -> Result<Vec<QMatrix>> { src.lora(spec(name)?) };
+        let lora1 = |name: &str| -> Result<QMatrix> {
+            lora(name)?.pop().ok_or_else(|| EngineError::BadWeights(format!("`{name}` is empty")))
+        };
         let emb = if range.start == 0 { Some(src.rows(spec("emb.weight")?)?) } else { None };
         let mut blocks = Vec::new();
         for i in range.clone() {
@@ -355,11 +361,11 @@ impl Shard {
                     f(&p("att.time_maa_r"))?,
                     f(&p("att.time_maa_g"))?,
                 ],
-                maa_w1: f(&p("att.time_maa_w1"))?,
-                maa_w2: f(&p("att.time_maa_w2"))?,
+                maa_w1: lora1(&p("att.time_maa_w1"))?,
+                maa_w2: lora(&p("att.time_maa_w2"))?,
                 decay: f(&p("att.time_decay"))?,
-                decay_w1: f(&p("att.time_decay_w1"))?,
-                decay_w2: f(&p("att.time_decay_w2"))?,
+                decay_w1: lora1(&p("att.time_decay_w1"))?,
+                decay_w2: lora1(&p("att.time_decay_w2"))?,
                 faaaa: f(&p("att.time_faaaa"))?,
                 wr: q(&p("att.receptance.weight"))?,
                 wk: q(&p("att.key.weight"))?,
@@ -398,6 +404,15 @@ impl Shard {
                 let m = self.matrix(name)?;
                 let (codes, scales) = m.to_rows();
                 out.extend(OutTensor::q8(name, m.rows(), m.cols(), &codes, &scales));
+            } else if is_lora(name) {
+                let (mut codes, mut scales, mut rows, mut cols) = (Vec::new(), Vec::new(), 0, 0);
+                for m in self.lora(name)? {
+                    let (c, s) = m.to_rows();
+                    codes.extend(c);
+                    scales.extend(s);
+                    (rows, cols) = (rows + m.rows(), m.cols());
+                }
+                out.extend(OutTensor::q8(name, rows, cols, &codes, &scales));
             } else {
                 out.push(OutTensor::f32(name, &spec.shape, self.vector(name)?));
             }
@@ -405,6 +420,42 @@ impl Shard {
         let path = dir.join(ENGINE_FILE);
         write_engine_file(&path, &self.id, &out)?;
         Ok(path)
+    }
+
+    /// A LoRA tensor's int8 matrices by its official name (one, or five for `time_maa_w2`).
+    pub fn lora(&self, name: &str) -> Result<Vec<&QMatrix>> {
+        let (blk, rest) = self.block_of(name)?;
+        Ok(match rest {
+            "att.time_maa_w1" => vec![&blk.maa_w1],
+            "att.time_maa_w2" => blk.maa_w2.iter().collect(),
+            "att.time_decay_w1" => vec![&blk.decay_w1],
+            "att.time_decay_w2" => vec![&blk.decay_w2],
+            _ => return Err(EngineError::BadInput(format!("`{name}` is not a LoRA tensor"))),
+        })
+    }
+
+    /// A LoRA tensor dequantized into its official layout (`[in, out]` or `[k, in, out]`):
+    /// the weights the engine runs, for the exports.
+    pub fn lora_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        for m in self.lora(name)? {
+            let (codes, scales) = m.to_rows();
+            let (rows, cols, nb) = (m.rows(), m.cols(), m.blocks());
+            // Rows are the LoRA's outputs; the columns past `n_in` are padding.
+            let n_in = match name {
+                n if n.ends_with("time_maa_w2") => self.cfg.mix_lora,
+                n if n.ends_with("time_decay_w2") => self.cfg.decay_lora,
+                _ => self.cfg.hidden_size,
+            };
+            let mut t = vec![0f32; n_in * rows];
+            for r in 0..rows {
+                for i in 0..n_in {
+                    t[i * rows + r] = f32::from(codes[r * cols + i]) * scales[r * nb + i / crate::quant::BLOCK];
+                }
+            }
+            out.extend(t);
+        }
+        Ok(out)
     }
 
     /// A quantized matrix by its official name.
@@ -454,11 +505,7 @@ impl Shard {
             "att.time_maa_v" => &blk.maa[2],
             "att.time_maa_r" => &blk.maa[3],
             "att.time_maa_g" => &blk.maa[4],
-            "att.time_maa_w1" => &blk.maa_w1,
-            "att.time_maa_w2" => &blk.maa_w2,
             "att.time_decay" => &blk.decay,
-            "att.time_decay_w1" => &blk.decay_w1,
-            "att.time_decay_w2" => &blk.decay_w2,
             "att.time_faaaa" => &blk.faaaa,
             "att.ln_x.weight" => &blk.lnx.0,
             "att.ln_x.bias" => &blk.lnx.1,
@@ -474,14 +521,8 @@ impl Shard {
     }
 
     fn block_of<'n>(&self, name: &'n str) -> Result<(&Block, &'n str)> {
-        let bad = || EngineError::BadInput(format!("`{name}` is not a tensor of this shard"));
-        let rest = name.strip_prefix("blocks.").ok_or_else(bad)?;
-        let (idx, rest) = rest.split_once('.').ok_or_else(bad)?;
-        let i: usize = idx.parse().map_err(|_| bad())?;
-        if !self.range.contains(&i) {
-            return Err(bad());
-        }
-        Ok((&self.blocks[i - self.range.start], rest))
+        let (i, rest) = block_name(name, "blocks.", &self.range)?;
+        Ok((&self.blocks[i], rest))
     }
 
     /// The model's config.
@@ -521,8 +562,8 @@ impl Shard {
             for m in [&b.wr, &b.wk, &b.wv, &b.wg, &b.wo, &b.ffn_wk, &b.ffn_wr, &b.ffn_wv] {
                 n += m.bytes();
             }
-            for v in [&b.maa_w1, &b.maa_w2, &b.decay_w1, &b.decay_w2] {
-                n += v.len() * 4;
+            for m in [&b.maa_w1, &b.decay_w1, &b.decay_w2].into_iter().chain(&b.maa_w2) {
+                n += m.bytes();
             }
         }
         if let Some(h) = &self.head {
@@ -663,22 +704,20 @@ impl Shard {
 
         // Time mixing: token shift, data-dependent lerp (ddlerp), projections.
         let (xx, sx) = shifted(x, c, &blk.ln1, eps, &mut st.att_shift);
+        // ddlerp: the LoRA's input for every token, then its two int8 products.
+        let mut xxx = vec![0f32; t_len * c];
+        for i in 0..t_len * c {
+            xxx[i] = xx[i] + sx[i] * blk.maa_x[i % c];
+        }
+        let mut lora = self.exec.linear(&blk.maa_w1, &xxx);
+        lora.iter_mut().for_each(|v| *v = tanh(*v));
         let mut mixed: [Vec<f32>; 5] = std::array::from_fn(|_| vec![0f32; t_len * c]);
-        let mut lora = vec![0f32; 5 * m];
-        let mut mq = vec![0f32; c];
-        let mut xxx = vec![0f32; c];
-        for t in 0..t_len {
-            let (xt, st_) = (&xx[t * c..(t + 1) * c], &sx[t * c..(t + 1) * c]);
-            for j in 0..c {
-                xxx[j] = xt[j] + st_[j] * blk.maa_x[j];
-            }
-            matmul_in_out(&xxx, &blk.maa_w1, &mut lora);
-            lora.iter_mut().for_each(|v| *v = tanh(*v));
-            for (q, out) in mixed.iter_mut().enumerate() {
-                matmul_in_out(&lora[q * m..(q + 1) * m], &blk.maa_w2[q * m * c..(q + 1) * m * c], &mut mq);
-                for j in 0..c {
-                    out[t * c + j] = xt[j] + st_[j] * (mq[j] + blk.maa[q][j]);
-                }
+        for (q, out) in mixed.iter_mut().enumerate() {
+            let part: Vec<f32> =
+                lora.chunks_exact(5 * m).flat_map(|row| row[q * m..(q + 1) * m].iter().copied()).collect();
+            let mq = self.exec.linear_padded(&blk.maa_w2[q], &part, m);
+            for i in 0..t_len * c {
+                out[i] = xx[i] + sx[i] * (mq[i] + blk.maa[q][i % c]);
             }
         }
         let r = self.exec.linear(&blk.wr, &mixed[3]);
@@ -686,17 +725,11 @@ impl Shard {
         let v = self.exec.linear(&blk.wv, &mixed[2]);
         let mut g = self.exec.linear(&blk.wg, &mixed[4]);
         g.iter_mut().for_each(|v| *v *= sigmoid(*v));
-        let dl = cfg.decay_lora;
-        let mut dlo = vec![0f32; dl];
-        let mut w = vec![0f32; t_len * c];
-        for t in 0..t_len {
-            matmul_in_out(&mixed[0][t * c..(t + 1) * c], &blk.decay_w1, &mut dlo);
-            dlo.iter_mut().for_each(|v| *v = tanh(*v));
-            matmul_in_out(&dlo, &blk.decay_w2, &mut w[t * c..(t + 1) * c]);
-            for j in 0..c {
-                let d = w[t * c + j] + blk.decay[j];
-                w[t * c + j] = exp(-exp(d));
-            }
+        let mut dlo = self.exec.linear(&blk.decay_w1, &mixed[0]);
+        dlo.iter_mut().for_each(|v| *v = tanh(*v));
+        let mut w = self.exec.linear_padded(&blk.decay_w2, &dlo, cfg.decay_lora);
+        for i in 0..t_len * c {
+            w[i] = exp(-exp(w[i] + blk.decay[i % c]));
         }
 
         // WKV recurrence per head: y = r · (u ⊙ kᵀv + S); S ← kᵀv + w ⊙ S.
@@ -793,6 +826,19 @@ pub(crate) fn input_rows(input: Input<'_>, emb: Option<&QRows>, c: usize, first_
             return Err(EngineError::BadInput("the first shard takes token ids, not hidden states".into()))
         }
     })
+}
+
+/// Split a per-block tensor name `{prefix}{i}.{rest}` into the block's index within `range`
+/// (0 for `range.start`) and `rest`; an error when the name is not of a block in `range`.
+pub(crate) fn block_name<'n>(name: &'n str, prefix: &str, range: &Range<usize>) -> Result<(usize, &'n str)> {
+    let bad = || EngineError::BadInput(format!("`{name}` is not a tensor of this shard"));
+    let rest = name.strip_prefix(prefix).ok_or_else(bad)?;
+    let (idx, rest) = rest.split_once('.').ok_or_else(bad)?;
+    let i: usize = idx.parse().map_err(|_| bad())?;
+    if !range.contains(&i) {
+        return Err(bad());
+    }
+    Ok((i - range.start, rest))
 }
 
 /// The engine file in `dir` when it was made from model `id`; a stale one is ignored.

@@ -20,7 +20,8 @@ use crate::quant::{quantize_rows, QMatrix, QRows, BLOCK};
 /// File name of the int8 engine file inside a model directory.
 pub const ENGINE_FILE: &str = "model.int8.safetensors";
 /// Format tag written into the engine file's metadata.
-pub const ENGINE_FORMAT: &str = "odin-int8/1";
+/// Version 2 stores the LoRA matrices as int8 too; a version-1 file is stale and ignored.
+pub const ENGINE_FORMAT: &str = "odin-int8/2";
 
 /// Whether the engine stores tensor `name` as int8 blocks (the big matrices and the embedding).
 pub fn is_quantized(name: &str) -> bool {
@@ -283,18 +284,36 @@ impl Source<'_> {
                 }
                 Ok((codes, scales, rows, stored))
             }
-            _ => {
-                let mut data = self.f32s(spec)?;
-                if stored != cols {
-                    data = data
-                        .chunks_exact(cols)
-                        .flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(0.0, stored - cols)))
-                        .collect();
-                }
-                let (codes, scales) = quantize_rows(&data, rows, stored);
-                Ok((codes, scales, rows, stored))
-            }
+            _ => Ok(quantize_padded(&self.f32s(spec)?, rows, cols)),
         }
+    }
+
+    /// An RWKV LoRA tensor (`[in, out]`, or `[k, in, out]` for k stacked matrices) as k
+    /// matrices for the kernels, each transposed to `[out, in]` rows.
+    ///
+    /// The engine file stores them so: I8 `[k·out, in]` (`in` padded to whole blocks) plus
+    /// its F16 scales, under the tensor's own name.
+    pub fn lora(&self, spec: &TensorSpec) -> Result<Vec<QMatrix>> {
+        let (k, n_in, n_out) = match spec.shape.as_slice() {
+            [i, o] => (1, *i, *o),
+            [k, i, o] => (*k, *i, *o),
+            s => return Err(EngineError::BadWeights(format!("LoRA tensor `{}` has shape {s:?}", spec.name))),
+        };
+        let (codes, scales, _, cols) = match self {
+            Source::Int8(_) => self.codes(&TensorSpec { shape: vec![k * n_out, n_in], ..spec.clone() })?,
+            _ => {
+                let data = self.f32s(spec)?;
+                let rows: Vec<f32> = data.chunks_exact(n_in * n_out).flat_map(|m| transpose(m, n_in, n_out)).collect();
+                quantize_padded(&rows, k * n_out, n_in)
+            }
+        };
+        let nb = cols / BLOCK;
+        Ok((0..k)
+            .map(|j| {
+                let (c, s) = (j * n_out * cols, j * n_out * nb);
+                QMatrix::from_rows(&codes[c..c + n_out * cols], &scales[s..s + n_out * nb], n_out, cols)
+            })
+            .collect())
     }
 
     /// A matrix for the kernels.
@@ -308,6 +327,38 @@ impl Source<'_> {
         let (codes, scales, rows, cols) = self.codes(spec)?;
         Ok(QRows { rows, cols, codes, scales })
     }
+}
+
+/// Quantize row-major `data` [rows, cols], each row zero-padded to [`padded_cols`]:
+/// returns (codes, scales, rows, padded columns).
+fn quantize_padded(data: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>, usize, usize) {
+    let stored = padded_cols(cols);
+    let (codes, scales) = if stored == cols {
+        quantize_rows(data, rows, cols)
+    } else {
+        let padded: Vec<f32> = data
+            .chunks_exact(cols)
+            .flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(0.0, stored - cols)))
+            .collect();
+        quantize_rows(&padded, rows, stored)
+    };
+    (codes, scales, rows, stored)
+}
+
+/// `x` [rows, cols] row-major, transposed to [cols, rows].
+pub fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = x[r * cols + c];
+        }
+    }
+    out
+}
+
+/// Whether `name` is one of RWKV-6's LoRA tensors, which the engine stores as int8 too ([`Source::lora`]).
+pub fn is_lora(name: &str) -> bool {
+    ["att.time_maa_w1", "att.time_maa_w2", "att.time_decay_w1", "att.time_decay_w2"].iter().any(|s| name.ends_with(s))
 }
 
 fn check_shape(name: &str, found: &[usize], want: &[usize]) -> Result<()> {

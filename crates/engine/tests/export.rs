@@ -92,6 +92,21 @@ fn gguf_has_llama_cpp_rwkv6_layout_and_our_blocks() {
     assert_eq!(half::f16::from_le_bytes([first[0], first[1]]).to_f32(), scales[0]);
     assert_eq!(first[2..].iter().map(|&b| b as i8).collect::<Vec<_>>(), codes[..32]);
     assert_eq!(tensors["blk.0.time_mix_w2.weight"].0, vec![16, 192, 5]);
+    // The LoRA matrices go as the engine's own int8 blocks where Q8_0 allows (whole blocks
+    // along ne0); odin-tiny's 16-wide time_mix_w2 goes as the same values in f32.
+    let lora_types: Vec<(Vec<u64>, u32)> = ["time_mix_w1", "time_mix_w2", "time_mix_decay_w1", "time_mix_decay_w2"]
+        .iter()
+        .map(|n| {
+            let (ne, ty, _) = &tensors[&format!("blk.1.{n}.weight")];
+            (ne.clone(), *ty)
+        })
+        .collect();
+    assert_eq!(lora_types, vec![(vec![192, 80], 8), (vec![16, 192, 5], 0), (vec![192, 32], 8), (vec![32, 192], 8)]);
+    let (codes, scales) = shard.lora("blocks.1.att.time_maa_w1").unwrap()[0].to_rows();
+    let off = tensors["blk.1.time_mix_w1.weight"].2 as usize;
+    let first = &bytes[data + off..data + off + 34];
+    assert_eq!(half::f16::from_le_bytes([first[0], first[1]]).to_f32(), scales[0]);
+    assert_eq!(first[2..].iter().map(|&b| b as i8).collect::<Vec<_>>(), codes[..32]);
     assert_eq!(tensors["blk.0.time_mix_lerp_fused.weight"].0, vec![192, 1, 1, 5]);
 }
 
