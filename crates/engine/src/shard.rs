@@ -728,8 +728,8 @@ impl Shard {
         let mut dlo = self.exec.linear(&blk.decay_w1, &mixed[0]);
         dlo.iter_mut().for_each(|v| *v = tanh(*v));
         let mut w = self.exec.linear_padded(&blk.decay_w2, &dlo, cfg.decay_lora);
-        for i in 0..t_len * c {
-            w[i] = exp(-exp(w[i] + blk.decay[i % c]));
+        for (i, wi) in w.iter_mut().enumerate() {
+            *wi = exp(-exp(*wi + blk.decay[i % c]));
         }
 
         // WKV recurrence per head: y = r · (u ⊙ kᵀv + S); S ← kᵀv + w ⊙ S.
