@@ -13,13 +13,13 @@
 use std::ops::Range;
 use std::path::Path;
 
-use odin_format::{model_id, LlamaConfig, ModelConfig, ModelId, TensorSpec};
+use odin_format::{LlamaConfig, ModelConfig, ModelId, TensorSpec};
 
 use crate::error::{EngineError, Result};
 use crate::math::exp;
 use crate::quant::{QMatrix, QRows, BLOCK};
-use crate::shard::{block_name, current_engine_file, input_rows, Exec, Input, Logits, Options};
-use crate::weights::{is_quantized, shard_specs, write_engine_file, OutTensor, Source, TensorFile, ENGINE_FILE};
+use crate::shard::{block_name, input_rows, open_model, Exec, Input, Logits, Options};
+use crate::weights::{is_quantized, shard_specs, write_engine_file, OutTensor, Source, ENGINE_FILE};
 
 struct Layer {
     ln_in: Vec<f32>,
@@ -85,14 +85,9 @@ impl LlamaShard {
     /// Load layers `range` (all of them when `None`) of the model directory `dir`,
     /// from its engine file when that was made from these exact files.
     pub fn load(dir: &Path, range: Option<Range<usize>>, opts: Options) -> Result<Self> {
-        let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
-        let id = model_id(dir)?;
+        let (cfg, id, src) = open_model(dir)?;
         let range = range.unwrap_or(0..cfg.num_layers());
-        if let Some(file) = current_engine_file(dir, &id)? {
-            return Self::build(&cfg, id, range, &Source::Int8(file), opts);
-        }
-        let file = TensorFile::open(&dir.join("model.safetensors"))?;
-        Self::build(&cfg, id, range, &Source::Float(file), opts)
+        Self::build(&cfg, id, range, &src, opts)
     }
 
     /// Build a shard from any tensor source.

@@ -293,14 +293,9 @@ impl Shard {
     /// files (its metadata names the model id), otherwise quantizes
     /// `model.safetensors` on load.
     pub fn load(dir: &Path, range: Option<Range<usize>>, opts: Options) -> Result<Self> {
-        let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
-        let id = model_id(dir)?;
+        let (cfg, id, src) = open_model(dir)?;
         let range = range.unwrap_or(0..cfg.num_layers());
-        if let Some(file) = current_engine_file(dir, &id)? {
-            return Self::build(&cfg, id, range, &Source::Int8(file), opts);
-        }
-        let file = TensorFile::open(&dir.join("model.safetensors"))?;
-        Self::build(&cfg, id, range, &Source::Float(file), opts)
+        Self::build(&cfg, id, range, &src, opts)
     }
 
     /// Whether `dir` holds an engine file made from its current weights.
@@ -841,8 +836,20 @@ pub(crate) fn block_name<'n>(name: &'n str, prefix: &str, range: &Range<usize>) 
     Ok((i - range.start, rest))
 }
 
+/// A model directory's config, content id and weights: its engine file when that was made
+/// from these exact files, else `model.safetensors` (quantized on load).
+pub(crate) fn open_model(dir: &Path) -> Result<(ModelConfig, ModelId, Source<'static>)> {
+    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+    let id = model_id(dir)?;
+    let src = match current_engine_file(dir, &id)? {
+        Some(file) => Source::Int8(file),
+        None => Source::Float(TensorFile::open(&dir.join("model.safetensors"))?),
+    };
+    Ok((cfg, id, src))
+}
+
 /// The engine file in `dir` when it was made from model `id`; a stale one is ignored.
-pub(crate) fn current_engine_file(dir: &Path, id: &ModelId) -> Result<Option<TensorFile>> {
+fn current_engine_file(dir: &Path, id: &ModelId) -> Result<Option<TensorFile>> {
     let path = dir.join(ENGINE_FILE);
     if !path.is_file() {
         return Ok(None);
