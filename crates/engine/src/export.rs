@@ -18,7 +18,7 @@ use half::f16;
 use odin_format::ModelConfig;
 
 use crate::error::{EngineError, Result};
-use crate::quant::BLOCK;
+use crate::quant::{stack_rows, BLOCK};
 use crate::shard::Shard;
 use crate::weights::{is_lora, is_quantized, transpose, write_safetensors, OutTensor};
 
@@ -273,12 +273,7 @@ pub fn write_gguf(shard: &Shard, tokenizer: &Path, out: &Path) -> Result<()> {
         ] {
             let mats = shard.lora(&ours(a))?;
             if mats.iter().all(|q| q.cols() == ne[0]) {
-                let (mut codes, mut scales) = (Vec::new(), Vec::new());
-                for q in mats {
-                    let (cq, sq) = q.to_rows();
-                    codes.extend(cq);
-                    scales.extend(sq);
-                }
+                let (codes, scales) = stack_rows(&mats);
                 let data = q8_0_bytes(&codes, &scales);
                 tensors.push(GgufTensor {
                     name: g(b),

@@ -141,6 +141,17 @@ impl QMatrix {
     }
 }
 
+/// Matrices of one width stacked row-wise, in the file layout: codes and scales of all their rows.
+pub fn stack_rows(ms: &[&QMatrix]) -> (Vec<i8>, Vec<f32>) {
+    let (mut codes, mut scales) = (Vec::new(), Vec::new());
+    for m in ms {
+        let (c, s) = m.to_rows();
+        codes.extend(c);
+        scales.extend(s);
+    }
+    (codes, scales)
+}
+
 /// Quantize a row-major matrix to codes [rows, cols] and scales [rows, cols/32].
 pub fn quantize_rows(data: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
     let nb = cols / BLOCK;

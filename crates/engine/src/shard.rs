@@ -16,7 +16,7 @@ use odin_format::{model_id, ModelConfig, ModelId, Rwkv6Config, TensorSpec};
 use crate::error::{EngineError, Result};
 use crate::kernels::Kernel;
 use crate::math::{exp, layer_norm, layer_norm_into, sigmoid, tanh};
-use crate::quant::{QMatrix, QRows, QVec, TILE};
+use crate::quant::{stack_rows, QMatrix, QRows, QVec, TILE};
 use crate::weights::{
     engine_file_source, is_lora, is_quantized, shard_specs, write_engine_file, OutTensor, Source, TensorFile,
     ENGINE_FILE,
@@ -400,14 +400,10 @@ impl Shard {
                 let (codes, scales) = m.to_rows();
                 out.extend(OutTensor::q8(name, m.rows(), m.cols(), &codes, &scales));
             } else if is_lora(name) {
-                let (mut codes, mut scales, mut rows, mut cols) = (Vec::new(), Vec::new(), 0, 0);
-                for m in self.lora(name)? {
-                    let (c, s) = m.to_rows();
-                    codes.extend(c);
-                    scales.extend(s);
-                    (rows, cols) = (rows + m.rows(), m.cols());
-                }
-                out.extend(OutTensor::q8(name, rows, cols, &codes, &scales));
+                let ms = self.lora(name)?;
+                let (codes, scales) = stack_rows(&ms);
+                let rows = ms.iter().map(|m| m.rows()).sum();
+                out.extend(OutTensor::q8(name, rows, ms.first().map_or(0, |m| m.cols()), &codes, &scales));
             } else {
                 out.push(OutTensor::f32(name, &spec.shape, self.vector(name)?));
             }
