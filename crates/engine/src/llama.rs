@@ -291,9 +291,11 @@ impl LlamaShard {
                 state.pos + t_len
             )));
         }
+        // cos and sin of every new position, shared by all layers.
+        let rope: Vec<(Vec<f32>, Vec<f32>)> = (state.pos..state.pos + t_len).map(|p| self.rope_at(p)).collect();
         let first = sub.start - self.range.start;
         for (l, kv) in self.layers[first..first + sub.len()].iter().zip(state.layers.iter_mut()) {
-            self.layer(l, &mut x, state.pos, kv);
+            self.layer(l, &mut x, state.pos, &rope, kv);
         }
         state.pos += t_len;
         let head = if sub.end == self.range.end { self.head.as_ref() } else { None };
@@ -328,8 +330,9 @@ impl LlamaShard {
         Ok(())
     }
 
-    /// One decoder layer over T tokens at positions p0..p0+T: attention then the MLP, each residual.
-    fn layer(&self, l: &Layer, x: &mut [f32], p0: usize, kv: &mut KvLayer) {
+    /// One decoder layer over T tokens at positions p0..p0+T (`rope_at` holds their cos and sin):
+    /// attention then the MLP, each residual.
+    fn layer(&self, l: &Layer, x: &mut [f32], p0: usize, rope_at: &[(Vec<f32>, Vec<f32>)], kv: &mut KvLayer) {
         let cfg = &self.cfg;
         let (c, nh, nkv, d) = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let (qw, kvw) = (nh * d, nkv * d);
@@ -341,10 +344,9 @@ impl LlamaShard {
         let mut q = self.exec.linear(&l.q, &h);
         let mut k = self.exec.linear(&l.k, &h);
         let v = self.exec.linear(&l.v, &h);
-        for t in 0..t_len {
-            let (cos, sin) = self.rope_at(p0 + t);
-            q[t * qw..(t + 1) * qw].chunks_exact_mut(d).for_each(|hd| rope(hd, &cos, &sin));
-            k[t * kvw..(t + 1) * kvw].chunks_exact_mut(d).for_each(|hd| rope(hd, &cos, &sin));
+        for (t, (cos, sin)) in rope_at.iter().enumerate() {
+            q[t * qw..(t + 1) * qw].chunks_exact_mut(d).for_each(|hd| rope(hd, cos, sin));
+            k[t * kvw..(t + 1) * kvw].chunks_exact_mut(d).for_each(|hd| rope(hd, cos, sin));
         }
         kv.k.extend_from_slice(&k);
         kv.v.extend_from_slice(&v);
