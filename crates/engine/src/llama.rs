@@ -162,11 +162,9 @@ impl LlamaShard {
             let name = spec.name.as_str();
             if name == "model.embed_tokens.weight" {
                 let e = self.emb.as_ref().ok_or_else(|| EngineError::BadInput("no embedding".into()))?;
-                out.extend(OutTensor::q8(name, e.rows, e.cols, &e.codes, &e.scales));
+                out.extend(OutTensor::rows(name, e));
             } else if is_quantized(name) {
-                let m = self.matrix(name)?;
-                let (codes, scales) = m.to_rows();
-                out.extend(OutTensor::q8(name, m.rows(), m.cols(), &codes, &scales));
+                out.extend(OutTensor::matrix(name, self.matrix(name)?));
             } else {
                 out.push(OutTensor::f32(name, &spec.shape, self.vector(name)?));
             }

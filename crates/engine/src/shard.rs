@@ -394,11 +394,9 @@ impl Shard {
             let name = spec.name.as_str();
             if name == "emb.weight" {
                 let e = self.emb.as_ref().ok_or_else(|| EngineError::BadInput("no embedding".into()))?;
-                out.extend(OutTensor::q8(name, e.rows, e.cols, &e.codes, &e.scales));
+                out.extend(OutTensor::rows(name, e));
             } else if is_quantized(name) {
-                let m = self.matrix(name)?;
-                let (codes, scales) = m.to_rows();
-                out.extend(OutTensor::q8(name, m.rows(), m.cols(), &codes, &scales));
+                out.extend(OutTensor::matrix(name, self.matrix(name)?));
             } else if is_lora(name) {
                 let ms = self.lora(name)?;
                 let (codes, scales) = stack_rows(&ms);

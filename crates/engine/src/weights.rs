@@ -413,6 +413,17 @@ impl OutTensor {
         }
     }
 
+    /// A kernel matrix in the file layout: its codes plus f16 scales.
+    pub fn matrix(name: &str, m: &QMatrix) -> [Self; 2] {
+        let (codes, scales) = m.to_rows();
+        Self::q8(name, m.rows(), m.cols(), &codes, &scales)
+    }
+
+    /// Row-wise int8 storage (an embedding) in the file layout.
+    pub fn rows(name: &str, e: &QRows) -> [Self; 2] {
+        Self::q8(name, e.rows, e.cols, &e.codes, &e.scales)
+    }
+
     /// A quantized matrix as codes plus f16 scales.
     pub fn q8(name: &str, rows: usize, cols: usize, codes: &[i8], scales: &[f32]) -> [Self; 2] {
         [
