@@ -60,9 +60,8 @@ impl KvState {
         h.update(&(self.first_block as u64).to_le_bytes());
         h.update(&(self.pos as u64).to_le_bytes());
         for l in &self.layers {
-            for x in l.k.iter().chain(&l.v) {
-                h.update(&x.to_le_bytes());
-            }
+            crate::hash_f32s(&mut h, &l.k);
+            crate::hash_f32s(&mut h, &l.v);
         }
         h.finalize()
     }

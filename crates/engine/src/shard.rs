@@ -226,9 +226,7 @@ impl State {
         h.update(&(self.first_block as u64).to_le_bytes());
         for l in &self.layers {
             for v in [&l.att_shift, &l.wkv, &l.ffn_shift] {
-                for x in v.iter() {
-                    h.update(&x.to_le_bytes());
-                }
+                crate::hash_f32s(&mut h, v);
             }
         }
         h.finalize()
