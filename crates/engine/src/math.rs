@@ -3,6 +3,7 @@
 //! `a * b + c` on its own), so every platform computes the same bits.
 
 /// Layer normalisation of `x` in place.
+#[inline]
 pub fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     let n = x.len() as f32;
     let mean = x.iter().fold(0f32, |s, v| s + v) / n;
@@ -15,22 +16,26 @@ pub fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
 }
 
 /// Layer normalisation of `x` into `out`.
+#[inline]
 pub fn layer_norm_into(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
     out.copy_from_slice(x);
     layer_norm(out, w, b, eps);
 }
 
 /// Logistic sigmoid through `libm::expf`.
+#[inline]
 pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + libm::expf(-x))
 }
 
 /// tanh through `libm`.
+#[inline]
 pub fn tanh(x: f32) -> f32 {
     libm::tanhf(x)
 }
 
 /// exp through `libm`.
+#[inline]
 pub fn exp(x: f32) -> f32 {
     libm::expf(x)
 }
