@@ -327,14 +327,23 @@ struct Row {
     decode_tok_s: f64,
 }
 
-fn llama_bench(exe: &Path, gguf: &Path, a: &BenchArgs, threads: usize) -> Result<Row> {
-    let out = std::process::Command::new(exe)
-        .arg("-m")
-        .arg(gguf)
-        .args(["-p", &a.prompt_tokens.to_string(), "-n", &a.decode_tokens.to_string()])
-        .args(["-t", &threads.to_string(), "-r", &a.runs.to_string(), "-o", "json"])
-        .output()
-        .with_context(|| format!("cannot run {}", exe.display()))?;
+/// llama.cpp's `llama-bench` on `gguf`. `huge`: the weights read into memory (`-lm none`) that
+/// glibc puts on transparent huge pages, as ours are, instead of llama.cpp's default mmap of the
+/// file on 4 KiB pages; the bench runs both and compares against the faster.
+fn llama_bench(exe: &Path, gguf: &Path, a: &BenchArgs, threads: usize, huge: bool) -> Result<Row> {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("-m").arg(gguf).args(["-p", &a.prompt_tokens.to_string(), "-n", &a.decode_tokens.to_string()]).args([
+        "-t",
+        &threads.to_string(),
+        "-r",
+        &a.runs.to_string(),
+        "-o",
+        "json",
+    ]);
+    if huge {
+        cmd.args(["-lm", "none"]).env("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1");
+    }
+    let out = cmd.output().with_context(|| format!("cannot run {}", exe.display()))?;
     if !out.status.success() {
         bail!("llama-bench failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -348,7 +357,8 @@ fn llama_bench(exe: &Path, gguf: &Path, a: &BenchArgs, threads: usize) -> Result
             pre = ts;
         }
     }
-    Ok(Row { engine: "llama.cpp Q8_0".into(), threads, prefill_tok_s: pre, decode_tok_s: dec })
+    let engine = if huge { "llama.cpp Q8_0 (huge pages)" } else { "llama.cpp Q8_0 (mmap)" };
+    Ok(Row { engine: engine.into(), threads, prefill_tok_s: pre, decode_tok_s: dec })
 }
 
 /// Run `odin bench`.
@@ -417,7 +427,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         let shard = load_rwkv6(&a.model)?;
         odin_engine::export::write_gguf(&shard, &a.model.join("tokenizer.json"), &gguf)?;
         for &t in &a.threads {
-            rows.push(llama_bench(exe, &gguf, &a, t)?);
+            for huge in [false, true] {
+                rows.push(llama_bench(exe, &gguf, &a, t, huge)?);
+            }
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -49,7 +49,18 @@ pub fn measure<D: Decoder>(model: &D, prompt_len: usize, decode_len: usize, runs
 /// with `threads` readers (each sums its own slice), median of 5 passes.
 pub fn read_bandwidth(threads: usize) -> f64 {
     const BYTES: usize = 512 << 20;
-    let buf: Vec<u64> = (0..BYTES / 8).map(|i| i as u64).collect();
+    // On huge pages where the system has them, as the weights are (crate::pages): the roofline
+    // is what the memory can give, not what 4 KiB pages let through.
+    let fill = |i: usize| i as u64;
+    let huge = crate::pages::HugeBuf::from_fn(BYTES / 8, fill);
+    let own: Vec<u64>;
+    let buf: &[u64] = match &huge {
+        Some(b) => b,
+        None => {
+            own = (0..BYTES / 8).map(fill).collect();
+            &own
+        }
+    };
     let threads = threads.max(1);
     let chunk = buf.len().div_ceil(threads);
     let mut rates = Vec::new();

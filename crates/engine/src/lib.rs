@@ -25,6 +25,7 @@ pub mod kernels;
 pub mod llama;
 pub mod math;
 pub mod model;
+pub mod pages;
 pub mod quant;
 pub mod sample;
 pub mod shard;

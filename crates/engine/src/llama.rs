@@ -141,8 +141,16 @@ impl LlamaShard {
                 up: q(&p("mlp.up_proj.weight"))?,
                 down: q(&p("mlp.down_proj.weight"))?,
             });
+            // Block by block, as in `Shard::build`.
+            if let Some(l) = layers.last_mut() {
+                QMatrix::pack(&mut [&mut l.q, &mut l.k, &mut l.v, &mut l.o, &mut l.gate, &mut l.up, &mut l.down]);
+            }
         }
-        let head = if range.end == l { Some((f("model.norm.weight")?, q("lm_head.weight")?)) } else { None };
+        let mut head = if range.end == l { Some((f("model.norm.weight")?, q("lm_head.weight")?)) } else { None };
+        if let Some(h) = head.as_mut() {
+            QMatrix::pack(&mut [&mut h.1]);
+        }
+        crate::pages::release_freed();
         let d = c.head_dim;
         let theta = c.rope_theta as f32;
         let inv_freq = (0..d / 2).map(|i| 1.0 / libm::powf(theta, (2 * i) as f32 / d as f32)).collect();

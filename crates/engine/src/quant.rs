@@ -11,6 +11,8 @@
 
 use half::f16;
 
+use crate::pages::Store;
+
 /// Values per quantization block.
 pub const BLOCK: usize = 32;
 /// Rows per tile of a [`QMatrix`]: the unit every kernel computes at once.
@@ -51,10 +53,10 @@ pub fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
 pub struct QMatrix {
     rows: usize,
     cols: usize,
-    codes: Vec<i8>,
+    codes: Store<i8>,
     /// f16 bits: the scales are f16-exact by construction, and reading half the
     /// bytes matters when decoding is bound by memory bandwidth.
-    scales: Vec<u16>,
+    scales: Store<u16>,
 }
 
 impl QMatrix {
@@ -81,7 +83,7 @@ impl QMatrix {
                 }
             }
         }
-        Self { rows, cols, codes: tc, scales: ts }
+        Self { rows, cols, codes: Store::Own(tc), scales: Store::Own(ts) }
     }
 
     /// Back to row-major codes and scales (the file layout).
@@ -138,6 +140,13 @@ impl QMatrix {
     /// Bytes the matrix occupies (codes and f16 scales, padding included).
     pub fn bytes(&self) -> usize {
         self.codes.len() + self.scales.len() * 2
+    }
+
+    /// Put the codes of `ms`, in this order (the order a token reads them), into one buffer on
+    /// huge pages, and their scales into another (see [`crate::pages`]).
+    pub fn pack(ms: &mut [&mut QMatrix]) {
+        crate::pages::pack(&mut ms.iter_mut().map(|m| &mut m.codes).collect::<Vec<_>>());
+        crate::pages::pack(&mut ms.iter_mut().map(|m| &mut m.scales).collect::<Vec<_>>());
     }
 }
 

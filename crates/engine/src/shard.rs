@@ -375,12 +375,25 @@ impl Shard {
                 ffn_wr: q(&p("ffn.receptance.weight"))?,
                 ffn_wv: q(&p("ffn.value.weight"))?,
             });
+            // Block by block, so the memory the loose copies leave behind is reused by the next
+            // block's and the peak stays near the weights' size.
+            if let Some(b) = blocks.last_mut() {
+                let mut ms: Vec<&mut QMatrix> = vec![&mut b.maa_w1];
+                ms.extend(&mut b.maa_w2);
+                ms.extend([&mut b.wr, &mut b.wk, &mut b.wv, &mut b.wg, &mut b.decay_w1, &mut b.decay_w2, &mut b.wo]);
+                ms.extend([&mut b.ffn_wk, &mut b.ffn_wr, &mut b.ffn_wv]);
+                QMatrix::pack(&mut ms);
+            }
         }
-        let head = if range.end == l {
+        let mut head = if range.end == l {
             Some(Head { ln: (f("ln_out.weight")?, f("ln_out.bias")?), w: q("head.weight")? })
         } else {
             None
         };
+        if let Some(h) = head.as_mut() {
+            QMatrix::pack(&mut [&mut h.w]);
+        }
+        crate::pages::release_freed();
         Ok(Self { cfg: c, id, range, emb, blocks, head, exec: Exec::new(opts)? })
     }
 
