@@ -13,7 +13,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 /// The huge page size asked for (x86-64 and AArch64 with 4 KiB base pages).
-const HUGE: usize = 2 << 20;
+pub const HUGE: usize = 2 << 20;
 
 /// The integer types weights are stored in.
 pub trait Plain: Copy + Default + PartialEq + Send + Sync + 'static {}
@@ -174,7 +174,7 @@ impl<T: Plain> std::fmt::Debug for Store<T> {
 /// is copied, so packing needs hardly more memory than the weights. Left as they are if the
 /// allocation fails.
 pub fn pack<T: Plain>(stores: &mut [&mut Store<T>]) {
-    let len = stores.iter().map(|s| s.len()).sum();
+    let len: usize = stores.iter().map(|s| s.len()).sum();
     let Some(mut buf) = HugeBuf::uninit(len) else {
         return;
     };
@@ -201,16 +201,24 @@ mod tests {
     fn packed_stores_keep_their_values_and_share_one_aligned_buffer() {
         let mut a = Store::Own(vec![1i8, -2, 3]);
         let mut b = Store::Own(Vec::new());
-        let mut c = Store::Own((0..5000).map(|i| (i % 251) as i8).collect());
+        let n = 5000;
+        let mut c = Store::Own((0..n).map(|i| (i % 251) as i8).collect());
         let (va, vc) = (a.to_vec(), c.to_vec());
         pack(&mut [&mut a, &mut b, &mut c]);
         assert_eq!((&*a, &*b, &*c), (&va[..], &[][..], &vc[..]));
         match (&a, &c) {
-            (Store::Part(x, 0, 3), Store::Part(y, 3, 5000)) => {
+            (Store::Part(x, 0, 3), Store::Part(y, 3, m)) if *m == n => {
                 assert!(Arc::ptr_eq(x, y));
                 assert_eq!(x.as_ptr() as usize % HUGE, 0);
             }
             other => panic!("not packed: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_buffer_from_a_function_holds_its_values() {
+        let b = HugeBuf::from_fn(1000, |i| (i * 3) as u64).expect("allocation");
+        assert_eq!(b.len(), 1000);
+        assert!(b.iter().enumerate().all(|(i, &v)| v == (i * 3) as u64));
     }
 }

@@ -144,7 +144,13 @@ impl QMatrix {
 
     /// Put the codes of `ms`, in this order (the order a token reads them), into one buffer on
     /// huge pages, and their scales into another (see [`crate::pages`]).
+    ///
+    /// A set smaller than one huge page stays as it is: it could not save a TLB miss, and
+    /// would take up a whole 2 MiB.
     pub fn pack(ms: &mut [&mut QMatrix]) {
+        if ms.iter().map(|m| m.codes.len()).sum::<usize>() < crate::pages::HUGE {
+            return;
+        }
         crate::pages::pack(&mut ms.iter_mut().map(|m| &mut m.codes).collect::<Vec<_>>());
         crate::pages::pack(&mut ms.iter_mut().map(|m| &mut m.scales).collect::<Vec<_>>());
     }
@@ -277,6 +283,25 @@ mod tests {
         fn round_even_matches_round_ties_even(x in -200f32..200.0) {
             prop_assert_eq!(round_even(x), x.round_ties_even());
         }
+    }
+
+    #[test]
+    fn packing_moves_matrices_without_changing_them() {
+        let data = |rows: usize, cols: usize, k: usize| -> Vec<f32> {
+            (0..rows * cols).map(|i| ((i * 7 + k) % 255) as f32 - 127.0).collect()
+        };
+        // Two matrices of 2 MiB + 64 KiB of codes: together over one huge page, so packed.
+        let (mut a, mut b) =
+            (QMatrix::quantize(&data(2048, 1024, 1), 2048, 1024), QMatrix::quantize(&data(64, 1024, 2), 64, 1024));
+        let (a0, b0) = (a.clone(), b.clone());
+        QMatrix::pack(&mut [&mut a, &mut b]);
+        assert!(matches!(a.codes, Store::Part(..)) && matches!(b.scales, Store::Part(..)));
+        assert_eq!((&a, &b), (&a0, &b0));
+        assert_eq!((a.to_rows(), b.tile_codes(3)), (a0.to_rows(), b0.tile_codes(3)));
+        // A set under one huge page stays where it is.
+        let mut small = QMatrix::quantize(&data(16, 64, 3), 16, 64);
+        QMatrix::pack(&mut [&mut small]);
+        assert!(matches!(small.codes, Store::Own(_)));
     }
 
     #[test]
