@@ -1,4 +1,4 @@
-//! Storage for weights that decoding streams: one buffer per shard on huge pages.
+//! Storage for weights that decoding streams: one buffer per block, on huge pages.
 //!
 //! A decoded token reads every weight once. With 4 KiB pages that is a TLB miss every 4 KiB, and
 //! each miss is a page walk (a nested one on a virtual machine) that the prefetchers cannot hide.
@@ -139,7 +139,7 @@ pub fn release_freed() {
     }
 }
 
-/// A matrix's values: its own vector, or its part of a [`HugeBuf`] it shares with the rest of its shard.
+/// A matrix's values: its own vector, or its part of a [`HugeBuf`] it shares with the rest of its block.
 #[derive(Clone)]
 pub enum Store<T: Plain> {
     /// Owned, as built.
