@@ -282,11 +282,7 @@ pub fn write_gguf(shard: &Shard, tokenizer: &Path, out: &Path) -> Result<()> {
                     data,
                 });
             } else {
-                // Ours [k, in, out]; llama.cpp wants each of the k slices as [out, in] rows.
-                let (n_in, n_out) = (ne[0], ne[1]);
-                let w = shard.lora_f32(&ours(a))?;
-                let rows: Vec<f32> = w.chunks_exact(n_in * n_out).flat_map(|x| transpose(x, n_in, n_out)).collect();
-                tensors.push(f32t(g(b), ne, &rows));
+                tensors.push(f32t(g(b), ne, &shard.lora_rows_f32(&ours(a))?));
             }
         }
         tensors.push(f32t(
@@ -384,7 +380,7 @@ pub fn write_st(shard: &Shard, out: &Path) -> Result<()> {
             let k = shape.len();
             let (r, c) = (shape[k - 2], shape[k - 1]);
             shape.swap(k - 2, k - 1);
-            values.chunks_exact(r * c).flat_map(|m| transpose(m, r, c)).collect()
+            transpose(&values, r, c)
         } else {
             values
         };

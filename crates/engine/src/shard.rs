@@ -437,28 +437,37 @@ impl Shard {
         })
     }
 
-    /// A LoRA tensor dequantized into its official layout (`[in, out]` or `[k, in, out]`):
-    /// the weights the engine runs, for the exports.
-    pub fn lora_f32(&self, name: &str) -> Result<Vec<f32>> {
+    /// A LoRA tensor dequantized as the engine runs it: each of its matrices as `[out, in]` rows,
+    /// the padding columns dropped (llama.cpp's layout).
+    pub fn lora_rows_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let n_in = self.lora_inputs(name);
         let mut out = Vec::new();
         for m in self.lora(name)? {
             let (codes, scales) = m.to_rows();
-            let (rows, cols, nb) = (m.rows(), m.cols(), m.blocks());
-            // Rows are the LoRA's outputs; the columns past `n_in` are padding.
-            let n_in = match name {
-                n if n.ends_with("time_maa_w2") => self.cfg.mix_lora,
-                n if n.ends_with("time_decay_w2") => self.cfg.decay_lora,
-                _ => self.cfg.hidden_size,
-            };
-            let mut t = vec![0f32; n_in * rows];
-            for r in 0..rows {
-                for i in 0..n_in {
-                    t[i * rows + r] = f32::from(codes[r * cols + i]) * scales[r * nb + i / crate::quant::BLOCK];
-                }
+            let (cols, nb) = (m.cols(), m.blocks());
+            for r in 0..m.rows() {
+                out.extend(
+                    (0..n_in).map(|i| f32::from(codes[r * cols + i]) * scales[r * nb + i / crate::quant::BLOCK]),
+                );
             }
-            out.extend(t);
         }
         Ok(out)
+    }
+
+    /// A LoRA tensor dequantized into its official layout (`[in, out]` or `[k, in, out]`):
+    /// the weights the engine runs, for the exports.
+    pub fn lora_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let n_out = self.lora(name)?.first().map_or(0, |m| m.rows());
+        Ok(crate::weights::transpose(&self.lora_rows_f32(name)?, n_out, self.lora_inputs(name)))
+    }
+
+    /// Inputs of a LoRA tensor's matrices (their stored columns may be padded past it).
+    fn lora_inputs(&self, name: &str) -> usize {
+        match name {
+            n if n.ends_with("time_maa_w2") => self.cfg.mix_lora,
+            n if n.ends_with("time_decay_w2") => self.cfg.decay_lora,
+            _ => self.cfg.hidden_size,
+        }
     }
 
     /// A quantized matrix by its official name.

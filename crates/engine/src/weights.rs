@@ -303,8 +303,7 @@ impl Source<'_> {
             Source::Int8(_) => self.codes(&TensorSpec { shape: vec![k * n_out, n_in], ..spec.clone() })?,
             _ => {
                 let data = self.f32s(spec)?;
-                let rows: Vec<f32> = data.chunks_exact(n_in * n_out).flat_map(|m| transpose(m, n_in, n_out)).collect();
-                quantize_padded(&rows, k * n_out, n_in)
+                quantize_padded(&transpose(&data, n_in, n_out), k * n_out, n_in)
             }
         };
         let nb = cols / BLOCK;
@@ -345,12 +344,18 @@ fn quantize_padded(data: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>
     (codes, scales, rows, stored)
 }
 
-/// `x` [rows, cols] row-major, transposed to [cols, rows].
+/// Every `[rows, cols]` row-major matrix in `x`, one after another, transposed to `[cols, rows]`.
 pub fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = x[r * cols + c];
+    let n = rows * cols;
+    if n == 0 {
+        return out;
+    }
+    for (m, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        for r in 0..rows {
+            for c in 0..cols {
+                o[c * rows + r] = m[r * cols + c];
+            }
         }
     }
     out
