@@ -31,6 +31,19 @@ pub fn round_even(x: f32) -> f32 {
     (x + MAGIC) - MAGIC
 }
 
+/// `round_even(y) as i8` for y in [-127, 127] or NaN (code 0), without a float-to-int conversion.
+///
+/// LLVM turns Rust's saturating casts into one scalar conversion per value, which made
+/// quantizing the activations cost as much as a third of the kernels on odin-tiny. Adding
+/// 1.5·2^23 rounds y to an integer (as [`round_even`] does) and leaves that integer in the low
+/// bits of the sum, which plain integer lanes read off.
+#[inline(always)]
+fn code_of(y: f32) -> i8 {
+    const MAGIC: f32 = 12_582_912.0;
+    let y = if y.is_nan() { 0.0 } else { y };
+    ((y + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32) as i8
+}
+
 /// Quantize one block of weights: returns the f16-exact scale and writes 32 codes.
 pub fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -197,15 +210,24 @@ impl QVec {
         for ((xs, qs), scale) in x.chunks_exact(BLOCK).zip(self.codes.chunks_exact_mut(BLOCK)).zip(&mut self.scales) {
             // The largest magnitude, 16 lanes at a time so it vectorizes: a maximum is the
             // same whatever the order it is taken in, so this equals a left-to-right fold.
+            // Every |v| is +0 or more (or NaN, which `max` skips), so halving the lanes
+            // pairwise gives the same maximum too, without a chain of 16 dependent steps.
             let mut lanes = [0f32; 16];
             for part in xs.chunks_exact(16) {
                 lanes.iter_mut().zip(part).for_each(|(m, v)| *m = m.max(v.abs()));
             }
-            let amax = lanes.iter().fold(0f32, |m, v| m.max(*v));
+            let mut w = lanes.len();
+            while w > 1 {
+                w /= 2;
+                for i in 0..w {
+                    lanes[i] = lanes[i].max(lanes[i + w]);
+                }
+            }
+            let amax = lanes[0].max(0.0);
             let d = amax / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             for (q, v) in qs.iter_mut().zip(xs) {
-                *q = round_even((v * id).clamp(-127.0, 127.0)) as i8;
+                *q = code_of((v * id).clamp(-127.0, 127.0));
             }
             *scale = d;
         }
@@ -278,11 +300,65 @@ mod tests {
         }
     }
 
+    /// QVec::quantize as first written: a left-to-right maximum and a direct cast.
+    fn quantize_reference(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
+        let (mut codes, mut scales) = (Vec::new(), Vec::new());
+        for xs in x.chunks_exact(BLOCK) {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            codes.extend(xs.iter().map(|v| round_even((v * id).clamp(-127.0, 127.0)) as i8));
+            scales.push(d);
+        }
+        (codes, scales)
+    }
+
     proptest! {
+        #[test]
+        fn activation_quantization_matches_the_reference_in_every_lane_width(
+            bits in proptest::collection::vec(any::<u32>(), 0..4),
+            x in proptest::collection::vec(-1e4f32..1e4, 32 * 4),
+            at in proptest::collection::vec(0usize..128, 0..4),
+        ) {
+            // Ordinary values with a few arbitrary bit patterns (NaN, infinities, subnormals) put in.
+            let mut x = x;
+            for (b, i) in bits.iter().zip(&at) {
+                x[*i] = f32::from_bits(*b);
+            }
+            let want = quantize_reference(&x);
+            let mut q = QVec::default();
+            q.quantize(&x);
+            prop_assert_eq!((&q.codes, q.scales.iter().map(|s| s.to_bits()).collect::<Vec<_>>()),
+                (&want.0, want.1.iter().map(|s| s.to_bits()).collect::<Vec<_>>()));
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl") {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+                unsafe fn wide(x: &[f32]) -> QVec {
+                    QVec::from_f32(x)
+                }
+                // SAFETY: detected just above.
+                let w = unsafe { wide(&x) };
+                prop_assert_eq!(&w.codes, &want.0);
+                prop_assert_eq!(w.scales.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
+                    want.1.iter().map(|s| s.to_bits()).collect::<Vec<_>>());
+            }
+        }
+
         #[test]
         fn round_even_matches_round_ties_even(x in -200f32..200.0) {
             prop_assert_eq!(round_even(x), x.round_ties_even());
         }
+    }
+
+    #[test]
+    fn codes_come_out_as_a_cast_would_give_them() {
+        // Every 97th f32 bit pattern from 0 to 127.0, both signs, plus the halfway points.
+        let mut ys: Vec<f32> = (0..=0x42fe_0000u32).step_by(97).map(f32::from_bits).collect();
+        ys.extend((0..=254).map(|i| i as f32 / 2.0));
+        for y in ys.iter().flat_map(|y| [*y, -*y]) {
+            assert_eq!(code_of(y), round_even(y) as i8, "{y}");
+        }
+        assert_eq!(code_of(f32::NAN), 0);
     }
 
     #[test]
