@@ -166,7 +166,7 @@ fn tile_scalar(codes: &[i8], scales: &[u16], nb: usize, x: &QVec, out: &mut [f32
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use super::*;
     use std::arch::x86_64::*;
 
@@ -225,7 +225,7 @@ mod x86 {
     /// leaves part of the memory bandwidth unused. Asking for the codes four blocks ahead
     /// (tiles lie back to back, so near a tile's end this reaches into the next one) was worth
     /// about 8% of odin-100m decode here (BENCHMARKS.md). A prefetch never changes a result.
-    const PREFETCH: usize = 4 * TILE * BLOCK;
+    pub(crate) const PREFETCH: usize = 4 * TILE * BLOCK;
 
     /// Hint the cache lines of one block of codes, `PREFETCH` bytes past `at`.
     ///
