@@ -45,12 +45,13 @@ pub fn measure<D: Decoder>(model: &D, prompt_len: usize, decode_len: usize, runs
     Ok(Speed { prefill_tok_s: median(pre), decode_tok_s: median(dec) })
 }
 
-/// Read bandwidth in bytes per second over a buffer far larger than any cache,
+/// Read bandwidth in bytes per second over a 512 MiB buffer (past most last-level caches),
 /// with `threads` readers (each sums its own slice), median of 5 passes.
 ///
 /// Each pass is read twice, plainly and asking for the lines ahead as the kernels do, and the
-/// faster counts: on some hosts the hardware prefetcher alone leaves half the bandwidth unused,
-/// and a roofline the engine can beat would not be one.
+/// faster counts: the kernels stream with software prefetch, so the bound they are measured
+/// against should have it too (+10% on one host). A model small enough to stay in the
+/// last-level cache between tokens can still beat this memory bound.
 pub fn read_bandwidth(threads: usize) -> f64 {
     const BYTES: usize = 512 << 20;
     // On huge pages where the system has them, as the weights are (crate::pages): the roofline

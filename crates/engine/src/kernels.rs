@@ -57,8 +57,10 @@ impl Kernel {
             Kernel::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c"),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => {
+                // VL too: the element-wise work around the kernel is compiled with it.
                 is_x86_feature_detected!("avx512f")
                     && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni")
             }
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]

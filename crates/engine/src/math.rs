@@ -82,7 +82,7 @@ pub fn sigmoid_each(xs: &mut [f32]) {
 /// libm's `expf` for |x| < 87.3365 (`EXP_PLAIN`) with no branch.
 ///
 /// libm reduces x = k·ln2 + r in one of three ways by |x| (k from a rounded product above
-/// 1.5·ln2, k = ±1 down to 0.5·ln2, k = 0 below), returns `1 + x` under 2^-14, and scales by
+/// 1.5·ln2, k = ±1 down to 0.5·ln2, k = 0 below), returns `1 + x` up to 2^-13, and scales by
 /// 2^k with one multiply while k is in [-126, 127]. Each case computes here exactly as libm
 /// does; with k = 0 the reduction subtracts zeros, which leaves every value as it was.
 #[inline(always)]

@@ -313,6 +313,59 @@ mod tests {
         (codes, scales)
     }
 
+    /// `QVec::from_f32(x)` as compiled inside AVX2 and AVX-512 code (as `Exec::quantize` runs it),
+    /// for each of the two this machine has.
+    fn wide_builds(x: &[f32]) -> Vec<QVec> {
+        #[allow(unused_mut)]
+        let mut out = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2(x: &[f32]) -> QVec {
+                QVec::from_f32(x)
+            }
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+            unsafe fn avx512(x: &[f32]) -> QVec {
+                QVec::from_f32(x)
+            }
+            if is_x86_feature_detected!("avx2") {
+                // SAFETY: detected just above.
+                out.push(unsafe { avx2(x) });
+            }
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+            {
+                // SAFETY: detected just above.
+                out.push(unsafe { avx512(x) });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn activation_quantization_handles_special_values_as_the_reference_does() {
+        let sub = f32::from_bits(1);
+        let blocks: [[f32; 4]; 6] = [
+            [f32::NAN, 1.0, -2.0, 0.5],
+            [f32::INFINITY, 1.0, -1.0, 0.0],
+            [f32::NEG_INFINITY, f32::NAN, 3.0, -0.0],
+            [0.0, -0.0, 0.0, -0.0],
+            [sub, -sub, sub * 3.0, 0.0],
+            [f32::NAN, f32::NAN, f32::NAN, f32::NAN],
+        ];
+        // Each pattern repeated across a whole block of 32.
+        let x: Vec<f32> = blocks.iter().flat_map(|b| b.iter().cycle().take(BLOCK).copied()).collect();
+        let want = quantize_reference(&x);
+        let bits = |v: &[f32]| v.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
+        let mut all = wide_builds(&x);
+        all.push(QVec::from_f32(&x));
+        for q in all {
+            assert_eq!(q.codes, want.0);
+            assert_eq!(bits(&q.scales), bits(&want.1));
+        }
+    }
+
     proptest! {
         #[test]
         fn activation_quantization_matches_the_reference_in_every_lane_width(
@@ -330,14 +383,7 @@ mod tests {
             q.quantize(&x);
             prop_assert_eq!((&q.codes, q.scales.iter().map(|s| s.to_bits()).collect::<Vec<_>>()),
                 (&want.0, want.1.iter().map(|s| s.to_bits()).collect::<Vec<_>>()));
-            #[cfg(target_arch = "x86_64")]
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl") {
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-                unsafe fn wide(x: &[f32]) -> QVec {
-                    QVec::from_f32(x)
-                }
-                // SAFETY: detected just above.
-                let w = unsafe { wide(&x) };
+            for w in wide_builds(&x) {
                 prop_assert_eq!(&w.codes, &want.0);
                 prop_assert_eq!(w.scales.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
                     want.1.iter().map(|s| s.to_bits()).collect::<Vec<_>>());

@@ -806,6 +806,7 @@ impl Shard {
         dlo.iter_mut().for_each(|v| *v = tanh(*v));
         let mut w = self.exec.linear_padded(&blk.decay_w2, &dlo, cfg.decay_lora);
         // w = exp(-exp(w + decay)), a whole row per step so the exps vectorize.
+        debug_assert_eq!(blk.decay.len(), c);
         for row in w.chunks_exact_mut(c) {
             row.iter_mut().zip(&blk.decay).for_each(|(wi, d)| *wi += d);
             exp_each(row);
@@ -857,6 +858,7 @@ impl Shard {
         let mut rr = self.exec.linear(&blk.ffn_wr, &rx);
         let vv = self.exec.linear(&blk.ffn_wv, &kk);
         sigmoid_each(&mut rr);
+        debug_assert!(rr.len() == x.len() && vv.len() == x.len());
         x.iter_mut().zip(rr.iter().zip(&vv)).for_each(|(a, (r, v))| *a += r * v);
     }
 }
