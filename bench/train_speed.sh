@@ -6,7 +6,7 @@
 #
 # Needs a release build (cargo build --release -p odin-cli) and, for the anchor, PyTorch in
 # .venv-bench (python3 -m venv .venv-bench && .venv-bench/bin/pip install torch numpy).
-# Both figures are rows * seq_len / median step time, after 2 warm-up steps.
+# ODIN=path/to/odin picks another build (for A/B runs). Both figures are rows * seq_len / median step time, after 2 warm-up steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${1:-configs/odin-tiny.json}
@@ -14,7 +14,7 @@ ROWS=${2:-16}
 SEQ=${3:-256}
 THREADS=${4:-2}
 STEPS=${5:-12}
-ODIN=target/release/odin
+ODIN=${ODIN:-target/release/odin}
 PY=${PYTHON:-.venv-bench/bin/python}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
