@@ -112,6 +112,10 @@ struct BuildArgs {
     /// Write numbers least significant digit first.
     #[arg(long)]
     reversed: bool,
+    /// Write half of the Python output-prediction records with an execution trace (one line per
+    /// loop iteration) before the printed value; their prompts start with `# trace`.
+    #[arg(long)]
+    trace: bool,
     /// Fail when more than this fraction of a task's training drafts were exact duplicates.
     #[arg(long)]
     max_duplicate_rate: Option<f64>,
@@ -294,6 +298,7 @@ fn data_build(a: BuildArgs) -> Result<()> {
         o.max_duplicate_rate = r;
     }
     o.reversed = a.reversed;
+    o.trace = a.trace;
     if odin_data::sandbox::Sandbox::detect().is_none() {
         eprintln!("warning: python3 (CPython 3) not found: the code family is skipped; install python3 to build it");
     }

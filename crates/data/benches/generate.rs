@@ -46,7 +46,7 @@ fn run_math(task: &'static str, n: usize, seed: u64) -> usize {
 fn run_code(task: &str, n: usize, seed: u64, sb: &Sandbox) -> usize {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let specs = (0..n).map(|i| code::spec(code::TRAIN_KINDS[i % code::TRAIN_KINDS.len()], &mut rng)).collect();
-    let Ok((drafts, _failed)) = code::realize(specs, task == "code_write", sb) else { return 0 };
+    let Ok((drafts, _failed)) = code::realize(specs, task == "code_write", false, sb) else { return 0 };
     let jobs: Vec<_> = drafts
         .iter()
         .enumerate()
@@ -55,7 +55,9 @@ fn run_code(task: &str, n: usize, seed: u64, sb: &Sandbox) -> usize {
     let Ok(results) = sb.run(&jobs) else { return 0 };
     jobs.iter()
         .zip(&results)
-        .filter(|(j, r)| code::judge(drafts[j.id].task, &drafts[j.id].answer, drafts[j.id].tests.len(), r))
+        .filter(|(j, r)| {
+            code::judge(drafts[j.id].task, &drafts[j.id].answer, &drafts[j.id].completion, drafts[j.id].tests.len(), r)
+        })
         .count()
 }
 

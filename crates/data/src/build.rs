@@ -44,6 +44,9 @@ pub struct BuildOptions {
     pub long_max_len: usize,
     /// Write numbers least significant digit first.
     pub reversed: bool,
+    /// Write half of the output-prediction records with an execution trace before the value.
+    #[serde(default)]
+    pub trace: bool,
     /// Fail when more than this fraction of a task's drafts were exact duplicates.
     pub max_duplicate_rate: f64,
 }
@@ -66,6 +69,7 @@ impl BuildOptions {
             long_min_len: 11,
             long_max_len: 15,
             reversed: false,
+            trace: false,
             max_duplicate_rate: 0.25,
         })
     }
@@ -279,7 +283,7 @@ pub fn build(o: &BuildOptions, out: &Path, progress: Progress<'_>) -> Result<Man
                         })
                         .collect();
                     let sb = sandbox.as_ref().ok_or_else(|| DataError::Sandbox("python3 missing".into()))?;
-                    let (d, failed) = code::realize(specs, task == "code_write", sb)?;
+                    let (d, failed) = code::realize(specs, task == "code_write", o.trace, sb)?;
                     counts.failed_execution += failed;
                     d
                 } else {
@@ -372,7 +376,7 @@ fn verify_code(drafts: &[Draft], sandbox: Option<&Sandbox>) -> Result<Vec<bool>>
     let mut ok = vec![false; drafts.len()];
     for (job, r) in jobs.iter().zip(results) {
         let d = &drafts[job.id];
-        ok[job.id] = code::judge(d.task, &d.answer, d.tests.len(), &r);
+        ok[job.id] = code::judge(d.task, &d.answer, &d.completion, d.tests.len(), &r);
     }
     Ok(ok)
 }

@@ -16,6 +16,13 @@ pub const TRAIN_KINDS: [&str; 3] = ["list", "string", "digits"];
 pub const HELDOUT_KINDS: [&str; 1] = ["dict"];
 /// Hidden tests per code-writing task.
 pub const HIDDEN_TESTS: usize = 5;
+/// First prompt line of an output-prediction record that asks for an execution trace
+/// (one line per loop iteration) before the printed value; only in data built with `--trace`.
+pub const TRACE_TAG: &str = "# trace";
+/// Most loop iterations a trace shows; a longer run is written in the answer-only form.
+pub const MAX_TRACE: usize = 16;
+/// Most characters a trace may take, so that traced records fit a training window.
+const MAX_TRACE_CHARS: usize = 480;
 
 /// A generated function and the inputs it will be called with.
 #[derive(Debug, Clone)]
@@ -166,20 +173,100 @@ pub fn spec(kind: &'static str, rng: &mut ChaCha8Rng) -> Spec {
     Spec { kind, level, header: format!("def f({param}):"), doc, body: body.join("\n"), args }
 }
 
+/// An instrumented copy of a generated function's source, `_g`, that returns one line
+/// (`VAR=repr ACC=repr`) per iteration of its loop, and `_e(arg, i)`, line `i` or `None`.
+/// `None` when the source is not of the generator's shape (one loop at the top level).
+fn instrument(code: &str) -> Option<String> {
+    let lines: Vec<&str> = code.lines().collect();
+    let param = lines.first()?.strip_prefix("def f(")?.strip_suffix("):")?;
+    let acc = lines.get(1)?.strip_prefix("    ")?.split_once(" = ")?.0;
+    let at = lines.iter().position(|l| l.starts_with("    for ") || l.starts_with("    while "))?;
+    let body_end = at + lines[at + 1..].iter().take_while(|l| l.starts_with("        ")).count();
+    let var = match lines[at].strip_prefix("    for ") {
+        Some(rest) => rest.split_once(" in ")?.0,
+        None => lines.get(at + 1)?.trim_start().split_once(" = ")?.0,
+    };
+    let plain = |n: &str| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if body_end == at || !plain(acc) || !plain(var) {
+        return None;
+    }
+    let mut out = vec![format!("def _g({param}):"), "    _t = []".to_string()];
+    out.extend(lines[1..=body_end].iter().map(|l| l.to_string()));
+    out.push(format!("        _t.append(f\"{var}={{{var}!r}} {acc}={{{acc}!r}}\")"));
+    out.push("    return _t".into());
+    out.push("def _e(a, i):".into());
+    out.push("    t = _g(a)".into());
+    out.push("    return t[i] if i < len(t) else None".into());
+    Some(out.join("\n"))
+}
+
+/// The calls that read back the trace of `f(arg)` from [`instrument`]'s `_e`: one more than
+/// [`MAX_TRACE`], so that a longer run is noticed.
+fn trace_calls(arg: &str) -> Vec<String> {
+    (0..=MAX_TRACE).map(|i| format!("_e({arg}, {i})")).collect()
+}
+
+/// The trace lines of a traced run (the results of [`trace_calls`]), or `None` when a call
+/// failed, the loop ran more than [`MAX_TRACE`] times, or a line would need escapes.
+fn decode_trace(results: &[Option<String>]) -> Option<Vec<String>> {
+    let mut lines = Vec::new();
+    for r in results {
+        let r = r.as_deref()?;
+        if r == "None" {
+            return Some(lines);
+        }
+        // The harness returns each line's `repr`; generated values never hold quotes of both
+        // kinds or backslashes, so the line is the repr without its quotes, or is refused.
+        let q = r.chars().next()?;
+        let inner = r.strip_prefix(q)?.strip_suffix(q)?;
+        if lines.len() == MAX_TRACE || !matches!(q, '\'' | '"') || inner.contains(q) || inner.contains('\\') {
+            return None;
+        }
+        lines.push(inner.to_string());
+    }
+    None
+}
+
+/// Whether a traced-data build writes this spec's output record with a trace: half of them,
+/// chosen by a hash of the program so that the draws of every other record stay the same.
+fn wants_trace(s: &Spec) -> bool {
+    blake3::hash(format!("{}\n{}", s.code(), s.args[0]).as_bytes()).as_bytes()[0] & 1 == 1
+}
+
 /// Run every spec in the sandbox and turn the successful ones into drafts:
 /// `code_output` (predict `f(arg)`) when `write` is false, else `code_write`.
+/// With `trace`, half of the `code_output` records ask for an execution trace ([`TRACE_TAG`])
+/// and their completion lists it, one line per loop iteration, before the value.
 /// Specs whose calls fail, time out or all return the same value are dropped.
-pub fn realize(specs: Vec<Spec>, write: bool, sb: &Sandbox) -> crate::error::Result<(Vec<Draft>, usize)> {
+pub fn realize(specs: Vec<Spec>, write: bool, trace: bool, sb: &Sandbox) -> crate::error::Result<(Vec<Draft>, usize)> {
+    let traced: Vec<Option<String>> =
+        specs.iter().map(|s| if !write && trace && wants_trace(s) { instrument(&s.code()) } else { None }).collect();
     let jobs: Vec<Job> = specs
         .iter()
+        .zip(&traced)
         .enumerate()
-        .map(|(i, s)| Job { id: i, code: s.code(), calls: s.args.iter().map(|a| format!("f({a})")).collect() })
+        .map(|(i, (s, t))| {
+            let mut calls: Vec<String> = s.args.iter().map(|a| format!("f({a})")).collect();
+            let mut code = s.code();
+            if let Some(t) = t {
+                code = format!("{code}\n{t}");
+                calls.extend(trace_calls(&s.args[0]));
+            }
+            Job { id: i, code, calls }
+        })
         .collect();
     let results = sb.run(&jobs)?;
     let mut out = Vec::new();
     let mut dropped = 0;
-    for (s, r) in specs.into_iter().zip(results) {
-        let Some(vals) = r.and_then(|v| v.into_iter().collect::<Option<Vec<String>>>()) else {
+    for ((s, t), r) in specs.into_iter().zip(traced).zip(results) {
+        let n = s.args.len();
+        let Some(mut vals) = r else {
+            dropped += 1;
+            continue;
+        };
+        let steps = if t.is_some() && vals.len() > n { decode_trace(&vals.split_off(n)) } else { None };
+        let steps = steps.filter(|l| l.iter().map(|x| x.len() + 1).sum::<usize>() <= MAX_TRACE_CHARS);
+        let Some(vals) = vals.into_iter().collect::<Option<Vec<String>>>() else {
             dropped += 1;
             continue;
         };
@@ -187,13 +274,29 @@ pub fn realize(specs: Vec<Spec>, write: bool, sb: &Sandbox) -> crate::error::Res
         meta.insert("kind".into(), json!(s.kind));
         meta.insert("lines".into(), json!(s.body.lines().count() + 1));
         if !write {
-            let prompt = format!("{}\nprint(f({}))", s.code(), s.args[0]);
+            let (prompt, completion) = match &steps {
+                Some(lines) => {
+                    meta.insert("form".into(), json!("trace"));
+                    let mut c = lines.join("\n");
+                    if !c.is_empty() {
+                        c.push('\n');
+                    }
+                    c.push_str(&vals[0]);
+                    (format!("{TRACE_TAG}\n{}\nprint(f({}))", s.code(), s.args[0]), c)
+                }
+                None => {
+                    if trace {
+                        meta.insert("form".into(), json!("answer"));
+                    }
+                    (format!("{}\nprint(f({}))", s.code(), s.args[0]), vals[0].clone())
+                }
+            };
             out.push(Draft {
                 task: "code_output",
                 family: "code",
                 difficulty: s.level,
                 prompt,
-                completion: vals[0].clone(),
+                completion,
                 answer: vals[0].clone(),
                 tests: Vec::new(),
                 meta,
@@ -230,7 +333,13 @@ pub fn verification_job(id: usize, task: &str, prompt: &str, completion: &str, t
         "code_output" => {
             let (code, last) = prompt.rsplit_once('\n')?;
             let call = last.strip_prefix("print(")?.strip_suffix(')')?;
-            Some(Job { id, code: code.to_string(), calls: vec![call.to_string()] })
+            let mut job = Job { id, code: code.to_string(), calls: vec![call.to_string()] };
+            if let Some(plain) = code.strip_prefix(TRACE_TAG).and_then(|c| c.strip_prefix('\n')) {
+                let arg = call.strip_prefix("f(")?.strip_suffix(')')?;
+                job.code = format!("{code}\n{}", instrument(plain)?);
+                job.calls.extend(trace_calls(arg));
+            }
+            Some(job)
         }
         "code_write" => {
             let header = prompt.lines().next()?;
@@ -241,13 +350,66 @@ pub fn verification_job(id: usize, task: &str, prompt: &str, completion: &str, t
     }
 }
 
-/// Judge a verification run: the printed value equals the answer, or every hidden test is True.
-pub fn judge(task: &str, answer: &str, tests: usize, result: &Option<Vec<Option<String>>>) -> bool {
+/// Judge a verification run: the printed value equals the answer (and, for a traced record,
+/// the lines of `completion` before its last equal the trace CPython recorded), or every
+/// hidden test is True.
+pub fn judge(task: &str, answer: &str, completion: &str, tests: usize, result: &Option<Vec<Option<String>>>) -> bool {
     match (task, result) {
-        ("code_output", Some(v)) => v.len() == 1 && v[0].as_deref() == Some(answer),
+        ("code_output", Some(v)) => {
+            let Some((value, rest)) = v.split_first() else { return false };
+            if value.as_deref() != Some(answer) {
+                return false;
+            }
+            if rest.is_empty() {
+                return true;
+            }
+            let written: Vec<&str> =
+                completion.trim_end().rsplit_once('\n').map_or(Vec::new(), |(t, _)| t.lines().collect());
+            decode_trace(rest).is_some_and(|lines| lines == written)
+        }
         ("code_write", Some(v)) => {
             tests >= HIDDEN_TESTS && v.len() == tests && v.iter().all(|r| r.as_deref() == Some("True"))
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reprs(xs: &[&str]) -> Vec<Option<String>> {
+        xs.iter().map(|x| Some(x.to_string())).collect()
+    }
+
+    #[test]
+    fn a_trace_ends_at_the_first_none_and_refuses_what_it_cannot_read() {
+        let ok = reprs(&["'x=1 acc=1'", "\"ch='a' out='A'\"", "None", "None"]);
+        assert_eq!(decode_trace(&ok), Some(vec!["x=1 acc=1".to_string(), "ch='a' out='A'".to_string()]));
+        assert_eq!(decode_trace(&reprs(&["None"])), Some(vec![]));
+        // A failed call, escapes, a bare value and a loop longer than MAX_TRACE are all refused.
+        assert_eq!(decode_trace(&[Some("'x=1'".into()), None]), None);
+        assert_eq!(decode_trace(&reprs(&["'x=\\n'", "None"])), None);
+        assert_eq!(decode_trace(&reprs(&["12", "None"])), None);
+        let long: Vec<Option<String>> = (0..=MAX_TRACE).map(|i| Some(format!("'x={i}'"))).collect();
+        assert_eq!(decode_trace(&long), None);
+        assert_eq!(
+            decode_trace(&long[..MAX_TRACE].iter().cloned().chain([Some("None".into())]).collect::<Vec<_>>())
+                .map(|l| l.len()),
+            Some(MAX_TRACE)
+        );
+    }
+
+    #[test]
+    fn instrumenting_keeps_the_loop_and_records_its_variables() {
+        let code = "def f(n):\n    total = 0\n    while n > 0:\n        d = n % 10\n        total = total + (d)\n        n = n // 10\n    return total";
+        let t = instrument(code).unwrap();
+        assert!(t.starts_with("def _g(n):\n    _t = []\n    total = 0\n    while n > 0:"), "{t}");
+        assert!(
+            t.contains("        n = n // 10\n        _t.append(f\"d={d!r} total={total!r}\")\n    return _t"),
+            "{t}"
+        );
+        assert!(instrument("def f(xs):\n    return 1").is_none(), "no loop, no trace");
+        assert!(instrument("print(1)").is_none());
     }
 }

@@ -110,17 +110,67 @@ fn every_record_passes_an_independent_verifier_and_corruptions_fail() {
             }
             let res = sb.run(&jobs).unwrap();
             for (i, r) in code.iter().enumerate() {
-                assert!(code::judge(&r.task, &r.answer, r.tests.len(), &res[2 * i]), "{} fails", r.id);
+                assert!(code::judge(&r.task, &r.answer, &r.completion, r.tests.len(), &res[2 * i]), "{} fails", r.id);
                 let bad_answer = format!("{}0", r.answer);
                 let bad_ok = if r.task == "code_output" {
-                    code::judge(&r.task, &bad_answer, r.tests.len(), &res[2 * i])
+                    code::judge(&r.task, &bad_answer, &r.completion, r.tests.len(), &res[2 * i])
                 } else {
-                    code::judge(&r.task, &r.answer, r.tests.len(), &res[2 * i + 1])
+                    code::judge(&r.task, &r.answer, &r.completion, r.tests.len(), &res[2 * i + 1])
                 };
                 assert!(!bad_ok, "{} accepts a corrupted record", r.id);
             }
         }
     }
+}
+
+#[test]
+fn traced_output_records_are_checked_line_by_line() {
+    let Some(sb) = Sandbox::detect() else {
+        eprintln!("python3 not found: skipping the traced-data check");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(5);
+    o.train = 600;
+    o.trace = true;
+    let m = build(&o, dir.path(), &quiet).unwrap();
+    assert!(m.options.trace);
+    let rs: Vec<Record> = all(dir.path(), &m, "train").into_iter().filter(|r| r.task == "code_output").collect();
+    let traced: Vec<&Record> = rs.iter().filter(|r| r.meta["form"] == "trace").collect();
+    let plain = rs.iter().filter(|r| r.meta["form"] == "answer").count();
+    assert!(traced.len() >= 5 && plain >= 5, "{} traced, {plain} answer-only", traced.len());
+    // An iteration line per loop pass: a string of n characters gives n lines.
+    let one = traced.iter().find(|r| r.prompt.contains("for ch in s:")).expect("a traced string record");
+    let arg = one.prompt.rsplit_once("print(f(").unwrap().1.trim_end_matches("))");
+    let n_chars = arg.trim_matches('"').chars().count();
+    assert_eq!(one.completion.lines().count(), n_chars + 1, "{}", one.completion);
+    assert!(one.completion.lines().next().is_none_or(|l| l.starts_with("ch='")), "{}", one.completion);
+    let mut jobs = Vec::new();
+    for (i, r) in traced.iter().enumerate() {
+        assert!(r.prompt.starts_with(code::TRACE_TAG));
+        jobs.push(code::verification_job(i, &r.task, &r.prompt, &r.completion, &r.tests).unwrap());
+    }
+    let res = sb.run(&jobs).unwrap();
+    let mut corrupted = 0;
+    for (r, got) in traced.iter().zip(&res) {
+        assert!(code::judge(&r.task, &r.answer, &r.completion, 0, got), "{} fails its trace", r.id);
+        // A wrong digit in the first trace line must be caught even with the right answer.
+        let Some((first, rest)) = r.completion.split_once('\n') else { continue };
+        let Some(pos) = first.rfind(|c: char| c.is_ascii_digit()) else { continue };
+        let d = first.as_bytes()[pos];
+        let bad = format!(
+            "{}{}{}\n{rest}",
+            &first[..pos],
+            if d == b'9' { '0' } else { char::from(d + 1) },
+            &first[pos + 1..]
+        );
+        assert!(!code::judge(&r.task, &r.answer, &bad, 0, got), "{} accepts a corrupted trace", r.id);
+        corrupted += 1;
+    }
+    assert!(corrupted > 0);
+    // The option is off by default, and then no record carries a trace.
+    let (sdir, sm) = shared();
+    assert!(all(sdir.path(), sm, "train").iter().all(|r| !r.prompt.starts_with(code::TRACE_TAG)));
 }
 
 #[test]

@@ -120,7 +120,7 @@ pub type Judged = Option<Vec<Option<String>>>;
 /// needs `judged`: the result of running `output` against the hidden tests.
 pub fn is_correct(r: &Record, output: &str, judged: Option<&Judged>) -> bool {
     if r.task == "code_write" {
-        return judged.is_some_and(|j| code::judge("code_write", &r.answer, r.tests.len(), j));
+        return judged.is_some_and(|j| code::judge("code_write", &r.answer, output, r.tests.len(), j));
     }
     extract_answer(output) == r.answer
 }
