@@ -94,15 +94,21 @@ fn the_bundled_model_has_its_recorded_id_and_solves_problems_it_was_scored_on() 
 }
 
 #[test]
-fn the_reversed_digit_fine_tune_has_its_recorded_id_and_adds_lsb_first() {
-    let dir = repo("models/odin-tiny-rev");
-    let out = odin().args(["model", "id"]).arg(&dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("eval.json")).unwrap()).unwrap();
-    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), eval["test"]["model_id"].as_str().unwrap());
-    // 4821 + 79 = 4900, written least-significant digit first.
-    let out = odin().args(["generate", "--prompt", "rev work: 1284+97=", "--model"]).arg(&dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text.trim_end().lines().last(), Some("0094"), "{text}");
+fn the_reversed_digit_fine_tunes_have_their_recorded_ids_and_add_lsb_first() {
+    for name in ["models/odin-tiny-rev", "models/odin-tiny-rev2", "models/odin-tiny-rev3"] {
+        let dir = repo(name);
+        let out = odin().args(["model", "id"]).arg(&dir).output().unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("eval.json")).unwrap()).unwrap();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap().trim(),
+            eval["test"]["model_id"].as_str().unwrap(),
+            "{name}: the weights are not the ones evaluated"
+        );
+        // 4821 + 79 = 4900, written least-significant digit first.
+        let out = odin().args(["generate", "--prompt", "rev work: 1284+97=", "--model"]).arg(&dir).output().unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(text.trim_end().lines().last(), Some("0094"), "{name}: {text}");
+    }
 }
