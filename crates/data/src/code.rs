@@ -200,10 +200,13 @@ fn instrument(code: &str) -> Option<String> {
     Some(out.join("\n"))
 }
 
-/// The calls that read back the trace of `f(arg)` from [`instrument`]'s `_e`: one more than
-/// [`MAX_TRACE`], so that a longer run is noticed.
-fn trace_calls(arg: &str) -> Vec<String> {
-    (0..=MAX_TRACE).map(|i| format!("_e({arg}, {i})")).collect()
+/// Extend `job` (which runs `plain`, the untagged source) so that it also returns the trace of
+/// `f(arg)`: the instrumented copy, and one call more than [`MAX_TRACE`] reading its lines back,
+/// so that a longer run is noticed. `None` when `plain` cannot be instrumented.
+fn with_trace(mut job: Job, plain: &str, arg: &str) -> Option<Job> {
+    job.code = format!("{}\n{}", job.code, instrument(plain)?);
+    job.calls.extend((0..=MAX_TRACE).map(|i| format!("_e({arg}, {i})")));
+    Some(job)
 }
 
 /// The trace lines of a traced run (the results of [`trace_calls`]), or `None` when a call
@@ -239,32 +242,28 @@ fn wants_trace(s: &Spec) -> bool {
 /// and their completion lists it, one line per loop iteration, before the value.
 /// Specs whose calls fail, time out or all return the same value are dropped.
 pub fn realize(specs: Vec<Spec>, write: bool, trace: bool, sb: &Sandbox) -> crate::error::Result<(Vec<Draft>, usize)> {
-    let traced: Vec<Option<String>> =
-        specs.iter().map(|s| if !write && trace && wants_trace(s) { instrument(&s.code()) } else { None }).collect();
     let jobs: Vec<Job> = specs
         .iter()
-        .zip(&traced)
         .enumerate()
-        .map(|(i, (s, t))| {
-            let mut calls: Vec<String> = s.args.iter().map(|a| format!("f({a})")).collect();
-            let mut code = s.code();
-            if let Some(t) = t {
-                code = format!("{code}\n{t}");
-                calls.extend(trace_calls(&s.args[0]));
+        .map(|(i, s)| {
+            let job = Job { id: i, code: s.code(), calls: s.args.iter().map(|a| format!("f({a})")).collect() };
+            if !write && trace && wants_trace(s) {
+                with_trace(job.clone(), &job.code, &s.args[0]).unwrap_or(job)
+            } else {
+                job
             }
-            Job { id: i, code, calls }
         })
         .collect();
     let results = sb.run(&jobs)?;
     let mut out = Vec::new();
     let mut dropped = 0;
-    for ((s, t), r) in specs.into_iter().zip(traced).zip(results) {
+    for (s, r) in specs.into_iter().zip(results) {
         let n = s.args.len();
         let Some(mut vals) = r else {
             dropped += 1;
             continue;
         };
-        let steps = if t.is_some() && vals.len() > n { decode_trace(&vals.split_off(n)) } else { None };
+        let steps = if vals.len() > n { decode_trace(&vals.split_off(n)) } else { None };
         let steps = steps.filter(|l| l.iter().map(|x| x.len() + 1).sum::<usize>() <= MAX_TRACE_CHARS);
         let Some(vals) = vals.into_iter().collect::<Option<Vec<String>>>() else {
             dropped += 1;
@@ -333,13 +332,11 @@ pub fn verification_job(id: usize, task: &str, prompt: &str, completion: &str, t
         "code_output" => {
             let (code, last) = prompt.rsplit_once('\n')?;
             let call = last.strip_prefix("print(")?.strip_suffix(')')?;
-            let mut job = Job { id, code: code.to_string(), calls: vec![call.to_string()] };
-            if let Some(plain) = code.strip_prefix(TRACE_TAG).and_then(|c| c.strip_prefix('\n')) {
-                let arg = call.strip_prefix("f(")?.strip_suffix(')')?;
-                job.code = format!("{code}\n{}", instrument(plain)?);
-                job.calls.extend(trace_calls(arg));
+            let job = Job { id, code: code.to_string(), calls: vec![call.to_string()] };
+            match code.strip_prefix(TRACE_TAG).and_then(|c| c.strip_prefix('\n')) {
+                Some(plain) => with_trace(job, plain, call.strip_prefix("f(")?.strip_suffix(')')?),
+                None => Some(job),
             }
-            Some(job)
         }
         "code_write" => {
             let header = prompt.lines().next()?;
