@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(env.to_bytes(), data);
     }
     if let Ok(env) = Envelope::<Response>::from_bytes(data) {
-        if let Response::Hidden { tensor, .. } | Response::Handoff { state: tensor } = &env.msg {
+        if let Response::Hidden { tensor, .. } | Response::Handoff { state: tensor, .. } = &env.msg {
             assert!(tensor.decode().is_ok());
         }
     }

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use odin_net::{Dtype, Sampling};
-use odin_node::{GenerateRequest, Node};
+use odin_node::{GenerateRequest, Node, Relay};
 use odin_train::data::{prompt_ids, special};
 use odin_train::generate::TextStream;
 use serde::Deserialize;
@@ -37,12 +37,13 @@ pub struct Api {
     tokenizer: Tokenizer,
     name: String,
     wire: Dtype,
+    relay: Relay,
 }
 
 impl Api {
-    /// An API over `node`, naming the model `name`, moving activations as `wire`.
-    pub fn new(node: Arc<Node>, tokenizer: Tokenizer, name: String, wire: Dtype) -> Arc<Self> {
-        Arc::new(Self { node, tokenizer, name, wire })
+    /// An API over `node`, naming the model `name`, moving activations as `wire` along `relay`.
+    pub fn new(node: Arc<Node>, tokenizer: Tokenizer, name: String, wire: Dtype, relay: Relay) -> Arc<Self> {
+        Arc::new(Self { node, tokenizer, name, wire, relay })
     }
 }
 
@@ -209,6 +210,7 @@ fn parse(api: &Api, raw: &[u8], chat: bool) -> Result<Job, Refusal> {
             max_new,
             sampling: Sampling { temperature, top_k: b.top_k.unwrap_or(0) as u32, top_p, seed: b.seed.unwrap_or(0) },
             wire: api.wire,
+            relay: api.relay,
             stop: Some(special::EOS),
         },
         stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),

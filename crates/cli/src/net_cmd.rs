@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use odin_net::{Dtype, Multiaddr, Sampling};
-use odin_node::{split_blocks, GenerateRequest, Node, NodeConfig, ServerConfig};
+use odin_node::{split_blocks, GenerateRequest, Node, NodeConfig, Relay, ServerConfig};
 use odin_train::data::{prompt_ids, special};
 use odin_train::generate::{load_tokenizer, TextStream};
 use serde_json::json;
@@ -68,6 +68,10 @@ pub struct NodeArgs {
     /// How hidden states travel for requests made through this node's API: int8 or f32.
     #[arg(long, default_value = "int8")]
     wire: String,
+    /// How steps travel along the chain for requests made through this node's API: chain
+    /// (each server pushes to the next, one message per hop) or client (a round trip per hop).
+    #[arg(long, default_value = "chain")]
+    relay: String,
     /// Seconds between announcements.
     #[arg(long, default_value_t = 2.0)]
     announce_secs: f64,
@@ -100,9 +104,10 @@ async fn start_api(
     node: Arc<Node>,
     addr: SocketAddr,
     wire: Dtype,
+    relay: Relay,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let tk = load_tokenizer(node.model_dir())?;
-    let api = odin_api::Api::new(node.clone(), tk, model_name(node.model_dir()), wire);
+    let api = odin_api::Api::new(node.clone(), tk, model_name(node.model_dir()), wire, relay);
     let listener = odin_api::bind(addr).await.with_context(|| format!("cannot listen on {addr} for the API"))?;
     let bound = listener.local_addr()?;
     let h = tokio::spawn(async move {
@@ -119,6 +124,7 @@ async fn start_api(
 /// Run `odin node` until Ctrl-C. Prints one JSON line (`"event":"ready"`) on stdout once serving.
 pub fn node(a: NodeArgs) -> Result<()> {
     let wire = Dtype::parse(&a.wire)?;
+    let relay = Relay::parse(&a.relay)?;
     if !(a.announce_secs > 0.05 && a.announce_secs.is_finite()) {
         bail!("--announce-secs must be above 0.05");
     }
@@ -172,7 +178,7 @@ pub fn node(a: NodeArgs) -> Result<()> {
     runtime()?.block_on(async move {
         let node = Node::start(cfg).await.with_context(|| format!("cannot start a node on {}", a.model.display()))?;
         let api = match a.api {
-            Some(addr) => Some(start_api(node.clone(), addr, wire).await?),
+            Some(addr) => Some(start_api(node.clone(), addr, wire, relay).await?),
             None => None,
         };
         let ready = json!({
@@ -227,6 +233,10 @@ pub struct SwarmArgs {
     /// How hidden states travel between hops: int8 (per-block scales) or f32.
     #[arg(long, default_value = "int8")]
     wire: String,
+    /// How steps travel along the chain: chain (each server pushes to the next, the last
+    /// sends the token back: one message per hop) or client (a round trip per hop).
+    #[arg(long, default_value = "chain")]
+    relay: String,
     /// Keep the network and an OpenAI-compatible API up until Ctrl-C.
     #[arg(long)]
     serve: bool,
@@ -252,6 +262,7 @@ impl Drop for Children {
 /// Run `odin swarm`: N node processes on loopback, one prompt through them (or an API with --serve).
 pub fn swarm(a: SwarmArgs) -> Result<()> {
     let wire = Dtype::parse(&a.wire)?;
+    let relay = Relay::parse(&a.relay)?;
     let s = a.sampling.config()?;
     if a.nodes == 0 {
         bail!("--nodes must be at least 1");
@@ -312,7 +323,7 @@ pub fn swarm(a: SwarmArgs) -> Result<()> {
         let route = client.wait_for_route(a.nodes, Duration::from_secs(60)).await?;
         let ready_s = t_start.elapsed().as_secs_f64();
         if a.serve {
-            let (addr, h) = start_api(client.clone(), a.api, wire).await?;
+            let (addr, h) = start_api(client.clone(), a.api, wire, relay).await?;
             eprintln!("{} nodes up in {ready_s:.1}s; route: {}", a.nodes, describe(&route));
             println!(
                 "OpenAI-compatible API on http://{addr}/v1 (model {}); Ctrl-C stops every node",
@@ -332,6 +343,7 @@ pub fn swarm(a: SwarmArgs) -> Result<()> {
             },
             wire,
             stop: Some(special::EOS),
+            relay,
         };
         let mut stream = TextStream::new(&tk);
         let mut out = std::io::stdout();
@@ -352,15 +364,20 @@ pub fn swarm(a: SwarmArgs) -> Result<()> {
             println!(
                 "{}",
                 json!({"prompt": a.prompt, "text": text, "ids": g.tokens, "model": client.model().to_string(),
-                       "nodes": a.nodes, "wire": wire.name(), "ready_s": ready_s, "prefill_ms": g.prefill_ms,
+                       "nodes": a.nodes, "wire": wire.name(), "relay": g.relay, "ready_s": ready_s, "prefill_ms": g.prefill_ms,
                        "decode_tok_s": g.decode_tok_s, "route": g.route, "logits_hashes": g.logits_hashes})
             );
         } else {
             println!();
-            eprintln!("route ({} hops, wire {}, network ready in {ready_s:.1}s):", g.route.len(), wire.name());
+            eprintln!(
+                "route ({} hops, wire {}, relay {}, network ready in {ready_s:.1}s):",
+                g.route.len(),
+                wire.name(),
+                g.relay.name()
+            );
             for h in &g.route {
                 eprintln!(
-                    "  {}  blocks {}..{}  round trip {:.0} µs = compute {:.0} µs + overhead {:.0} µs  ({:.0} B/token)",
+                    "  {}  blocks {}..{}  {:.0} µs per token = compute {:.0} µs + overhead {:.0} µs  ({:.0} B/token)",
                     h.hop.peer,
                     h.hop.start,
                     h.hop.end,

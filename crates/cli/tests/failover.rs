@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use odin_node::{GenerateRequest, Node, NodeConfig};
+use odin_node::{GenerateRequest, Node, NodeConfig, Relay};
 
 mod common;
 use common::{bundled, generate, odin, PROMPT};
@@ -100,8 +100,14 @@ async fn killing_a_server_mid_generation_changes_no_token() {
     // Fault-free speed first, on the same network, for the churn comparison.
     let (mut calm_tokens, mut calm_s) = (0usize, 0.0f64);
     for sampling in [greedy, sampled] {
-        let req =
-            GenerateRequest { prompt: prompt.clone(), max_new: 48, sampling, wire: odin_net::Dtype::Q8, stop: Some(1) };
+        let req = GenerateRequest {
+            prompt: prompt.clone(),
+            max_new: 48,
+            sampling,
+            wire: odin_net::Dtype::Q8,
+            stop: Some(1),
+            relay: Relay::Chain,
+        };
         let t = Instant::now();
         let g = client.generate(&req, |_| true).await.unwrap();
         calm_s += t.elapsed().as_secs_f64();
@@ -115,8 +121,14 @@ async fn killing_a_server_mid_generation_changes_no_token() {
         let (sampling, want) = if run % 2 == 0 { (greedy, &want_greedy) } else { (sampled, &want_sampled) };
         // Kill at a different token each run, from the first to well into the answer.
         let kill_at = 1 + (run * 7) % 20;
-        let req =
-            GenerateRequest { prompt: prompt.clone(), max_new: 48, sampling, wire: odin_net::Dtype::Q8, stop: Some(1) };
+        let req = GenerateRequest {
+            prompt: prompt.clone(),
+            max_new: 48,
+            sampling,
+            wire: odin_net::Dtype::Q8,
+            stop: Some(1),
+            relay: Relay::Chain,
+        };
         let mut streamed = Vec::new();
         let mut killed: Option<(NodeProc, Instant)> = None;
         let mut recovery = None;
@@ -180,6 +192,7 @@ fn greedy_request() -> GenerateRequest {
         sampling: odin_net::Sampling::default(),
         wire: odin_net::Dtype::Q8,
         stop: Some(1),
+        relay: Relay::Chain,
     }
 }
 

@@ -17,4 +17,4 @@ pub use error::{NetError, Result};
 pub use info::{now_ms, ServerInfo};
 pub use libp2p::{Multiaddr, PeerId, Stream};
 pub use swarm::{block_key, info_topic, load_or_create_identity, Net, NetConfig, NetEvent};
-pub use wire::{Dtype, Envelope, ErrorCode, Request, Response, Sampling, StepInput, Tensor};
+pub use wire::{Dtype, Envelope, ErrorCode, HopTime, Request, Response, Sampling, StepInput, Tensor};

@@ -17,7 +17,8 @@ use odin_format::ModelId;
 use crate::error::{NetError, Result};
 
 /// Version of the shard protocol and the server announcements; peers with another version are refused.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// (3: servers pass a session's activations straight to the next hop, see [`Request::Push`].)
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Largest frame a peer may send (a prompt's hidden states for a ~100M model fit with room).
 pub const MAX_FRAME: usize = 64 << 20;
@@ -30,6 +31,10 @@ pub const MAX_WIDTH: usize = 16384;
 pub const MAX_MESSAGE: usize = 4096;
 /// Values per int8 block on the wire (one f16 scale each).
 pub const WIRE_BLOCK: usize = 32;
+/// Most hops a pushed step may have passed through (each adds one [`HopTime`]).
+pub const MAX_HOPS: usize = 256;
+/// Longest peer id accepted in a [`Request::Link`] (an ed25519 id is 38 bytes).
+pub const MAX_PEER_ID: usize = 64;
 
 /// How hidden states travel between hops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -219,6 +224,17 @@ pub enum StepInput {
     Hidden(Tensor),
 }
 
+/// What one hop of a pushed step reports about itself (see [`Request::Push`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HopTime {
+    /// Microseconds from reading the step's frame to passing the result on (compute included).
+    pub elapsed_us: u32,
+    /// Microseconds of that spent computing.
+    pub compute_us: u32,
+    /// Size of the frame the hop read, bytes.
+    pub bytes_in: u32,
+}
+
 /// Client to server.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
@@ -274,6 +290,32 @@ pub enum Request {
         /// The session.
         session: u64,
     },
+    /// Pass this session's outputs straight to `next`, which holds the following blocks under
+    /// the same session id (for [`Request::Push`]). The server opens its stream to `next` now,
+    /// so the first pushed step pays no dial.
+    Link {
+        /// The session.
+        session: u64,
+        /// The server of the next hop.
+        next: libp2p::PeerId,
+    },
+    /// Run the session's blocks like [`Request::Step`], then pass the result on without
+    /// answering: hidden states go to the linked next hop as another `Push`, and the last hop
+    /// sends [`Response::Pushed`] to the session's client. A hop that fails tells the client
+    /// on the client's own stream. One message per hop instead of a round trip to the client.
+    Push {
+        /// The session.
+        session: u64,
+        /// Tokens or hidden states.
+        input: StepInput,
+        /// What each hop before this one reported, in order.
+        hops: Vec<HopTime>,
+    },
+    /// How far the session has got (a client finding which hop of a stalled push is stuck).
+    Probe {
+        /// The session.
+        session: u64,
+    },
 }
 
 /// Server to client.
@@ -304,6 +346,27 @@ pub enum Response {
     },
     /// The session is closed.
     Closed,
+    /// The session's outputs now go to the next hop ([`Request::Link`]).
+    Linked {
+        /// The session.
+        session: u64,
+    },
+    /// The sampled token at the end of a pushed step, from the last hop to the client.
+    Pushed {
+        /// The token id.
+        id: u32,
+        /// blake3 of the last position's logits (f32 LE).
+        logits_hash: [u8; 32],
+        /// What every hop reported, first to last.
+        hops: Vec<HopTime>,
+    },
+    /// Where a session stands ([`Request::Probe`]).
+    Progress {
+        /// Steps it has completed.
+        steps: u64,
+        /// Whether a step is running now.
+        running: bool,
+    },
     /// This server is leaving: it did NOT run the step just asked for, and `state` is the
     /// session's state before that step; resume it elsewhere with [`Request::Resume`].
     ///
@@ -312,6 +375,9 @@ pub enum Response {
     Handoff {
         /// The session's state over its blocks, f32 rows.
         state: Tensor,
+        /// The input of the step not run, when it came from the previous hop of a
+        /// [`Request::Push`] rather than from the client (who then could not resend it).
+        input: Option<StepInput>,
     },
     /// The request failed; the stream stays usable.
     Error {
@@ -343,6 +409,8 @@ pub enum ErrorCode {
     Internal,
     /// The server is shutting down or dropping these blocks and takes no new sessions; route elsewhere.
     Draining,
+    /// Passing a pushed step on to the next hop failed: the next hop is the one at fault.
+    NextHop,
 }
 
 impl ErrorCode {
@@ -357,6 +425,7 @@ impl ErrorCode {
             ErrorCode::BadInput => 7,
             ErrorCode::Internal => 8,
             ErrorCode::Draining => 9,
+            ErrorCode::NextHop => 10,
         }
     }
 
@@ -371,6 +440,7 @@ impl ErrorCode {
             7 => ErrorCode::BadInput,
             8 => ErrorCode::Internal,
             9 => ErrorCode::Draining,
+            10 => ErrorCode::NextHop,
             _ => return Err(NetError::Malformed(format!("unknown error code {c}"))),
         })
     }
@@ -431,6 +501,27 @@ impl Writer {
         self.u32(t.rows as u32);
         self.u32(t.cols as u32);
         self.0.extend_from_slice(&t.data);
+    }
+    fn step_input(&mut self, input: &StepInput) {
+        match input {
+            StepInput::Tokens(ids) => {
+                self.u8(0);
+                self.u32(ids.len() as u32);
+                ids.iter().for_each(|&t| self.u32(t));
+            }
+            StepInput::Hidden(t) => {
+                self.u8(1);
+                self.tensor(t);
+            }
+        }
+    }
+    fn hops(&mut self, hops: &[HopTime]) {
+        self.u32(hops.len() as u32);
+        for h in hops {
+            self.u32(h.elapsed_us);
+            self.u32(h.compute_us);
+            self.u32(h.bytes_in);
+        }
     }
 }
 
@@ -514,6 +605,42 @@ impl<'a> Reader<'a> {
         t.check()?;
         Ok(t)
     }
+    fn step_input(&mut self) -> Result<StepInput> {
+        Ok(match self.u8("input kind")? {
+            0 => {
+                let n = self.u32("token count")? as usize;
+                if n == 0 {
+                    return Err(NetError::Malformed("a step with no tokens".into()));
+                }
+                if n > MAX_TOKENS {
+                    return Err(NetError::TooLarge { what: "tokens".into(), size: n, cap: MAX_TOKENS });
+                }
+                let raw = self.take(n * 4, "token ids")?;
+                StepInput::Tokens(raw.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+            }
+            1 => StepInput::Hidden(self.tensor()?),
+            k => return Err(NetError::Malformed(format!("unknown step input kind {k}"))),
+        })
+    }
+    fn hops(&mut self) -> Result<Vec<HopTime>> {
+        let n = self.u32("hop count")? as usize;
+        if n > MAX_HOPS {
+            return Err(NetError::TooLarge { what: "hops".into(), size: n, cap: MAX_HOPS });
+        }
+        // Checked against the bytes present before allocating.
+        if (self.b.len() - self.p) / 12 < n {
+            return Err(NetError::Malformed("message ends inside hop times".into()));
+        }
+        (0..n)
+            .map(|_| {
+                Ok(HopTime {
+                    elapsed_us: self.u32("hop time")?,
+                    compute_us: self.u32("hop compute")?,
+                    bytes_in: self.u32("hop bytes")?,
+                })
+            })
+            .collect()
+    }
     /// The fields [`Request::Open`] and [`Request::Resume`] share, checked.
     fn open(&mut self) -> Result<(u64, u32, u32, Sampling, u64, Dtype)> {
         let session = self.u64("session")?;
@@ -563,6 +690,9 @@ impl Envelope<Request> {
             Request::Step { .. } => 3,
             Request::Close { .. } => 4,
             Request::Resume { .. } => 5,
+            Request::Link { .. } => 6,
+            Request::Push { .. } => 7,
+            Request::Probe { .. } => 8,
         };
         let mut w = Writer::new(&self.model, kind);
         match &self.msg {
@@ -576,19 +706,18 @@ impl Envelope<Request> {
             }
             Request::Step { session, input } => {
                 w.u64(*session);
-                match input {
-                    StepInput::Tokens(ids) => {
-                        w.u8(0);
-                        w.u32(ids.len() as u32);
-                        ids.iter().for_each(|&t| w.u32(t));
-                    }
-                    StepInput::Hidden(t) => {
-                        w.u8(1);
-                        w.tensor(t);
-                    }
-                }
+                w.step_input(input);
             }
-            Request::Close { session } => w.u64(*session),
+            Request::Close { session } | Request::Probe { session } => w.u64(*session),
+            Request::Link { session, next } => {
+                w.u64(*session);
+                w.bytes(&next.to_bytes());
+            }
+            Request::Push { session, input, hops } => {
+                w.u64(*session);
+                w.step_input(input);
+                w.hops(hops);
+            }
         }
         w.0
     }
@@ -603,32 +732,21 @@ impl Envelope<Request> {
                 let (session, start, end, sampling, drawn, reply) = r.open()?;
                 Request::Open { session, start, end, sampling, drawn, reply }
             }
-            3 => {
-                let session = r.u64("session")?;
-                let input = match r.u8("input kind")? {
-                    0 => {
-                        let n = r.u32("token count")? as usize;
-                        if n == 0 {
-                            return Err(NetError::Malformed("a step with no tokens".into()));
-                        }
-                        if n > MAX_TOKENS {
-                            return Err(NetError::TooLarge { what: "tokens".into(), size: n, cap: MAX_TOKENS });
-                        }
-                        let raw = r.take(n * 4, "token ids")?;
-                        StepInput::Tokens(
-                            raw.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-                        )
-                    }
-                    1 => StepInput::Hidden(r.tensor()?),
-                    k => return Err(NetError::Malformed(format!("unknown step input kind {k}"))),
-                };
-                Request::Step { session, input }
-            }
+            3 => Request::Step { session: r.u64("session")?, input: r.step_input()? },
             4 => Request::Close { session: r.u64("session")? },
             5 => {
                 let (session, start, end, sampling, drawn, reply) = r.open()?;
                 Request::Resume { session, start, end, sampling, drawn, reply, state: r.state()? }
             }
+            6 => {
+                let session = r.u64("session")?;
+                let raw = r.bytes(MAX_PEER_ID, "next peer id")?;
+                let next = libp2p::PeerId::from_bytes(raw)
+                    .map_err(|e| NetError::Malformed(format!("next hop is not a peer id: {e}")))?;
+                Request::Link { session, next }
+            }
+            7 => Request::Push { session: r.u64("session")?, input: r.step_input()?, hops: r.hops()? },
+            8 => Request::Probe { session: r.u64("session")? },
             k => return Err(NetError::Malformed(format!("unknown request kind {k}"))),
         };
         r.end()?;
@@ -647,6 +765,9 @@ impl Envelope<Response> {
             Response::Closed => 5,
             Response::Error { .. } => 6,
             Response::Handoff { .. } => 7,
+            Response::Linked { .. } => 8,
+            Response::Pushed { .. } => 9,
+            Response::Progress { .. } => 10,
         };
         let mut w = Writer::new(&self.model, kind);
         match &self.msg {
@@ -662,7 +783,26 @@ impl Envelope<Response> {
                 w.u32(*compute_us);
             }
             Response::Closed => {}
-            Response::Handoff { state } => w.tensor(state),
+            Response::Handoff { state, input } => {
+                w.tensor(state);
+                match input {
+                    None => w.u8(0),
+                    Some(i) => {
+                        w.u8(1);
+                        w.step_input(i);
+                    }
+                }
+            }
+            Response::Linked { session } => w.u64(*session),
+            Response::Pushed { id, logits_hash, hops } => {
+                w.u32(*id);
+                w.0.extend_from_slice(logits_hash);
+                w.hops(hops);
+            }
+            Response::Progress { steps, running } => {
+                w.u64(*steps);
+                w.u8(u8::from(*running));
+            }
             Response::Error { code, message } => {
                 w.u8(code.code());
                 let m = message.as_bytes();
@@ -695,7 +835,31 @@ impl Envelope<Response> {
                 let m = r.bytes(MAX_MESSAGE, "error message")?;
                 Response::Error { code, message: String::from_utf8_lossy(m).into_owned() }
             }
-            7 => Response::Handoff { state: r.state()? },
+            7 => {
+                let state = r.state()?;
+                let input = match r.u8("handoff input flag")? {
+                    0 => None,
+                    1 => Some(r.step_input()?),
+                    f => return Err(NetError::Malformed(format!("bad handoff input flag {f}"))),
+                };
+                Response::Handoff { state, input }
+            }
+            8 => Response::Linked { session: r.u64("session")? },
+            9 => {
+                let id = r.u32("token id")?;
+                let mut h = [0u8; 32];
+                h.copy_from_slice(r.take(32, "logits hash")?);
+                Response::Pushed { id, logits_hash: h, hops: r.hops()? }
+            }
+            10 => {
+                let steps = r.u64("steps")?;
+                let running = match r.u8("running flag")? {
+                    0 => false,
+                    1 => true,
+                    f => return Err(NetError::Malformed(format!("bad running flag {f}"))),
+                };
+                Response::Progress { steps, running }
+            }
             k => return Err(NetError::Malformed(format!("unknown response kind {k}"))),
         };
         r.end()?;
@@ -820,7 +984,7 @@ mod tests {
         let e = e.unwrap_err();
         assert!(matches!(&e, NetError::Malformed(m) if m.contains("must travel as f32")), "{e}");
         let e = Envelope::<Response>::from_bytes(
-            &Envelope { model: id(), msg: Response::Handoff { state: q8 } }.to_bytes(),
+            &Envelope { model: id(), msg: Response::Handoff { state: q8, input: None } }.to_bytes(),
         );
         let e = e.unwrap_err();
         assert!(matches!(&e, NetError::Malformed(m) if m.contains("must travel as f32")), "{e}");
@@ -841,8 +1005,9 @@ mod tests {
         // A state with a NaN is refused like any tensor.
         let mut t = Tensor::encode(&[1.0; 4], 2, Dtype::F32).unwrap();
         t.data[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
-        let e =
-            Envelope::<Response>::from_bytes(&Envelope { model: id(), msg: Response::Handoff { state: t } }.to_bytes());
+        let e = Envelope::<Response>::from_bytes(
+            &Envelope { model: id(), msg: Response::Handoff { state: t, input: None } }.to_bytes(),
+        );
         assert!(e.unwrap_err().to_string().contains("NaN or infinity"));
     }
 
@@ -871,14 +1036,43 @@ mod tests {
         // Handoff: kind 7, then the tensor.
         let h = Envelope {
             model: id(),
-            msg: Response::Handoff { state: Tensor::encode(&[1.5; 6], 3, Dtype::F32).unwrap() },
+            msg: Response::Handoff { state: Tensor::encode(&[1.5; 6], 3, Dtype::F32).unwrap(), input: None },
         };
         let hb = h.to_bytes();
-        assert_eq!((hb[34], hb[35], hb.len()), (7, 0, 35 + 9 + 24));
+        // Kind 7, the tensor, then a zero byte: no step input.
+        assert_eq!((hb[34], hb[35], hb.len(), hb[hb.len() - 1]), (7, 0, 35 + 9 + 24 + 1, 0));
         assert_eq!(Envelope::<Response>::from_bytes(&hb).unwrap(), h);
         // Draining has its own code.
         assert_eq!(ErrorCode::Draining.code(), 9);
         assert_eq!(ErrorCode::from_code(9).unwrap(), ErrorCode::Draining);
+    }
+
+    #[test]
+    fn links_and_pushes_refuse_bad_peers_and_hop_lists_before_allocating() {
+        let mut w = Writer::new(&id(), 6);
+        w.u64(1);
+        w.bytes(b"not a multihash");
+        let e = Envelope::<Request>::from_bytes(&w.0).unwrap_err();
+        assert!(matches!(&e, NetError::Malformed(m) if m.contains("not a peer id")), "{e}");
+        let mut w = Writer::new(&id(), 6);
+        w.u64(1);
+        w.u32(1 << 20);
+        let e = Envelope::<Request>::from_bytes(&w.0).unwrap_err();
+        assert!(matches!(&e, NetError::TooLarge { cap: MAX_PEER_ID, .. }), "{e}");
+        let push = |claimed: u32, present: usize| {
+            let mut w = Writer::new(&id(), 7);
+            w.u64(1);
+            w.step_input(&StepInput::Tokens(vec![3]));
+            w.u32(claimed);
+            w.0.extend(std::iter::repeat_n(0u8, present * 12));
+            Envelope::<Request>::from_bytes(&w.0)
+        };
+        assert!(matches!(push(u32::MAX, 0).unwrap_err(), NetError::TooLarge { cap: MAX_HOPS, .. }));
+        let e = push(10, 1).unwrap_err();
+        assert!(e.to_string().contains("ends inside hop times"), "{e}");
+        let ok = push(2, 2).unwrap();
+        assert!(matches!(ok.msg, Request::Push { ref hops, .. } if hops.len() == 2));
+        assert_eq!(ErrorCode::from_code(10).unwrap(), ErrorCode::NextHop);
     }
 
     fn arb_state() -> impl Strategy<Value = Tensor> {
@@ -895,6 +1089,24 @@ mod tests {
         })
     }
 
+    fn arb_input() -> impl Strategy<Value = StepInput> {
+        prop_oneof![
+            proptest::collection::vec(any::<u32>(), 1..50).prop_map(StepInput::Tokens),
+            arb_tensor().prop_map(StepInput::Hidden),
+        ]
+    }
+
+    fn arb_hops() -> impl Strategy<Value = Vec<HopTime>> {
+        proptest::collection::vec(
+            (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(elapsed_us, compute_us, bytes_in)| HopTime {
+                elapsed_us,
+                compute_us,
+                bytes_in,
+            }),
+            0..5,
+        )
+    }
+
     fn arb_request() -> impl Strategy<Value = Request> {
         prop_oneof![
             Just(Request::Info),
@@ -907,11 +1119,18 @@ mod tests {
                     drawn: seed % 1000,
                     reply: if f { Dtype::F32 } else { Dtype::Q8 },
                 }),
-            (any::<u64>(), proptest::collection::vec(any::<u32>(), 1..50))
-                .prop_map(|(session, ids)| Request::Step { session, input: StepInput::Tokens(ids) }),
-            (any::<u64>(), arb_tensor())
-                .prop_map(|(session, t)| Request::Step { session, input: StepInput::Hidden(t) }),
+            (any::<u64>(), arb_input()).prop_map(|(session, input)| Request::Step { session, input }),
             any::<u64>().prop_map(|session| Request::Close { session }),
+            any::<u64>().prop_map(|session| Request::Probe { session }),
+            (any::<u64>(), any::<[u8; 32]>()).prop_map(|(session, key)| Request::Link {
+                session,
+                next: libp2p::identity::Keypair::ed25519_from_bytes(key).unwrap().public().to_peer_id(),
+            }),
+            (any::<u64>(), arb_input(), arb_hops()).prop_map(|(session, input, hops)| Request::Push {
+                session,
+                input,
+                hops
+            }),
             (any::<u64>(), 0u32..100, 1u32..100, 0.0f64..3.0, any::<u32>(), 0.01f64..=1.0, any::<u64>(), arb_state())
                 .prop_map(|(session, start, len, temperature, top_k, top_p, seed, state)| Request::Resume {
                     session,
@@ -938,7 +1157,15 @@ mod tests {
             Just(Response::Closed),
             ("[a-z é]{0,40}", 1u8..10)
                 .prop_map(|(message, c)| Response::Error { code: ErrorCode::from_code(c).unwrap(), message }),
-            arb_state().prop_map(|state| Response::Handoff { state }),
+            (arb_state(), proptest::option::of(arb_input()))
+                .prop_map(|(state, input)| Response::Handoff { state, input }),
+            any::<u64>().prop_map(|session| Response::Linked { session }),
+            (any::<u32>(), any::<[u8; 32]>(), arb_hops()).prop_map(|(id, logits_hash, hops)| Response::Pushed {
+                id,
+                logits_hash,
+                hops
+            }),
+            (any::<u64>(), any::<bool>()).prop_map(|(steps, running)| Response::Progress { steps, running }),
         ]
     }
 
@@ -1000,7 +1227,7 @@ mod tests {
                     prop_assert_eq!(e.to_bytes(), b.clone());
                 }
                 if let Ok(e) = Envelope::<Response>::from_bytes(&b) {
-                    if let Response::Hidden { tensor: t, .. } | Response::Handoff { state: t } = &e.msg {
+                    if let Response::Hidden { tensor: t, .. } | Response::Handoff { state: t, .. } = &e.msg {
                         prop_assert!(t.decode().is_ok());
                     }
                 }

@@ -1,16 +1,24 @@
 //! Generating through the network: pick a chain, open a session on each hop, pass activations along.
 //!
-//! The client drives every hop itself (as Petals does): it sends hop i's
-//! output to hop i+1 and gets the sampled token back from the last hop. That
-//! costs a round trip per hop, but the client always knows which hop failed
-//! and holds the token history, which is what failover needs.
+//! Two ways a step travels ([`Relay`]). By default the servers pass it along
+//! the chain themselves: the client sends the input to the first hop, each hop
+//! pushes its output to the next, and the last sends the sampled token back to
+//! the client, one message per hop. With [`Relay::Client`] the client drives
+//! every hop itself (as Petals does): a round trip per hop. Either way the
+//! client holds the token history and a stream to every hop, and learns which
+//! hop failed: a pushing hop that fails, or cannot reach its next hop, says so
+//! on the client's stream, and a stalled chain is probed hop by hop. That is
+//! what failover needs; after a handoff the generation goes on hop by hop.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::io::WriteHalf;
+use futures::AsyncReadExt;
 use odin_net::wire::{read_frame, write_frame, MAX_FRAME};
-use odin_net::{Dtype, Envelope, PeerId, Request, Response, Sampling, StepInput};
+use odin_net::{Dtype, Envelope, ErrorCode, HopTime, PeerId, Request, Response, Sampling, StepInput, Tensor};
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use crate::directory::Hop;
 use crate::error::{NodeError, Result};
@@ -23,6 +31,39 @@ pub const STEP_DEADLINE: Duration = Duration::from_secs(30);
 const STALL_FACTOR: f64 = 50.0;
 /// …but never before this long (a busy machine's scheduling hiccups are not stalls).
 const MIN_STALL: Duration = Duration::from_secs(2);
+/// Longest a hop of a stalled push may take to say how far it got.
+const PROBE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// How a step travels along the chain of servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Relay {
+    /// Each server pushes its output straight to the next; the last sends the token to the
+    /// client. One message per hop.
+    #[default]
+    Chain,
+    /// The client sends each hop its input and takes its output back: a round trip per hop.
+    Client,
+}
+
+impl Relay {
+    /// The name used on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Relay::Chain => "chain",
+            Relay::Client => "client",
+        }
+    }
+
+    /// Parse a command-line name (`chain` or `client`).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "chain" => Ok(Relay::Chain),
+            "client" => Ok(Relay::Client),
+            _ => Err(NodeError::Model(format!("unknown relay {s:?}; use chain or client"))),
+        }
+    }
+}
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -37,6 +78,8 @@ pub struct GenerateRequest {
     pub wire: Dtype,
     /// Stop before this token.
     pub stop: Option<u32>,
+    /// How steps travel along the chain.
+    pub relay: Relay,
 }
 
 /// Per-hop figures of one generation.
@@ -47,7 +90,8 @@ pub struct HopStats {
     pub hop: Hop,
     /// Decode steps it ran.
     pub steps: u64,
-    /// Mean client-side round trip per decode step, µs.
+    /// Mean time per decode step this hop accounts for, µs: the client's round trip to it, or
+    /// with [`Relay::Chain`] its own time plus an equal share of the chain's network time.
     pub mean_rtt_us: f64,
     /// Mean server compute per decode step, µs.
     pub mean_compute_us: f64,
@@ -76,11 +120,67 @@ pub struct Generation {
     pub failures: Vec<String>,
     /// Times a leaving server handed its part of the session over (no replay needed).
     pub handoffs: u32,
+    /// How the last step travelled (a chain goes on hop by hop after a handoff, or when a
+    /// server cannot reach its next hop).
+    pub relay: Relay,
 }
 
 enum Link {
-    Remote { peer: PeerId, stream: Box<odin_net::Stream> },
+    Remote(Remote),
     Local(Arc<Server>),
+}
+
+/// A stream to a remote hop. A task reads its frames into a queue, so the client can wait on
+/// every hop of a chain at once without losing half-read frames.
+struct Remote {
+    peer: PeerId,
+    out: WriteHalf<odin_net::Stream>,
+    frames: mpsc::UnboundedReceiver<odin_net::Result<Vec<u8>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Remote {
+    fn new(peer: PeerId, stream: odin_net::Stream) -> Self {
+        let (mut rd, out) = stream.split();
+        let (tx, frames) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            loop {
+                let frame = read_frame(&mut rd, MAX_FRAME).await;
+                let end = frame.is_err();
+                if tx.send(frame).is_err() || end {
+                    return;
+                }
+            }
+        });
+        Remote { peer, out, frames, reader }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        Ok(write_frame(&mut self.out, bytes).await?)
+    }
+
+    async fn recv(&mut self) -> odin_net::Result<Vec<u8>> {
+        match self.frames.recv().await {
+            Some(f) => f,
+            None => Err(odin_net::NetError::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))),
+        }
+    }
+}
+
+/// Decode a frame from `peer`: a response for `model`.
+fn parse(peer: &PeerId, model: odin_format::ModelId, frame: &[u8]) -> Result<Response> {
+    let env = Envelope::<Response>::from_bytes(frame)
+        .map_err(|e| NodeError::Protocol { peer: peer.to_string(), what: e.to_string() })?;
+    if env.model != model {
+        return Err(NodeError::Protocol { peer: peer.to_string(), what: format!("answered for model {}", env.model) });
+    }
+    Ok(env.msg)
 }
 
 impl Link {
@@ -93,24 +193,19 @@ impl Link {
         let bytes = Envelope { model, msg }.to_bytes();
         match self {
             // The same request path as a remote hop, but no byte crosses a wire.
-            Link::Local(server) => Ok((server.clone().respond(&bytes).await, 0)),
-            Link::Remote { peer, stream } => {
-                let peer_s = peer.to_string();
+            Link::Local(server) => match server.clone().respond(&bytes).await {
+                Some(r) => Ok((r, 0)),
+                None => Err(NodeError::Model("this node's server passed a request on instead of answering".into())),
+            },
+            Link::Remote(r) => {
+                let peer = r.peer;
                 let fut = async {
-                    write_frame(stream.as_mut(), &bytes).await?;
-                    read_frame(stream.as_mut(), MAX_FRAME).await
+                    r.send(&bytes).await?;
+                    Ok::<_, NodeError>(r.recv().await?)
                 };
                 let frame =
-                    tokio::time::timeout(deadline, fut).await.map_err(|_| NodeError::Timeout(peer_s.clone()))??;
-                let env = Envelope::<Response>::from_bytes(&frame)
-                    .map_err(|e| NodeError::Protocol { peer: peer_s.clone(), what: e.to_string() })?;
-                if env.model != model {
-                    return Err(NodeError::Protocol {
-                        peer: peer_s,
-                        what: format!("answered for model {}", env.model),
-                    });
-                }
-                Ok((env.msg, bytes.len() + frame.len() + 8))
+                    tokio::time::timeout(deadline, fut).await.map_err(|_| NodeError::Timeout(peer.to_string()))??;
+                Ok((parse(&peer, model, &frame)?, bytes.len() + frame.len() + 8))
             }
         }
     }
@@ -119,7 +214,7 @@ impl Link {
 /// Ask `peer` for its announcement over the shard protocol.
 pub async fn fetch_info(node: &Node, peer: PeerId) -> Result<odin_net::ServerInfo> {
     let stream = node.net().open_stream(peer).await?;
-    let mut link = Link::Remote { peer, stream: Box::new(stream) };
+    let mut link = Link::Remote(Remote::new(peer, stream));
     match link.call(node.model(), Request::Info, STEP_DEADLINE).await?.0 {
         Response::Info(json) => Ok(odin_net::ServerInfo::from_bytes(&json)?),
         other => Err(NodeError::Protocol { peer: peer.to_string(), what: format!("answered Info with {other:?}") }),
@@ -144,6 +239,9 @@ fn kind(r: &Response) -> &'static str {
         Response::Closed => "Closed",
         Response::Handoff { .. } => "Handoff",
         Response::Error { .. } => "Error",
+        Response::Linked { .. } => "Linked",
+        Response::Pushed { .. } => "Pushed",
+        Response::Progress { .. } => "Progress",
     }
 }
 
@@ -273,14 +371,20 @@ pub async fn generate_on(
         };
         h.open(node, open).await?;
     }
-    let result = run_steps(node, session, &mut hops, req, progress, &mut on_token).await;
+    // The chain needs a stream from the client to every hop after the first, for the token
+    // and for failures; this node's own server can only be the first hop.
+    let chain = req.relay == Relay::Chain
+        && hops.len() > 1
+        && hops[1..].iter().all(|h| matches!(h.link, Link::Remote(_)))
+        && link_chain(node, session, &mut hops).await?;
+    let result = run_steps(node, session, &mut hops, req, progress, &mut on_token, chain).await;
     let failed = result.as_ref().err().and_then(|f| f.peer);
     for h in hops.iter_mut().filter(|h| Some(h.hop.peer) != failed) {
         // Closing is a courtesy (sessions also expire on their own), and never to the server
         // that just failed: a dead one would only make the failover wait.
         let _ = h.link.call(model, Request::Close { session }, MIN_STALL).await;
     }
-    result?;
+    let chain = result?;
     for h in &hops {
         node.report_success(&h.hop.peer);
         if h.steps > 0 {
@@ -311,7 +415,30 @@ pub async fn generate_on(
         failovers: 0,
         failures: Vec::new(),
         handoffs: progress.handoffs,
+        relay: if chain { Relay::Chain } else { Relay::Client },
     })
+}
+
+/// Ask each hop but the last to push its outputs to the next. False when a server could not
+/// link (it cannot reach the next hop, say): the generation then goes hop by hop.
+async fn link_chain(node: &Node, session: u64, hops: &mut [HopRun]) -> std::result::Result<bool, Failure> {
+    for i in 0..hops.len() - 1 {
+        let next = hops[i + 1].hop.peer;
+        let h = &mut hops[i];
+        match h.call(node, Request::Link { session, next }).await {
+            Ok((Response::Linked { .. }, _)) => {}
+            Ok((r, _)) => {
+                tracing::info!(
+                    "server {} cannot push to {next} ({}); the client relays every hop",
+                    h.hop.peer,
+                    kind(&r)
+                );
+                return Ok(false);
+            }
+            Err(e) => return Err(blame(e, h.hop.peer)),
+        }
+    }
+    Ok(true)
 }
 
 /// Random draws the last hop's sampler has made so far: one per sampled token (none when greedy).
@@ -332,7 +459,7 @@ async fn connect(node: &Node, hop: &Hop) -> std::result::Result<HopRun, Failure>
             .map_err(|_| NodeError::Timeout(hop.peer.to_string()))
             .and_then(|r| r.map_err(NodeError::from));
         match opened {
-            Ok(stream) => Link::Remote { peer: hop.peer, stream: Box::new(stream) },
+            Ok(stream) => Link::Remote(Remote::new(hop.peer, stream)),
             Err(e) => {
                 node.report_failure(&hop.peer);
                 return Err(blame(e, hop.peer));
@@ -387,6 +514,172 @@ async fn take_over(
     Ok(hops)
 }
 
+/// The client's figures for a chain's pushed steps.
+#[derive(Default)]
+struct ChainStats {
+    steps: u64,
+    rtt_us: f64,
+    prefill_us: f64,
+}
+
+impl ChainStats {
+    /// A pushed decode step's usual round trip (before the first, the prefill's), µs.
+    fn usual_us(&self) -> f64 {
+        if self.steps > 0 {
+            self.rtt_us / self.steps as f64
+        } else {
+            self.prefill_us
+        }
+    }
+}
+
+/// What one pushed step gave.
+enum Pushed {
+    /// The sampled token and the hash of its logits.
+    Token(u32, String),
+    /// Hop `at` is leaving and did not run the step: its state, and the input it was given.
+    Handoff { at: usize, state: Tensor, input: StepInput },
+}
+
+/// Run one step down the chain: send `x` to the first hop, then wait for the token from the
+/// last, or for the first hop to report a failure. `done` is how many steps each hop will have
+/// completed after this one (what a probe of a stalled chain checks).
+async fn push_step(
+    node: &Node,
+    session: u64,
+    hops: &mut [HopRun],
+    x: StepInput,
+    decoding: bool,
+    done: u64,
+    chain: &mut ChainStats,
+) -> std::result::Result<Pushed, Failure> {
+    let model = node.model();
+    let t = Instant::now();
+    let bytes = Envelope { model, msg: Request::Push { session, input: x, hops: Vec::new() } }.to_bytes();
+    let first = hops[0].hop.peer;
+    match &mut hops[0].link {
+        Link::Local(server) => {
+            // This node's own server answers only when it could not pass the step on.
+            if let Some(r) = server.clone().respond(&bytes).await {
+                return Err(refusal(node, hops, 0, r));
+            }
+        }
+        Link::Remote(r) => {
+            if let Err(e) = r.send(&bytes).await {
+                node.report_failure(&first);
+                return Err(blame(e, first));
+            }
+        }
+    }
+    let usual_us = chain.usual_us();
+    let deadline = if decoding && usual_us > 0.0 {
+        Duration::from_secs_f64(usual_us * STALL_FACTOR / 1e6).clamp(MIN_STALL, STEP_DEADLINE)
+    } else {
+        STEP_DEADLINE
+    };
+    let (i, frame) = match tokio::time::timeout(deadline, next_frame(hops)).await {
+        Err(_) => return Err(find_stall(node, session, hops, done).await),
+        Ok((i, Err(e))) => {
+            let peer = hops[i].hop.peer;
+            node.report_failure(&peer);
+            return Err(blame(e.into(), peer));
+        }
+        Ok((i, Ok(frame))) => (i, frame),
+    };
+    let peer = hops[i].hop.peer;
+    let resp = parse(&peer, model, &frame).map_err(|e| {
+        node.report_failure(&peer);
+        blame(e, peer)
+    })?;
+    let n = hops.len();
+    match resp {
+        Response::Pushed { id, logits_hash, hops: times } if i + 1 == n && times.len() == n => {
+            let total_us = t.elapsed().as_secs_f64() * 1e6;
+            // The network's part of the round trip (and any time no hop accounts for), shared
+            // equally: each hop's overhead is its own non-compute time plus that share.
+            let own: f64 = times.iter().map(|h| f64::from(h.elapsed_us)).sum();
+            let share = (total_us - own).max(0.0) / n as f64;
+            for (k, (h, ht)) in hops.iter_mut().zip(&times).enumerate() {
+                let out = times.get(k + 1).map_or(frame.len() as u32, |n: &HopTime| n.bytes_in);
+                let rtt = f64::from(ht.elapsed_us) + share;
+                if decoding {
+                    h.steps += 1;
+                    h.rtt_us += rtt;
+                    h.compute_us += f64::from(ht.compute_us);
+                    h.bytes += f64::from(ht.bytes_in) + f64::from(out) + 8.0;
+                } else {
+                    h.prefill_us = rtt;
+                }
+            }
+            if decoding {
+                chain.steps += 1;
+                chain.rtt_us += total_us;
+            } else {
+                chain.prefill_us = total_us;
+            }
+            Ok(Pushed::Token(id, blake3::Hash::from_bytes(logits_hash).to_hex().to_string()))
+        }
+        Response::Handoff { state, input: Some(input) } => Ok(Pushed::Handoff { at: i, state, input }),
+        r => Err(refusal(node, hops, i, r)),
+    }
+}
+
+/// Hop `i` answered a push with `r` (not a token): blame the hop at fault.
+fn refusal(node: &Node, hops: &[HopRun], i: usize, r: Response) -> Failure {
+    match r {
+        // The hop could not pass the step on: its next hop is the one at fault.
+        Response::Error { code: ErrorCode::NextHop, message } if i + 1 < hops.len() => {
+            let next = hops[i + 1].hop.peer;
+            node.report_failure(&next);
+            Failure {
+                error: NodeError::Remote { peer: next.to_string(), code: ErrorCode::NextHop, message },
+                peer: Some(next),
+            }
+        }
+        r => blame(hops[i].refused(node, r), hops[i].hop.peer),
+    }
+}
+
+/// The first frame any remote hop sends, and which hop sent it.
+async fn next_frame(hops: &mut [HopRun]) -> (usize, odin_net::Result<Vec<u8>>) {
+    let waits: Vec<_> = hops
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, h)| match &mut h.link {
+            Link::Remote(r) => Some(Box::pin(async move { (i, r.recv().await) })),
+            Link::Local(_) => None,
+        })
+        .collect();
+    if waits.is_empty() {
+        return futures::future::pending().await;
+    }
+    futures::future::select_all(waits).await.0
+}
+
+/// A pushed step went past its deadline: ask each hop in order how far it got. The first that
+/// does not answer, or has not finished the step, is the one that stalled.
+async fn find_stall(node: &Node, session: u64, hops: &mut [HopRun], done: u64) -> Failure {
+    for h in hops.iter_mut() {
+        let peer = h.hop.peer;
+        match h.call_within(node, Request::Probe { session }, PROBE_DEADLINE).await {
+            Ok((Response::Progress { steps, running: false }, _)) if steps >= done => continue,
+            Ok((Response::Progress { .. }, _)) => {
+                node.report_failure(&peer);
+                return Failure { error: NodeError::Timeout(peer.to_string()), peer: Some(peer) };
+            }
+            Ok((r, _)) => return blame(h.refused(node, r), peer),
+            Err(e) => return blame(e, peer),
+        }
+    }
+    // Every hop finished the step: the token was lost on its way back from the last.
+    let last = hops.len() - 1;
+    let peer = hops[last].hop.peer;
+    node.report_failure(&peer);
+    Failure { error: NodeError::Timeout(peer.to_string()), peer: Some(peer) }
+}
+
+/// Run the steps of a generation; returns whether every step went down the chain.
+#[allow(clippy::too_many_arguments)]
 async fn run_steps(
     node: &Node,
     session: u64,
@@ -394,68 +687,42 @@ async fn run_steps(
     req: &GenerateRequest,
     progress: &mut Progress,
     on_token: &mut impl FnMut(u32) -> bool,
-) -> std::result::Result<(), Failure> {
+    mut chain: bool,
+) -> std::result::Result<bool, Failure> {
     if req.max_new == 0 || progress.done {
-        return Ok(());
+        return Ok(chain);
     }
     // The prompt and every token generated so far: the whole history on a fresh route.
     let mut input: Vec<u32> = req.prompt.iter().chain(&progress.tokens).copied().collect();
+    let mut stats = ChainStats::default();
     let t0 = Instant::now();
-    for step in 0.. {
+    for step in 0u64.. {
         let decoding = step > 0;
-        let mut x = StepInput::Tokens(std::mem::take(&mut input));
-        let mut token = None;
-        let mut i = 0;
-        while i < hops.len() {
-            let last = i + 1 == hops.len();
-            let h = &mut hops[i];
-            let t = Instant::now();
-            // Kept in case the hop hands its session over and the step goes to its successors.
-            let sent = x.clone();
-            let (r, bytes) =
-                h.step(node, Request::Step { session, input: x }, decoding).await.map_err(|e| blame(e, h.hop.peer))?;
-            let rtt = t.elapsed().as_secs_f64() * 1e6;
-            let compute = match (r, last) {
-                (Response::Hidden { tensor, compute_us }, false) => {
-                    x = StepInput::Hidden(tensor);
-                    compute_us
+        let x = StepInput::Tokens(std::mem::take(&mut input));
+        let (tok, hash) = if chain {
+            match push_step(node, session, hops, x, decoding, step + 1, &mut stats).await? {
+                Pushed::Token(tok, hash) => {
+                    progress.decode_steps += u64::from(decoding);
+                    (tok, hash)
                 }
-                (Response::Token { id, logits_hash, compute_us }, true) => {
-                    token = Some((id, blake3::Hash::from_bytes(logits_hash).to_hex().to_string()));
-                    // The last hop: nothing goes further.
-                    x = StepInput::Tokens(Vec::new());
-                    compute_us
-                }
-                (Response::Handoff { state }, _) => {
-                    tracing::info!("server {} is leaving; moving its part of the session", h.hop.peer);
-                    let new = take_over(node, session, h.hop.clone(), state, req, progress).await?;
-                    hops.splice(i..=i, new);
+                Pushed::Handoff { at, state, input } => {
+                    // The hops before `at` ran this step; its successors run the rest of it,
+                    // and from now on the client relays every hop (the chain's links are stale).
+                    tracing::info!("server {} is leaving; moving its part of the session", hops[at].hop.peer);
+                    chain = false;
+                    let new = take_over(node, session, hops[at].hop.clone(), state, req, progress).await?;
+                    hops.splice(at..=at, new);
                     progress.handoffs += 1;
-                    x = sent;
-                    continue;
+                    relay(node, session, hops, at, input, decoding, req, progress).await?
                 }
-                (r, _) => return Err(blame(h.refused(node, r), h.hop.peer)),
-            };
-            if decoding && last {
-                progress.decode_steps += 1;
             }
-            if decoding {
-                h.steps += 1;
-                h.rtt_us += rtt;
-                h.compute_us += f64::from(compute);
-                h.bytes += bytes as f64;
-            } else {
-                h.prefill_us = rtt;
-            }
-            i += 1;
-        }
+        } else {
+            relay(node, session, hops, 0, x, decoding, req, progress).await?
+        };
         if progress.prefill_ms.is_none() {
             progress.prefill_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
             progress.decode_start = Some(Instant::now());
         }
-        let Some((tok, hash)) = token else {
-            return Err(NodeError::Protocol { peer: String::new(), what: "no token came back".into() }.into());
-        };
         // The stop token is sampled but is not part of the answer.
         if Some(tok) == req.stop {
             progress.done = true;
@@ -469,5 +736,66 @@ async fn run_steps(
         }
         input = vec![tok];
     }
-    Ok(())
+    Ok(chain)
+}
+
+/// Run one step hop by hop from hop `start`, the client carrying each output to the next hop;
+/// returns the sampled token and its logits hash.
+#[allow(clippy::too_many_arguments)]
+async fn relay(
+    node: &Node,
+    session: u64,
+    hops: &mut Vec<HopRun>,
+    start: usize,
+    mut x: StepInput,
+    decoding: bool,
+    req: &GenerateRequest,
+    progress: &mut Progress,
+) -> std::result::Result<(u32, String), Failure> {
+    let mut token = None;
+    let mut i = start;
+    while i < hops.len() {
+        let last = i + 1 == hops.len();
+        let h = &mut hops[i];
+        let t = Instant::now();
+        // Kept in case the hop hands its session over and the step goes to its successors.
+        let sent = x.clone();
+        let (r, bytes) =
+            h.step(node, Request::Step { session, input: x }, decoding).await.map_err(|e| blame(e, h.hop.peer))?;
+        let rtt = t.elapsed().as_secs_f64() * 1e6;
+        let compute = match (r, last) {
+            (Response::Hidden { tensor, compute_us }, false) => {
+                x = StepInput::Hidden(tensor);
+                compute_us
+            }
+            (Response::Token { id, logits_hash, compute_us }, true) => {
+                token = Some((id, blake3::Hash::from_bytes(logits_hash).to_hex().to_string()));
+                // The last hop: nothing goes further.
+                x = StepInput::Tokens(Vec::new());
+                compute_us
+            }
+            (Response::Handoff { state, input: None }, _) => {
+                tracing::info!("server {} is leaving; moving its part of the session", h.hop.peer);
+                let new = take_over(node, session, h.hop.clone(), state, req, progress).await?;
+                hops.splice(i..=i, new);
+                progress.handoffs += 1;
+                x = sent;
+                continue;
+            }
+            (r, _) => return Err(blame(h.refused(node, r), h.hop.peer)),
+        };
+        if decoding && last {
+            progress.decode_steps += 1;
+        }
+        if decoding {
+            h.steps += 1;
+            h.rtt_us += rtt;
+            h.compute_us += f64::from(compute);
+            h.bytes += bytes as f64;
+        } else {
+            h.prefill_us = rtt;
+        }
+        i += 1;
+    }
+    token.ok_or_else(|| NodeError::Protocol { peer: String::new(), what: "no token came back".into() }.into())
 }

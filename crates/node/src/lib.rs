@@ -15,7 +15,7 @@ pub mod error;
 pub mod node;
 pub mod server;
 
-pub use client::{GenerateRequest, Generation, HopStats};
+pub use client::{GenerateRequest, Generation, HopStats, Relay};
 pub use directory::{Directory, Hop};
 pub use error::{NodeError, Result};
 pub use node::{AutoConfig, Node, NodeConfig, ServerStatus, Status};

@@ -224,6 +224,7 @@ impl Node {
         };
         if let Some(shard) = shard {
             let server = Arc::new(Server::new(shard, cfg.server.clone()));
+            server.attach_net(node.net.clone());
             let s = server.clone();
             let ms = tokio::task::spawn_blocking(move || s.measure_ms_per_block()).await.unwrap_or(1.0);
             let _ = node.ms_per_block.set(ms);
@@ -231,8 +232,8 @@ impl Node {
             let incoming = node.net.accept()?;
             tokio::spawn(async move {
                 let mut incoming = incoming;
-                while let Some((_peer, stream)) = incoming.next().await {
-                    tokio::spawn(server.clone().serve_stream(stream));
+                while let Some((peer, stream)) = incoming.next().await {
+                    tokio::spawn(server.clone().serve_stream(peer, stream));
                 }
             });
             let r = node.serving().unwrap_or_default();

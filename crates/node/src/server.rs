@@ -1,24 +1,38 @@
 //! Serving a shard: sessions with their recurrent state, and the shard protocol on each stream.
 //!
-//! Each incoming stream is one client's conversation with this server. The
+//! Each incoming stream is one client's conversation with this server, or the
+//! previous hop passing a session's activations on ([`Request::Push`]). The
 //! session table outlives streams (a client may reconnect), holds at most
 //! `max_sessions`, and forgets sessions idle longer than `session_ttl`. A bad
 //! message gets an error frame naming what was wrong; the stream and every
 //! other session keep working. Prefills run on the blocking pool, so they
 //! never stall the network; a decode step runs inline unless other sessions
 //! are computing too.
+//!
+//! A pushed step is answered on the session's *client* stream, whichever stream it
+//! came in on: the last hop sends the token there, and a hop that fails says so
+//! there, so the client always hears from the hop at fault.
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+use futures::io::{ReadHalf, WriteHalf};
+use futures::AsyncReadExt;
 use odin_engine::{Input, Logits, Sampler, SamplerConfig, Shard, State};
 use odin_format::ModelId;
 use odin_net::wire::{read_frame, write_frame, MAX_FRAME};
-use odin_net::{Dtype, Envelope, ErrorCode, NetError, Request, Response, StepInput, Tensor};
+use odin_net::{Dtype, Envelope, ErrorCode, HopTime, NetError, PeerId, Request, Response, StepInput, Tensor};
 use tokio::runtime::RuntimeFlavor;
+
+/// The writing half of a stream, shared: a session's client stream is written by the task
+/// reading it (answers) and by whichever task finishes a pushed step (tokens, failures).
+pub(crate) type Sink = Arc<tokio::sync::Mutex<WriteHalf<odin_net::Stream>>>;
+
+/// Longest a server waits to open its stream to a session's next hop.
+const LINK_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Limits and test knobs of a server.
 #[derive(Debug, Clone)]
@@ -46,6 +60,42 @@ struct Session {
     sampler: Option<Sampler>,
     reply: Dtype,
     last: Instant,
+    /// Steps completed.
+    steps: u64,
+    /// The stream of the client that opened it (none when the client is this process).
+    client: Option<Sink>,
+    /// Where pushed steps go on to.
+    next: Option<Next>,
+}
+
+/// A session's link to its next hop.
+struct Next {
+    peer: PeerId,
+    out: Sink,
+    /// Reads what the next hop says on the link (only refusals), until the session ends.
+    _listener: AbortOnDrop,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Where a request came from: the peer, and the stream to answer on.
+struct Origin {
+    peer: Option<PeerId>,
+    sink: Sink,
+}
+
+/// What running a step gave.
+enum Outcome {
+    /// Hidden states or the sampled token.
+    Done(Response),
+    /// The server is leaving these blocks: the state before the step, and the step's input.
+    Handoff(Tensor, StepInput),
 }
 
 /// A shard and its sessions.
@@ -66,6 +116,8 @@ pub struct Server {
     streams: std::sync::atomic::AtomicUsize,
     /// Steps answered, for [`ServerConfig::garbage_after`].
     steps: std::sync::atomic::AtomicU64,
+    /// How this server reaches the next hops of pushed sessions.
+    net: OnceLock<odin_net::Net>,
 }
 
 /// A session that stepped this recently is still generating: the next step of another one goes to
@@ -90,7 +142,13 @@ impl Server {
             draining: AtomicBool::new(false),
             steps: std::sync::atomic::AtomicU64::new(0),
             streams: std::sync::atomic::AtomicUsize::new(0),
+            net: OnceLock::new(),
         }
+    }
+
+    /// Give the server the node's network, so it can pass pushed sessions on to their next hop.
+    pub fn attach_net(&self, net: odin_net::Net) {
+        let _ = self.net.set(net);
     }
 
     /// Blocks this server holds.
@@ -195,149 +253,265 @@ impl Server {
         times[times.len() / 2] / shard.range().len().max(1) as f64
     }
 
-    /// Speak the shard protocol on `stream` until the client closes it.
-    pub async fn serve_stream(self: Arc<Self>, stream: odin_net::Stream) {
+    /// Speak the shard protocol on `stream`, from `peer`, until the other side closes it.
+    pub async fn serve_stream(self: Arc<Self>, peer: PeerId, stream: odin_net::Stream) {
         self.streams.fetch_add(1, Ordering::SeqCst);
-        self.converse(stream).await;
+        let (rd, wr) = stream.split();
+        let origin = Origin { peer: Some(peer), sink: Arc::new(tokio::sync::Mutex::new(wr)) };
+        self.converse(rd, &origin).await;
         self.streams.fetch_sub(1, Ordering::SeqCst);
         self.closed.notify_waiters();
     }
 
-    async fn converse(self: &Arc<Self>, mut stream: odin_net::Stream) {
+    async fn converse(self: &Arc<Self>, mut rd: ReadHalf<odin_net::Stream>, origin: &Origin) {
         loop {
-            let frame = match read_frame(&mut stream, MAX_FRAME).await {
+            let frame = match read_frame(&mut rd, MAX_FRAME).await {
                 Ok(f) => f,
                 Err(NetError::Io(_)) => return,
                 Err(e) => {
                     // The frame's bytes were not read, so the stream is out of step: say why and hang up.
-                    let _ = self
-                        .reply(&mut stream, Response::Error { code: ErrorCode::Malformed, message: e.to_string() })
-                        .await;
+                    let msg = Response::Error { code: ErrorCode::Malformed, message: e.to_string() };
+                    let _ = send(&origin.sink, &self.frame(msg)).await;
                     return;
                 }
             };
-            if !self.answer(&mut stream, &frame).await {
-                return;
+            let answer = self.clone().handle(&frame, Some(origin)).await;
+            if let Some(resp) = answer {
+                if send(&origin.sink, &self.frame(resp)).await.is_err() {
+                    return;
+                }
             }
         }
     }
 
-    /// Answer one frame on `stream`; false when the stream is gone.
-    async fn answer(self: &Arc<Self>, stream: &mut odin_net::Stream, frame: &[u8]) -> bool {
-        let resp = self.clone().respond(frame).await;
-        if let (Some(n), Response::Hidden { .. } | Response::Token { .. }) = (self.cfg.garbage_after, &resp) {
-            if self.steps.fetch_add(1, Ordering::Relaxed) >= n {
-                let junk: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
-                return write_frame(stream, &junk).await.is_ok();
+    /// The bytes of `msg`, or junk once [`ServerConfig::garbage_after`] results have gone out.
+    fn frame(&self, msg: Response) -> Vec<u8> {
+        let result = matches!(msg, Response::Hidden { .. } | Response::Token { .. } | Response::Pushed { .. });
+        self.garbled(result).unwrap_or_else(|| Envelope { model: self.model, msg }.to_bytes())
+    }
+
+    fn garbled(&self, result: bool) -> Option<Vec<u8>> {
+        let n = self.cfg.garbage_after?;
+        (result && self.steps.fetch_add(1, Ordering::Relaxed) >= n).then(|| (0..64).map(|_| rand::random()).collect())
+    }
+
+    /// Answer one request frame from this process's own client. `None`: the request was a
+    /// [`Request::Push`] whose result went on to the next hop.
+    pub async fn respond(self: Arc<Self>, frame: &[u8]) -> Option<Response> {
+        self.handle(frame, None).await
+    }
+
+    async fn handle(self: Arc<Self>, frame: &[u8], origin: Option<&Origin>) -> Option<Response> {
+        let read = Instant::now();
+        let env = match Envelope::<Request>::from_bytes(frame) {
+            Ok(env) => env,
+            Err(e) => {
+                if let Some(peer) = origin.and_then(|o| o.peer) {
+                    tracing::debug!("malformed request from {peer}: {e}");
+                }
+                let code =
+                    if matches!(e, NetError::Version { .. }) { ErrorCode::Version } else { ErrorCode::Malformed };
+                return Some(Response::Error { code, message: e.to_string() });
             }
-        }
-        self.reply(stream, resp).await.is_ok()
-    }
-
-    async fn reply(&self, stream: &mut odin_net::Stream, msg: Response) -> odin_net::Result<()> {
-        write_frame(stream, &Envelope { model: self.model, msg }.to_bytes()).await
-    }
-
-    /// Answer one request frame (errors become error responses).
-    pub async fn respond(self: Arc<Self>, frame: &[u8]) -> Response {
-        match self.handle(frame).await {
-            Ok(r) => r,
-            Err(Fail(code, message)) => Response::Error { code, message },
-        }
-    }
-
-    async fn handle(self: Arc<Self>, frame: &[u8]) -> Result<Response, Fail> {
-        let env = Envelope::<Request>::from_bytes(frame).map_err(|e| match e {
-            NetError::Version { .. } => Fail(ErrorCode::Version, e.to_string()),
-            e => Fail(ErrorCode::Malformed, e.to_string()),
-        })?;
+        };
         if env.model != self.model {
-            return Err(Fail(
-                ErrorCode::WrongModel,
-                format!("this server serves model {}, not {}", self.model, env.model),
-            ));
+            let message = format!("this server serves model {}, not {}", self.model, env.model);
+            return Some(Response::Error { code: ErrorCode::WrongModel, message });
         }
-        match env.msg {
+        let result = match env.msg {
+            Request::Push { session, input, mut hops } => {
+                let (links, outcome) = self.run_step(session, input).await;
+                let (client, next) = links.unwrap_or((None, None));
+                let hop = |compute_us| HopTime {
+                    elapsed_us: read.elapsed().as_micros().min(u128::from(u32::MAX)) as u32,
+                    compute_us,
+                    bytes_in: frame.len() as u32,
+                };
+                let to_client = match outcome {
+                    Ok(Outcome::Done(Response::Hidden { tensor, compute_us })) => match next {
+                        Some((peer, out)) => {
+                            hops.push(hop(compute_us));
+                            let msg = Request::Push { session, input: StepInput::Hidden(tensor), hops };
+                            let bytes =
+                                self.garbled(true).unwrap_or_else(|| Envelope { model: self.model, msg }.to_bytes());
+                            match send(&out, &bytes).await {
+                                Ok(()) => return None,
+                                Err(e) => Response::Error {
+                                    code: ErrorCode::NextHop,
+                                    message: format!("cannot pass session {session:016x} on to {peer}: {e}"),
+                                },
+                            }
+                        }
+                        None => Response::Error {
+                            code: ErrorCode::BadInput,
+                            message: format!("session {session:016x} has no next hop to push to; send Link first"),
+                        },
+                    },
+                    Ok(Outcome::Done(Response::Token { id, logits_hash, compute_us })) => {
+                        hops.push(hop(compute_us));
+                        Response::Pushed { id, logits_hash, hops }
+                    }
+                    Ok(Outcome::Done(other)) => other,
+                    Ok(Outcome::Handoff(state, input)) => Response::Handoff { state, input: Some(input) },
+                    Err(Fail(code, message)) => Response::Error { code, message },
+                };
+                // To the session's client when it has a stream here; else back to the caller.
+                return match client {
+                    Some(sink) => {
+                        let _ = send(&sink, &self.frame(to_client)).await;
+                        None
+                    }
+                    None => Some(to_client),
+                };
+            }
+            Request::Step { session, input } => match self.run_step(session, input).await.1 {
+                Ok(Outcome::Done(r)) => Ok(r),
+                Ok(Outcome::Handoff(state, _)) => Ok(Response::Handoff { state, input: None }),
+                Err(f) => Err(f),
+            },
             Request::Info => Ok(Response::Info(self.info.lock().map(|i| i.clone()).unwrap_or_default())),
             Request::Open { session, start, end, sampling, drawn, reply } => {
-                self.open(session, start as usize..end as usize, sampling, drawn, reply, None)
+                self.open(session, start as usize..end as usize, sampling, drawn, reply, None, origin)
             }
             Request::Resume { session, start, end, sampling, drawn, reply, state } => {
-                self.open(session, start as usize..end as usize, sampling, drawn, reply, Some(state))
+                self.open(session, start as usize..end as usize, sampling, drawn, reply, Some(state), origin)
             }
-            Request::Close { session } => {
-                let mut s =
-                    self.sessions.lock().map_err(|_| Fail(ErrorCode::Internal, "session table poisoned".into()))?;
-                s.remove(&session).ok_or_else(|| unknown(session))?;
+            Request::Close { session } => self.close(session),
+            Request::Link { session, next } => self.link(session, next, origin).await,
+            Request::Probe { session } => {
+                self.with_session(session, |s| Response::Progress { steps: s.steps, running: s.state.is_none() })
+            }
+        };
+        Some(result.unwrap_or_else(|Fail(code, message)| Response::Error { code, message }))
+    }
+
+    fn with_session<T>(&self, session: u64, f: impl FnOnce(&mut Session) -> T) -> Result<T, Fail> {
+        let mut s = self.sessions.lock().map_err(|_| poisoned())?;
+        Ok(f(s.get_mut(&session).ok_or_else(|| unknown(session))?))
+    }
+
+    fn close(&self, session: u64) -> Result<Response, Fail> {
+        let mut s = self.sessions.lock().map_err(|_| poisoned())?;
+        s.remove(&session).ok_or_else(|| unknown(session))?;
+        self.closed.notify_waiters();
+        Ok(Response::Closed)
+    }
+
+    /// Open the stream to `next` for the session's pushed steps. Whatever the next hop says on it
+    /// is a refusal of a push (it answers pushes on the client's stream when it knows the
+    /// session), so it goes on to this session's client as a [`ErrorCode::NextHop`] failure.
+    async fn link(&self, session: u64, next: PeerId, origin: Option<&Origin>) -> Result<Response, Fail> {
+        self.with_session(session, |_| ())?;
+        let net = self
+            .net
+            .get()
+            .ok_or_else(|| Fail(ErrorCode::Internal, "this server has no network to reach a next hop".into()))?;
+        let stream = match tokio::time::timeout(LINK_DEADLINE, net.open_stream(next)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(Fail(ErrorCode::NextHop, format!("cannot reach the next hop {next}: {e}"))),
+            Err(_) => return Err(Fail(ErrorCode::NextHop, format!("the next hop {next} did not answer in time"))),
+        };
+        let (mut rd, wr) = stream.split();
+        let client = origin.map(|o| o.sink.clone());
+        let model = self.model;
+        let listener = tokio::spawn(async move {
+            let message = match read_frame(&mut rd, MAX_FRAME).await {
+                Ok(frame) => match Envelope::<Response>::from_bytes(&frame).map(|e| e.msg) {
+                    Ok(Response::Error { message, .. }) => format!("the next hop {next} refused a push: {message}"),
+                    _ => format!("the next hop {next} answered a push out of protocol"),
+                },
+                Err(e) => format!("the next hop {next} dropped the link: {e}"),
+            };
+            if let Some(sink) = client {
+                let msg = Response::Error { code: ErrorCode::NextHop, message };
+                let _ = send(&sink, &Envelope { model, msg }.to_bytes()).await;
+            }
+        });
+        self.with_session(session, |s| {
+            s.next =
+                Some(Next { peer: next, out: Arc::new(tokio::sync::Mutex::new(wr)), _listener: AbortOnDrop(listener) });
+            Response::Linked { session }
+        })
+    }
+
+    /// Run one step of `session`. Also returns the session's client stream and next hop, for a push.
+    #[allow(clippy::type_complexity)]
+    async fn run_step(
+        &self,
+        session: u64,
+        input: StepInput,
+    ) -> (Option<(Option<Sink>, Option<(PeerId, Sink)>)>, Result<Outcome, Fail>) {
+        if !self.cfg.delay.is_zero() {
+            tokio::time::sleep(self.cfg.delay).await;
+        }
+        let one_token = match &input {
+            StepInput::Tokens(t) => t.len() == 1,
+            StepInput::Hidden(h) => h.rows == 1,
+        };
+        let flavor = tokio::runtime::Handle::current().runtime_flavor();
+        // Take the state out while the engine runs, so the table is never locked during compute;
+        // a second step on the same session meanwhile is refused, not interleaved.
+        let (links, prepared) = {
+            let mut s = match self.sessions.lock() {
+                Ok(s) => s,
+                Err(_) => return (None, Err(poisoned())),
+            };
+            let Some(sess) = s.get_mut(&session) else { return (None, Err(unknown(session))) };
+            let links = (sess.client.clone(), sess.next.as_ref().map(|n| (n.peer, n.out.clone())));
+            let Some(state) = sess.state.take() else {
+                let busy = format!("session {session:016x} is already running a step");
+                return (Some(links), Err(Fail(ErrorCode::BadInput, busy)));
+            };
+            let blocks = state.first_block..state.first_block + state.layers.len();
+            let current = self.range();
+            if self.draining() || blocks.start < current.start || blocks.end > current.end {
+                // Leaving these blocks: the step is not run, and the state goes back to the
+                // client, which resumes the session elsewhere without replaying its history.
+                let c = sess.shard.config().hidden_size;
+                s.remove(&session);
                 self.closed.notify_waiters();
-                Ok(Response::Closed)
+                let handoff = Tensor::encode(&state.to_rows(), c, Dtype::F32)
+                    .map(|state| Outcome::Handoff(state, input))
+                    .map_err(|e| Fail(ErrorCode::Internal, e.to_string()));
+                return (Some(links), handoff);
             }
-            Request::Step { session, input } => {
-                if !self.cfg.delay.is_zero() {
-                    tokio::time::sleep(self.cfg.delay).await;
-                }
-                let one_token = match &input {
-                    StepInput::Tokens(t) => t.len() == 1,
-                    StepInput::Hidden(h) => h.rows == 1,
-                };
-                let flavor = tokio::runtime::Handle::current().runtime_flavor();
-                // Take the state out while the engine runs, so the table is never locked during compute;
-                // a second step on the same session meanwhile is refused, not interleaved.
-                let (shard, state, sampler, reply, inline) = {
-                    let mut s =
-                        self.sessions.lock().map_err(|_| Fail(ErrorCode::Internal, "session table poisoned".into()))?;
-                    let sess = s.get_mut(&session).ok_or_else(|| unknown(session))?;
-                    let state = sess.state.take().ok_or_else(|| {
-                        Fail(ErrorCode::BadInput, format!("session {session:016x} is already running a step"))
-                    })?;
-                    let blocks = state.first_block..state.first_block + state.layers.len();
-                    let current = self.range();
-                    if self.draining() || blocks.start < current.start || blocks.end > current.end {
-                        // Leaving these blocks: the step is not run, and the state goes back to the
-                        // client, which resumes the session elsewhere without replaying its history.
-                        let c = sess.shard.config().hidden_size;
-                        s.remove(&session);
-                        self.closed.notify_waiters();
-                        return Tensor::encode(&state.to_rows(), c, Dtype::F32)
-                            .map(|state| Response::Handoff { state })
-                            .map_err(|e| Fail(ErrorCode::Internal, e.to_string()));
+            let (shard, sampler, reply) = (sess.shard.clone(), sess.sampler.take(), sess.reply);
+            // A decode step costs less than handing it to the blocking pool and back
+            // (measured: ~150-200 µs per hop, as much as a small shard's whole step), so it
+            // runs right here. On a multi-threaded runtime block_in_place moves this worker's
+            // other tasks away first. On the node's single network thread it runs inline only
+            // while no other session is computing or stepping steadily, so concurrent
+            // sessions still compute in parallel on the pool.
+            let inline = one_token
+                && match flavor {
+                    RuntimeFlavor::MultiThread => true,
+                    RuntimeFlavor::CurrentThread => {
+                        !s.iter().any(|(id, v)| *id != session && (v.state.is_none() || v.last.elapsed() < BUSY))
                     }
-                    let (shard, sampler, reply) = (sess.shard.clone(), sess.sampler.take(), sess.reply);
-                    // A decode step costs less than handing it to the blocking pool and back
-                    // (measured: ~150-200 µs per hop, as much as a small shard's whole step), so it
-                    // runs right here. On a multi-threaded runtime block_in_place moves this worker's
-                    // other tasks away first. On the node's single network thread it runs inline only
-                    // while no other session is computing or stepping steadily, so concurrent
-                    // sessions still compute in parallel on the pool.
-                    let inline = one_token
-                        && match flavor {
-                            RuntimeFlavor::MultiThread => true,
-                            RuntimeFlavor::CurrentThread => !s
-                                .iter()
-                                .any(|(id, v)| *id != session && (v.state.is_none() || v.last.elapsed() < BUSY)),
-                            _ => false,
-                        };
-                    (shard, state, sampler, reply, inline)
+                    _ => false,
                 };
-                let (state, sampler, result) = if !inline {
-                    tokio::task::spawn_blocking(move || step(&shard, state, sampler, input, reply))
-                        .await
-                        .map_err(|e| Fail(ErrorCode::Internal, format!("step failed: {e}")))?
-                } else if flavor == RuntimeFlavor::MultiThread {
-                    tokio::task::block_in_place(|| step(&shard, state, sampler, input, reply))
-                } else {
-                    step(&shard, state, sampler, input, reply)
-                };
-                if let Ok(mut s) = self.sessions.lock() {
-                    if let Some(sess) = s.get_mut(&session) {
-                        sess.state = Some(state);
-                        sess.sampler = sampler;
-                        sess.last = Instant::now();
-                    }
-                }
-                result
+            (links, (shard, state, sampler, reply, inline))
+        };
+        let (shard, state, sampler, reply, inline) = prepared;
+        let (state, sampler, result) = if !inline {
+            match tokio::task::spawn_blocking(move || step(&shard, state, sampler, input, reply)).await {
+                Ok(r) => r,
+                Err(e) => return (Some(links), Err(Fail(ErrorCode::Internal, format!("step failed: {e}")))),
+            }
+        } else if flavor == RuntimeFlavor::MultiThread {
+            tokio::task::block_in_place(|| step(&shard, state, sampler, input, reply))
+        } else {
+            step(&shard, state, sampler, input, reply)
+        };
+        if let Ok(mut s) = self.sessions.lock() {
+            if let Some(sess) = s.get_mut(&session) {
+                sess.state = Some(state);
+                sess.sampler = sampler;
+                sess.last = Instant::now();
+                sess.steps += u64::from(result.is_ok());
             }
         }
+        (Some(links), result.map(Outcome::Done))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -349,6 +523,7 @@ impl Server {
         drawn: u64,
         reply: Dtype,
         from: Option<Tensor>,
+        origin: Option<&Origin>,
     ) -> Result<Response, Fail> {
         if self.draining() {
             return Err(Fail(ErrorCode::Draining, "this server is shutting down; open the session elsewhere".into()));
@@ -379,7 +554,7 @@ impl Server {
             s.advance(drawn.min(1 << 32));
             s
         });
-        let mut s = self.sessions.lock().map_err(|_| Fail(ErrorCode::Internal, "session table poisoned".into()))?;
+        let mut s = self.sessions.lock().map_err(|_| poisoned())?;
         if !s.contains_key(&session) && s.len() >= self.cfg.max_sessions {
             return Err(Fail(
                 ErrorCode::Full,
@@ -389,7 +564,10 @@ impl Server {
                 ),
             ));
         }
-        s.insert(session, Session { shard, state: Some(state), sampler, reply, last: Instant::now() });
+        let client = origin.map(|o| o.sink.clone());
+        let sess =
+            Session { shard, state: Some(state), sampler, reply, last: Instant::now(), steps: 0, client, next: None };
+        s.insert(session, sess);
         Ok(Response::Opened { session })
     }
 }
@@ -430,6 +608,15 @@ fn step(
         },
     };
     (state, sampler, resp)
+}
+
+/// Write one frame on a shared stream.
+async fn send(sink: &Sink, bytes: &[u8]) -> odin_net::Result<()> {
+    write_frame(&mut *sink.lock().await, bytes).await
+}
+
+fn poisoned() -> Fail {
+    Fail(ErrorCode::Internal, "session table poisoned".into())
 }
 
 fn unknown(session: u64) -> Fail {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use odin_engine::{Input, Logits, Options, Sampler, SamplerConfig, Shard};
 use odin_net::wire::{read_frame, write_frame, MAX_FRAME};
 use odin_net::{Dtype, Envelope, ErrorCode, Request, Response, Sampling, StepInput, Tensor};
-use odin_node::{split_blocks, GenerateRequest, Node, NodeConfig};
+use odin_node::{split_blocks, GenerateRequest, Node, NodeConfig, Relay};
 
 fn tiny() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/odin-tiny")
@@ -68,25 +68,38 @@ async fn a_chain_of_three_generates_what_one_machine_does() {
     let client = start(None, &boot, tmp.path()).await;
     let route = client.wait_for_route(3, Duration::from_secs(30)).await.unwrap();
     assert_eq!(route.len(), 3, "{route:?}");
-    for (wire, sampling) in [
-        (Dtype::F32, Sampling::default()),
-        (Dtype::F32, Sampling { temperature: 0.8, top_k: 20, top_p: 0.95, seed: 7 }),
-        (Dtype::Q8, Sampling::default()),
-    ] {
-        let req = GenerateRequest { prompt: PROMPT.to_vec(), max_new: 24, sampling, wire, stop: Some(1) };
-        let mut streamed = Vec::new();
-        let g = client
-            .generate(&req, |t| {
-                streamed.push(t);
-                true
-            })
-            .await
-            .unwrap();
-        let want = local(24, sampler_config(sampling));
-        assert_eq!(g.tokens, streamed);
-        assert_eq!(g.tokens, want, "wire {wire:?} sampling {sampling:?}");
-        assert_eq!(g.route.len(), 3);
-        assert!(g.route.iter().all(|h| h.steps as usize + 1 >= g.tokens.len()));
+    // A client that serves nothing, and the first server generating itself (its own blocks are
+    // a local first hop): with servers pushing along the chain, and with the client relaying.
+    for (who, node) in [("client", &client), ("first server", &first)] {
+        for relay in [Relay::Chain, Relay::Client] {
+            for (wire, sampling) in [
+                (Dtype::F32, Sampling::default()),
+                (Dtype::F32, Sampling { temperature: 0.8, top_k: 20, top_p: 0.95, seed: 7 }),
+                (Dtype::Q8, Sampling::default()),
+            ] {
+                let req =
+                    GenerateRequest { prompt: PROMPT.to_vec(), max_new: 24, sampling, wire, stop: Some(1), relay };
+                let mut streamed = Vec::new();
+                let g = node
+                    .generate(&req, |t| {
+                        streamed.push(t);
+                        true
+                    })
+                    .await
+                    .unwrap();
+                let want = local(24, sampler_config(sampling));
+                let case = format!("{who}, relay {relay:?}, wire {wire:?}, sampling {sampling:?}");
+                assert_eq!(g.tokens, streamed, "{case}");
+                assert_eq!(g.tokens, want, "{case}");
+                assert_eq!(g.relay, relay, "{case}");
+                assert_eq!(g.route.len(), 3);
+                assert!(g.route.iter().all(|h| h.steps as usize + 1 >= g.tokens.len()), "{case}");
+                assert!(
+                    g.route.iter().all(|h| h.mean_compute_us > 0.0 && h.mean_rtt_us >= h.mean_compute_us),
+                    "{case}"
+                );
+            }
+        }
     }
 }
 
@@ -201,6 +214,7 @@ async fn nodes_joined_over_quic_alone_generate() {
         sampling: Sampling::default(),
         wire: Dtype::Q8,
         stop: Some(1),
+        relay: Relay::Chain,
     };
     let g = client.generate(&req, |_| true).await.unwrap();
     assert_eq!(g.tokens, local(8, SamplerConfig::default()));
@@ -225,6 +239,7 @@ async fn a_server_moving_to_other_blocks_hands_its_sessions_over() {
         sampling: Sampling::default(),
         wire: Dtype::Q8,
         stop: None,
+        relay: Relay::Chain,
     };
     let mut n = 0;
     let mut moved_from = None;
@@ -266,8 +281,14 @@ async fn on_one_network_thread_concurrent_sessions_generate_what_one_machine_doe
     let greedy = Sampling::default();
     let sampled = Sampling { temperature: 0.8, top_k: 20, top_p: 0.95, seed: 3 };
     let want = |s: Sampling| local(32, sampler_config(s));
-    let req =
-        |sampling| GenerateRequest { prompt: PROMPT.to_vec(), max_new: 32, sampling, wire: Dtype::F32, stop: Some(1) };
+    let req = |sampling| GenerateRequest {
+        prompt: PROMPT.to_vec(),
+        max_new: 32,
+        sampling,
+        wire: Dtype::F32,
+        stop: Some(1),
+        relay: Relay::Chain,
+    };
     let alone = a.generate(&req(greedy), |_| true).await.unwrap();
     assert_eq!(alone.tokens, want(greedy));
     let (ra, rb) = (req(greedy), req(sampled));
