@@ -349,3 +349,45 @@ async fn signal_the_last_hop_mid_generation(signal: &str, tmp: &Path) -> (odin_n
         .unwrap();
     (g, signalled.expect("the generation ended before the signal"))
 }
+
+/// A chain of three hops whose servers push to each other: the middle hop, in use, gets `signal`
+/// after five tokens. A killed middle hop is reported by the hop before it (its link dropped) or
+/// by the client's own stream; a frozen one is found by probing the chain hop by hop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_routes_around_a_middle_hop_that_dies_or_freezes() {
+    let _one_at_a_time = SERIAL.lock().await;
+    for (signal, says) in [("-KILL", ""), ("-STOP", "deadline")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = node_proc("0..1", &[], &[], &tmp.path().join("first"));
+        let boot = tcp_addrs(&first);
+        let _last = node_proc("3..4", &[], &boot, &tmp.path().join("last"));
+        let mut pool: Vec<NodeProc> =
+            (0..2).map(|i| node_proc("1..3", &[], &boot, &tmp.path().join(format!("m{i}")))).collect();
+        let client = client(&boot, &tmp.path().join("client")).await;
+        client.wait_for_route(4, Duration::from_secs(60)).await.unwrap();
+        let mut streamed = 0;
+        let mut signalled = None;
+        let g = client
+            .generate(&greedy_request(), |_| {
+                streamed += 1;
+                if streamed == 5 {
+                    let route = client.route_in_use().unwrap();
+                    assert_eq!(route.len(), 3, "{route:?}");
+                    let middle = route[1].peer.to_string();
+                    let n = pool.remove(pool.iter().position(|n| n.peer == middle).unwrap());
+                    let pid = n.child.id().to_string();
+                    assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
+                    signalled = Some(n);
+                }
+                true
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{signal}: {e}"));
+        let hit = signalled.expect("the generation ended before the signal");
+        assert_eq!(g.tokens, reference(), "{signal}");
+        assert_eq!(g.failovers, 1, "{signal}: {:?}", g.failures);
+        assert!(g.failures[0].starts_with(&hit.peer) && g.failures[0].contains(says), "{signal}: {:?}", g.failures);
+        assert!(g.route.iter().all(|h| h.hop.peer.to_string() != hit.peer), "{signal}");
+        assert_eq!(g.relay, Relay::Chain, "{signal}: the new route pushes too");
+    }
+}
