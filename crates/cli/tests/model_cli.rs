@@ -95,7 +95,7 @@ fn the_bundled_model_has_its_recorded_id_and_solves_problems_it_was_scored_on() 
 
 #[test]
 fn the_reversed_digit_fine_tunes_have_their_recorded_ids_and_add_lsb_first() {
-    for name in ["models/odin-tiny-rev", "models/odin-tiny-rev2", "models/odin-tiny-rev3"] {
+    for name in ["models/odin-tiny-rev", "models/odin-tiny-rev2", "models/odin-tiny-rev3", "models/odin-tiny-rev4"] {
         let dir = repo(name);
         let out = odin().args(["model", "id"]).arg(&dir).output().unwrap();
         assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
