@@ -171,6 +171,32 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
     assert_eq!(code, ErrorCode::BadInput, "{msg}");
     // After all that, the session still works on the same stream...
     assert!(matches!(call(&mut s, &good).await, Response::Token { .. }));
+    // Pushes and probes: progress counts finished steps only; a push on an unknown session is
+    // refused on the stream it came in on; a next hop that cannot be reached is the next hop's fault.
+    let probe = env(Request::Probe { session: 1 });
+    assert_eq!(call(&mut s, &probe).await, Response::Progress { steps: 1, running: false });
+    let (code, _) = err(call(&mut s, &env(Request::Probe { session: 9 })).await);
+    assert_eq!(code, ErrorCode::UnknownSession);
+    let push = |session| {
+        let input = StepInput::Hidden(Tensor::encode(&[0.5; 192], 192, Dtype::F32).unwrap());
+        env(Request::Push { session, input, hops: Vec::new() })
+    };
+    let (code, _) = err(call(&mut s, &push(9)).await);
+    assert_eq!(code, ErrorCode::UnknownSession);
+    let nowhere = odin_net::PeerId::random();
+    let (code, msg) = err(call(&mut s, &env(Request::Link { session: 1, next: nowhere })).await);
+    assert_eq!(code, ErrorCode::NextHop, "{msg}");
+    assert!(msg.contains(&nowhere.to_string()), "{msg}");
+    // This server holds the last blocks: a push ends here, and the token comes to the client's stream.
+    match call(&mut s, &push(1)).await {
+        Response::Pushed { hops, .. } => {
+            assert_eq!(hops.len(), 1);
+            assert!(hops[0].elapsed_us >= hops[0].compute_us && hops[0].compute_us > 0, "{hops:?}");
+            assert_eq!(hops[0].bytes_in as usize, push(1).len());
+        }
+        other => panic!("expected the pushed token, got {other:?}"),
+    }
+    assert_eq!(call(&mut s, &probe).await, Response::Progress { steps: 2, running: false });
     // ...and an oversized frame is refused before it is read, then the stream is closed.
     futures::AsyncWriteExt::write_all(&mut s, &(u32::MAX).to_le_bytes()).await.unwrap();
     let r = Envelope::<Response>::from_bytes(&read_frame(&mut s, MAX_FRAME).await.unwrap()).unwrap().msg;
