@@ -86,8 +86,6 @@ async fn killing_a_server_mid_generation_changes_no_token() {
         .collect();
     let client = client(&boot, &tmp.path().join("client")).await;
     client.wait_for_route(3, Duration::from_secs(60)).await.unwrap();
-    let tk = odin_train::generate::load_tokenizer(&bundled()).unwrap();
-    let prompt = odin_train::data::prompt_ids(&tk, PROMPT).unwrap();
     let greedy = odin_net::Sampling::default();
     let sampled = odin_net::Sampling { temperature: 0.9, top_k: 30, top_p: 1.0, seed: 11 };
     let want_greedy: Vec<u32> = serde_json::from_value(generate(&["--max-tokens", "48"])["ids"].clone()).unwrap();
@@ -100,14 +98,7 @@ async fn killing_a_server_mid_generation_changes_no_token() {
     // Fault-free speed first, on the same network, for the churn comparison.
     let (mut calm_tokens, mut calm_s) = (0usize, 0.0f64);
     for sampling in [greedy, sampled] {
-        let req = GenerateRequest {
-            prompt: prompt.clone(),
-            max_new: 48,
-            sampling,
-            wire: odin_net::Dtype::Q8,
-            stop: Some(1),
-            relay: Relay::Chain,
-        };
+        let req = GenerateRequest { sampling, ..greedy_request() };
         let t = Instant::now();
         let g = client.generate(&req, |_| true).await.unwrap();
         calm_s += t.elapsed().as_secs_f64();
@@ -121,14 +112,7 @@ async fn killing_a_server_mid_generation_changes_no_token() {
         let (sampling, want) = if run % 2 == 0 { (greedy, &want_greedy) } else { (sampled, &want_sampled) };
         // Kill at a different token each run, from the first to well into the answer.
         let kill_at = 1 + (run * 7) % 20;
-        let req = GenerateRequest {
-            prompt: prompt.clone(),
-            max_new: 48,
-            sampling,
-            wire: odin_net::Dtype::Q8,
-            stop: Some(1),
-            relay: Relay::Chain,
-        };
+        let req = GenerateRequest { sampling, ..greedy_request() };
         let mut streamed = Vec::new();
         let mut killed: Option<(NodeProc, Instant)> = None;
         let mut recovery = None;
@@ -326,19 +310,36 @@ async fn a_server_that_stops_answering_is_left_at_the_stall_deadline() {
 /// A server of 0..2 and two of 2..4; a greedy generation during which the 2..4 server in use
 /// gets `signal` after five tokens. Returns the generation and that server's process.
 async fn signal_the_last_hop_mid_generation(signal: &str, tmp: &Path) -> (odin_node::Generation, NodeProc) {
-    let first = node_proc("0..2", &[], &[], &tmp.join("first"));
+    let (g, hit, _others) = signal_mid_generation(signal, tmp, &["0..2"], "2..4").await;
+    (g, hit)
+}
+
+/// Servers of `fixed` (the first is the genesis node) and two of `pooled`, which is the second hop
+/// of the route; a greedy generation during which the `pooled` server in use gets `signal` after
+/// five tokens. Returns the generation, that server's process and the others (alive until dropped).
+async fn signal_mid_generation(
+    signal: &str,
+    tmp: &Path,
+    fixed: &[&str],
+    pooled: &str,
+) -> (odin_node::Generation, NodeProc, Vec<NodeProc>) {
+    let first = node_proc(fixed[0], &[], &[], &tmp.join("first"));
     let boot = tcp_addrs(&first);
-    let mut pool: Vec<NodeProc> = (0..2).map(|i| node_proc("2..4", &[], &boot, &tmp.join(format!("s{i}")))).collect();
+    let mut others = vec![first];
+    others.extend(fixed[1..].iter().enumerate().map(|(i, b)| node_proc(b, &[], &boot, &tmp.join(format!("f{i}")))));
+    let mut pool: Vec<NodeProc> = (0..2).map(|i| node_proc(pooled, &[], &boot, &tmp.join(format!("s{i}")))).collect();
     let client = client(&boot, &tmp.join("client")).await;
-    client.wait_for_route(3, Duration::from_secs(60)).await.unwrap();
+    client.wait_for_route(fixed.len() + 2, Duration::from_secs(60)).await.unwrap();
     let mut streamed = 0;
     let mut signalled = None;
     let g = client
         .generate(&greedy_request(), |_| {
             streamed += 1;
             if streamed == 5 {
-                let last = client.route_in_use().unwrap().last().unwrap().peer.to_string();
-                let n = pool.remove(pool.iter().position(|n| n.peer == last).unwrap());
+                let route = client.route_in_use().unwrap();
+                assert_eq!(route.len(), fixed.len() + 1, "{route:?}");
+                let target = route[1].peer.to_string();
+                let n = pool.remove(pool.iter().position(|n| n.peer == target).unwrap());
                 let pid = n.child.id().to_string();
                 assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
                 signalled = Some(n);
@@ -346,8 +347,9 @@ async fn signal_the_last_hop_mid_generation(signal: &str, tmp: &Path) -> (odin_n
             true
         })
         .await
-        .unwrap();
-    (g, signalled.expect("the generation ended before the signal"))
+        .unwrap_or_else(|e| panic!("{signal}: {e}"));
+    others.extend(pool);
+    (g, signalled.expect("the generation ended before the signal"), others)
 }
 
 /// A chain of three hops whose servers push to each other: the middle hop, in use, gets `signal`
@@ -358,32 +360,7 @@ async fn a_chain_routes_around_a_middle_hop_that_dies_or_freezes() {
     let _one_at_a_time = SERIAL.lock().await;
     for (signal, says) in [("-KILL", ""), ("-STOP", "deadline")] {
         let tmp = tempfile::tempdir().unwrap();
-        let first = node_proc("0..1", &[], &[], &tmp.path().join("first"));
-        let boot = tcp_addrs(&first);
-        let _last = node_proc("3..4", &[], &boot, &tmp.path().join("last"));
-        let mut pool: Vec<NodeProc> =
-            (0..2).map(|i| node_proc("1..3", &[], &boot, &tmp.path().join(format!("m{i}")))).collect();
-        let client = client(&boot, &tmp.path().join("client")).await;
-        client.wait_for_route(4, Duration::from_secs(60)).await.unwrap();
-        let mut streamed = 0;
-        let mut signalled = None;
-        let g = client
-            .generate(&greedy_request(), |_| {
-                streamed += 1;
-                if streamed == 5 {
-                    let route = client.route_in_use().unwrap();
-                    assert_eq!(route.len(), 3, "{route:?}");
-                    let middle = route[1].peer.to_string();
-                    let n = pool.remove(pool.iter().position(|n| n.peer == middle).unwrap());
-                    let pid = n.child.id().to_string();
-                    assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
-                    signalled = Some(n);
-                }
-                true
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{signal}: {e}"));
-        let hit = signalled.expect("the generation ended before the signal");
+        let (g, hit, _others) = signal_mid_generation(signal, tmp.path(), &["0..1", "3..4"], "1..3").await;
         assert_eq!(g.tokens, reference(), "{signal}");
         assert_eq!(g.failovers, 1, "{signal}: {:?}", g.failures);
         assert!(g.failures[0].starts_with(&hit.peer) && g.failures[0].contains(says), "{signal}: {:?}", g.failures);
