@@ -130,12 +130,15 @@ enum Link {
     Local(Arc<Server>),
 }
 
+/// Frames a hop's reader may queue before it stops reading that hop's stream.
+const FRAME_SLACK: usize = 4;
+
 /// A stream to a remote hop. A task reads its frames into a queue, so the client can wait on
 /// every hop of a chain at once without losing half-read frames.
 struct Remote {
     peer: PeerId,
     out: WriteHalf<odin_net::Stream>,
-    frames: mpsc::UnboundedReceiver<odin_net::Result<Vec<u8>>>,
+    frames: mpsc::Receiver<odin_net::Result<Vec<u8>>>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -148,12 +151,15 @@ impl Drop for Remote {
 impl Remote {
     fn new(peer: PeerId, stream: odin_net::Stream) -> Self {
         let (mut rd, out) = stream.split();
-        let (tx, frames) = mpsc::unbounded_channel();
+        // Bounded: a server gets one answer in per request, so a few frames of slack suffice, and
+        // one that floods frames nobody asked for stalls on its own stream instead of filling
+        // this node's memory.
+        let (tx, frames) = mpsc::channel(FRAME_SLACK);
         let reader = tokio::spawn(async move {
             loop {
                 let frame = read_frame(&mut rd, MAX_FRAME).await;
                 let end = frame.is_err();
-                if tx.send(frame).is_err() || end {
+                if tx.send(frame).await.is_err() || end {
                     return;
                 }
             }
