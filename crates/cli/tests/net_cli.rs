@@ -92,6 +92,18 @@ fn the_api_serves_the_official_openai_client_and_ctrl_c_stops_every_node() {
     for k in ["bad_temperature", "no_messages", "zero_tokens"] {
         assert_eq!(e[k], 400, "{k}: {v}");
     }
+    // The API's own node: healthy with a route, and its status shows every block covered once
+    // (two servers of two blocks each), the servers it knows and its connected peers.
+    let base = url.trim_end_matches('/').trim_end_matches("/v1");
+    let get = |path: &str| -> serde_json::Value {
+        ureq::get(format!("{base}{path}")).call().unwrap().body_mut().read_json().unwrap()
+    };
+    assert_eq!(get("/health")["status"], "ok");
+    let status = get("/status");
+    assert_eq!(status["coverage"], serde_json::json!([1, 1, 1, 1]), "{status}");
+    assert_eq!(status["servers"].as_array().map(Vec::len), Some(2), "{status}");
+    assert!(status["peers"].as_u64().is_some_and(|p| p >= 2), "{status}");
+    assert!(status["sessions"].is_u64() && status["route"].is_array(), "{status}");
 
     // Ctrl-C: the swarm exits and takes its node processes with it.
     let pid = child.id().to_string();
