@@ -119,6 +119,10 @@ struct BuildArgs {
     /// Fail when more than this fraction of a task's training drafts were exact duplicates.
     #[arg(long)]
     max_duplicate_rate: Option<f64>,
+    /// Keep the training prompts of this dataset out of the test, held-out-family and long splits
+    /// (repeatable): fresh test data for a model trained on it.
+    #[arg(long, value_name = "DIR")]
+    exclude: Vec<PathBuf>,
     /// Print the manifest as JSON.
     #[arg(long)]
     json: bool,
@@ -313,7 +317,8 @@ fn data_build(a: BuildArgs) -> Result<()> {
         bar.set_position(done as u64);
         bar.set_message(format!("{split}/{task}"));
     };
-    let m = odin_data::build(&o, &a.out, &progress).with_context(|| format!("building {}", a.out.display()))?;
+    let m = odin_data::build_excluding(&o, &a.out, &a.exclude, &progress)
+        .with_context(|| format!("building {}", a.out.display()))?;
     bar.finish_and_clear();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&m)?);
@@ -326,6 +331,9 @@ fn data_build(a: BuildArgs) -> Result<()> {
         println!("  {name:15} {:>9} records  ({rejected} rejected by verifiers, {dups} duplicates dropped)", s.records);
     }
     println!("  test records dropped for matching train: {}", m.overlap_dropped);
+    for (dir, e) in a.exclude.iter().zip(&m.excluded) {
+        println!("  dropped for matching the training prompts of {}: {}", dir.display(), e.dropped);
+    }
     Ok(())
 }
 

@@ -118,14 +118,14 @@ pub struct TaskCounts {
     pub verified: usize,
     /// Drafts the verifier rejected.
     pub rejected: usize,
-    /// Drafts dropped as exact duplicates (within the split, or of train for other splits).
+    /// Drafts dropped as exact duplicates (within the split, or of a training split for other splits).
     pub duplicates: usize,
     /// Code drafts dropped because execution failed or timed out.
     pub failed_execution: usize,
 }
 
 /// One written shard.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardInfo {
     /// File name inside the dataset directory.
     pub file: String,
@@ -159,8 +159,25 @@ pub struct Manifest {
     pub splits: BTreeMap<String, SplitInfo>,
     /// Test-side records that matched a training prompt and were dropped before writing.
     pub overlap_dropped: usize,
+    /// Other datasets whose training prompts were kept out of this build's evaluation splits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<Excluded>,
     /// Statistics computed at build time.
     pub stats: serde_json::Value,
+}
+
+/// Another dataset's training split, identified by its shards, that a build kept out of its
+/// evaluation splits: a fresh test set for a model trained on that dataset.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Excluded {
+    /// Master seed of the excluded dataset.
+    pub seed: u64,
+    /// Its training shards (file name, records, blake3), which pin exactly what was excluded.
+    pub train_shards: Vec<ShardInfo>,
+    /// Distinct normalised prompts in its training split.
+    pub prompts: usize,
+    /// Records of this build's evaluation splits dropped because their prompt is among them.
+    pub dropped: usize,
 }
 
 fn chunk_rng(seed: u64, split: &str, task: &str, chunk: usize) -> ChaCha8Rng {
@@ -214,7 +231,25 @@ pub type Progress<'a> = &'a (dyn Fn(&str, &str, usize, usize) + Sync);
 
 /// Build a dataset into `out`. `progress` is called as tasks advance.
 pub fn build(o: &BuildOptions, out: &Path, progress: Progress<'_>) -> Result<Manifest> {
+    build_excluding(o, out, &[], progress)
+}
+
+/// Build a dataset into `out` whose test, held-out-family and long splits share no prompt with
+/// the training split of any dataset in `exclude` (as well as with its own).
+///
+/// Why: a build keeps its evaluation splits apart from its own training split only, so a model
+/// trained on another seed's data may have seen some of a fresh build's test prompts.
+pub fn build_excluding(o: &BuildOptions, out: &Path, exclude: &[PathBuf], progress: Progress<'_>) -> Result<Manifest> {
     o.validate()?;
+    let mut excluded = Vec::new();
+    let mut excluded_hashes: Vec<HashSet<u128>> = Vec::new();
+    for dir in exclude {
+        let m = read_manifest(dir)?;
+        let hashes: HashSet<u128> = read_split(dir, &m, "train")?.iter().map(|r| prompt_hash(&r.prompt)).collect();
+        let train_shards = m.splits.get("train").map(|s| s.shards.clone()).unwrap_or_default();
+        excluded.push(Excluded { seed: m.options.seed, train_shards, prompts: hashes.len(), dropped: 0 });
+        excluded_hashes.push(hashes);
+    }
     let sandbox = Sandbox::detect();
     std::fs::create_dir_all(out).map_err(io_err(out))?;
     let split_seed = |name: &str| {
@@ -306,6 +341,13 @@ pub fn build(o: &BuildOptions, out: &Path, progress: Progress<'_>) -> Result<Man
                         counts.duplicates += 1;
                         continue;
                     }
+                    if plan.name != "train" {
+                        if let Some(i) = excluded_hashes.iter().position(|e| e.contains(&h)) {
+                            excluded[i].dropped += 1;
+                            counts.duplicates += 1;
+                            continue;
+                        }
+                    }
                     if !seen.insert(h) {
                         counts.duplicates += 1;
                         continue;
@@ -352,6 +394,7 @@ pub fn build(o: &BuildOptions, out: &Path, progress: Progress<'_>) -> Result<Man
         python: sandbox.is_some(),
         splits,
         overlap_dropped,
+        excluded,
         stats: serde_json::Value::Null,
     };
     let stats = crate::stats::compute(out, &manifest)?;

@@ -19,6 +19,6 @@ pub mod stats;
 pub mod tokenizer;
 pub mod word;
 
-pub use build::{build, read_manifest, read_split, BuildOptions, Manifest};
+pub use build::{build, build_excluding, read_manifest, read_split, BuildOptions, Excluded, Manifest};
 pub use error::{DataError, Result};
 pub use record::{extract_answer, prompt_hash, Record};

@@ -6,7 +6,9 @@ use std::sync::OnceLock;
 
 use odin_data::record::prompt_hash;
 use odin_data::sandbox::Sandbox;
-use odin_data::{algebra, arith, build, code, read_manifest, read_split, word, BuildOptions, Manifest, Record};
+use odin_data::{
+    algebra, arith, build, build_excluding, code, read_manifest, read_split, word, BuildOptions, Manifest, Record,
+};
 
 fn opts(seed: u64) -> BuildOptions {
     let mut o = BuildOptions::preset("tiny", seed).unwrap();
@@ -50,6 +52,37 @@ fn same_seed_and_options_give_byte_identical_output() {
     assert!(fa.len() >= 5, "manifest plus a shard per split");
     assert_eq!(fa, fb, "same seed, same bytes");
     assert_ne!(fa, fc, "another seed, other data");
+}
+
+#[test]
+fn a_build_can_keep_another_datasets_training_prompts_out_of_its_tests() {
+    // Two-digit operands, so that two seeds' arithmetic prompts collide.
+    let short = |seed| BuildOptions { train_max_len: 2, max_duplicate_rate: 1.0, ..opts(seed) };
+    let dir = tempfile::tempdir().unwrap();
+    let m = &build(&short(11), dir.path(), &quiet).unwrap();
+    let theirs: std::collections::HashSet<u128> =
+        all(dir.path(), m, "train").iter().map(|r| prompt_hash(&r.prompt)).collect();
+    let eval_hashes = |d: &Path, m: &Manifest| -> Vec<u128> {
+        ["test", "heldout-family", "long"].iter().flat_map(|s| all(d, m, s)).map(|r| prompt_hash(&r.prompt)).collect()
+    };
+    // Another seed alone shares some short test prompts with seed 11's training split...
+    let (plain, fresh) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mp = build(&short(12), plain.path(), &quiet).unwrap();
+    let shared_before = eval_hashes(plain.path(), &mp).iter().filter(|h| theirs.contains(h)).count();
+    assert!(shared_before > 0, "two-digit arithmetic should collide");
+    // ...and none once that dataset is excluded; the manifest pins what was excluded.
+    let mf = build_excluding(&short(12), fresh.path(), &[dir.path().to_path_buf()], &quiet).unwrap();
+    assert_eq!(eval_hashes(fresh.path(), &mf).iter().filter(|h| theirs.contains(h)).count(), 0);
+    assert_eq!(mf.excluded.len(), 1);
+    let e = &mf.excluded[0];
+    assert_eq!((e.seed, e.prompts), (11, theirs.len()));
+    assert_eq!(e.train_shards, m.splits["train"].shards);
+    assert!(e.dropped >= shared_before, "{} dropped, {shared_before} shared", e.dropped);
+    assert_eq!(all(fresh.path(), &mf, "test").len(), all(plain.path(), &mp, "test").len(), "still full size");
+    assert_eq!(read_manifest(fresh.path()).unwrap().excluded[0].dropped, e.dropped);
+    // A dataset to exclude that is not there is an error, not a silent overlap.
+    let missing = fresh.path().join("nope");
+    assert!(build_excluding(&short(12), plain.path(), &[missing], &quiet).is_err());
 }
 
 #[test]
