@@ -76,26 +76,28 @@ fn bad_input_gets_a_clear_error_not_a_panic() {
 }
 
 #[test]
-fn the_bundled_model_has_its_recorded_id_and_solves_problems_it_was_scored_on() {
-    let dir = repo("models/odin-tiny");
-    let out = odin().args(["model", "id"]).arg(&dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let id = String::from_utf8(out.stdout).unwrap();
-    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("eval.json")).unwrap()).unwrap();
-    assert_eq!(id.trim(), eval["test"]["model_id"].as_str().unwrap(), "the weights are not the ones evaluated");
-    // Two held-out test problems the model answered correctly in its evaluation (greedy is deterministic).
-    for (prompt, answer) in [("Solve for x: 6x - 5 = -10x + 59", "x = 4"), ("work: 831163096+168836905=", "1000000001")]
-    {
-        let out = odin().args(["generate", "--prompt", prompt, "--model"]).arg(&dir).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(text.trim_end().lines().last(), Some(answer), "{prompt} -> {text}");
-    }
-}
-
-#[test]
-fn the_reversed_digit_fine_tunes_have_their_recorded_ids_and_add_lsb_first() {
-    for name in ["models/odin-tiny-rev", "models/odin-tiny-rev2", "models/odin-tiny-rev3", "models/odin-tiny-rev4"] {
+fn every_bundled_model_has_its_recorded_id_and_solves_problems_it_was_scored_on() {
+    // 4821 + 79 = 4900, written least-significant digit first.
+    let rev_add = [("rev work: 1284+97=", "0094")];
+    // Held-out test problems each model answered correctly in its evaluation (greedy is deterministic).
+    let cases: [(&str, &[(&str, &str)]); 5] = [
+        (
+            "models/odin-tiny",
+            &[
+                ("Solve for x: 6x - 5 = -10x + 59", "x = 4"),
+                ("rev work: 6966917082+9033082917=", "50000000001"),
+                ("# trace\ndef f(xs):\n    acc = 0\n    for x in xs:\n        acc = acc + 1\n    return acc\nprint(f([27, 2, -19]))", "3"),
+            ],
+        ),
+        (
+            "models/odin-tiny-base",
+            &[("Solve for x: 6x - 5 = -10x + 59", "x = 4"), ("work: 831163096+168836905=", "1000000001")],
+        ),
+        ("models/odin-tiny-rev", &rev_add),
+        ("models/odin-tiny-rev2", &rev_add),
+        ("models/odin-tiny-rev3", &rev_add),
+    ];
+    for (name, problems) in cases {
         let dir = repo(name);
         let out = odin().args(["model", "id"]).arg(&dir).output().unwrap();
         assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
@@ -105,10 +107,11 @@ fn the_reversed_digit_fine_tunes_have_their_recorded_ids_and_add_lsb_first() {
             eval["test"]["model_id"].as_str().unwrap(),
             "{name}: the weights are not the ones evaluated"
         );
-        // 4821 + 79 = 4900, written least-significant digit first.
-        let out = odin().args(["generate", "--prompt", "rev work: 1284+97=", "--model"]).arg(&dir).output().unwrap();
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(text.trim_end().lines().last(), Some("0094"), "{name}: {text}");
+        for (prompt, answer) in problems {
+            let out = odin().args(["generate", "--prompt", prompt, "--model"]).arg(&dir).output().unwrap();
+            assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+            let text = String::from_utf8(out.stdout).unwrap();
+            assert_eq!(text.trim_end().lines().last(), Some(*answer), "{name}: {prompt} -> {text}");
+        }
     }
 }
