@@ -244,7 +244,12 @@ pub fn build_excluding(o: &BuildOptions, out: &Path, exclude: &[PathBuf], progre
     let mut excluded = Vec::new();
     let mut excluded_hashes: Vec<HashSet<u128>> = Vec::new();
     for dir in exclude {
-        let m = read_manifest(dir)?;
+        let m = read_manifest(dir).map_err(|e| {
+            DataError::BadOptions(format!(
+                "cannot exclude {}: not a dataset that `odin data build` wrote ({e})",
+                dir.display()
+            ))
+        })?;
         let hashes: HashSet<u128> = read_split(dir, &m, "train")?.iter().map(|r| prompt_hash(&r.prompt)).collect();
         let train_shards = m.splits.get("train").map(|s| s.shards.clone()).unwrap_or_default();
         excluded.push(Excluded { seed: m.options.seed, train_shards, prompts: hashes.len(), dropped: 0 });

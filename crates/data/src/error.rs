@@ -6,12 +6,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// A file could not be read or written.
-    #[error("cannot access {path}: {source}")]
+    #[error("cannot access {path}: {err}")]
     Io {
         /// The file that failed.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// A JSON file or JSONL line could not be parsed.
     #[error("{path}:{line}: invalid JSON: {reason}")]
@@ -47,5 +47,5 @@ pub enum DataError {
 pub type Result<T> = std::result::Result<T, DataError>;
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
-    move |source| DataError::Io { path: path.to_path_buf(), source }
+    move |err| DataError::Io { path: path.to_path_buf(), err }
 }

@@ -10,12 +10,12 @@ pub enum EngineError {
     Format(#[from] odin_format::FormatError),
 
     /// A file could not be read or written.
-    #[error("cannot access {path}: {source}")]
+    #[error("cannot access {path}: {err}")]
     Io {
         /// The file that failed.
         path: PathBuf,
         /// The underlying I/O error.
-        source: std::io::Error,
+        err: std::io::Error,
     },
 
     /// A weights or engine file is malformed or does not match the config.

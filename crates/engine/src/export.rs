@@ -112,7 +112,7 @@ struct Vocab {
 
 fn read_vocab(path: &Path, vocab_size: usize) -> Result<Vocab> {
     let bad = |m: String| EngineError::BadWeights(format!("{}: {m}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|err| EngineError::Io { path: path.to_path_buf(), err })?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let model = &v["model"];
     if model["type"] != "BPE" {
@@ -328,7 +328,7 @@ pub fn write_gguf(shard: &Shard, tokenizer: &Path, out: &Path) -> Result<()> {
         offset += t.data.len().next_multiple_of(ALIGN);
     }
     head.resize(head.len().next_multiple_of(ALIGN), 0);
-    let io = |source| EngineError::Io { path: out.to_path_buf(), source };
+    let io = |err| EngineError::Io { path: out.to_path_buf(), err };
     let tmp = out.with_extension("tmp");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
     f.write_all(&head).map_err(io)?;

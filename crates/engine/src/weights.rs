@@ -118,7 +118,7 @@ impl TensorFile {
     /// and match its dtype and shape.
     pub fn open(path: &Path) -> Result<Self> {
         use std::io::Read;
-        let io = |source| EngineError::Io { path: path.to_path_buf(), source };
+        let io = |err| EngineError::Io { path: path.to_path_buf(), err };
         let bad =
             |m: String| EngineError::BadWeights(format!("{} is not a valid safetensors file: {m}", path.display()));
         let mut file = std::fs::File::open(path).map_err(io)?;
@@ -153,7 +153,7 @@ impl TensorFile {
                 self.path.display()
             ))
         })?;
-        let io = |source| EngineError::Io { path: self.path.clone(), source };
+        let io = |err| EngineError::Io { path: self.path.clone(), err };
         let mut data = vec![0u8; (info.end - info.start) as usize];
         let mut f = self.file.lock().map_err(|_| EngineError::BadWeights("tensor file lock poisoned".into()))?;
         f.seek(SeekFrom::Start(self.data_start + info.start)).map_err(io)?;
@@ -461,7 +461,7 @@ pub fn write_safetensors(path: &Path, tensors: &[OutTensor], meta: HashMap<Strin
     let bytes = safetensors::serialize(views, Some(meta))
         .map_err(|e| EngineError::BadWeights(format!("cannot serialise {}: {e}", path.display())))?;
     let tmp = path.with_extension("tmp");
-    let io = |source| EngineError::Io { path: path.to_path_buf(), source };
+    let io = |err| EngineError::Io { path: path.to_path_buf(), err };
     std::fs::write(&tmp, bytes).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }

@@ -174,8 +174,7 @@ pub struct ParamCounts {
 impl ModelConfig {
     /// Read and validate a `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| FormatError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|err| FormatError::Io { path: path.to_path_buf(), err })?;
         let cfg: ModelConfig = serde_json::from_str(&text)
             .map_err(|e| FormatError::BadConfigFile { path: path.to_path_buf(), reason: e.to_string() })?;
         cfg.validate()?;

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     /// A file could not be read.
-    #[error("cannot access {path}: {source}")]
+    #[error("cannot access {path}: {err}")]
     Io {
         /// The file that failed.
         path: PathBuf,
         /// The underlying I/O error.
-        source: std::io::Error,
+        err: std::io::Error,
     },
 
     /// `config.json` is not valid JSON or does not describe a known architecture.

@@ -58,12 +58,12 @@ pub fn model_id(dir: &Path) -> Result<ModelId> {
         let file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && name == "tokenizer.json" => continue,
-            Err(source) => return Err(FormatError::Io { path, source }),
+            Err(err) => return Err(FormatError::Io { path, err }),
         };
         // Streamed, so hashing a large model never holds its weights in memory.
         let mut fh = blake3::Hasher::new();
         let len = std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, file), &mut fh)
-            .map_err(|source| FormatError::Io { path: path.clone(), source })?;
+            .map_err(|err| FormatError::Io { path: path.clone(), err })?;
         h.update(name.as_bytes());
         h.update(&[0]);
         h.update(&len.to_le_bytes());

@@ -10,12 +10,12 @@ pub enum ModelError {
     Candle(#[from] candle_core::Error),
 
     /// A file could not be read or written.
-    #[error("cannot access {path}: {source}")]
+    #[error("cannot access {path}: {err}")]
     Io {
         /// The file that failed.
         path: PathBuf,
         /// The underlying I/O error.
-        source: std::io::Error,
+        err: std::io::Error,
     },
 
     /// `config.json` is missing, unreadable or inconsistent.

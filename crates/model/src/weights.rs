@@ -86,7 +86,7 @@ impl Weights {
 
     /// Load a safetensors file onto `device`.
     pub fn load_safetensors(path: &Path, device: &Device) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|err| ModelError::Io { path: path.to_path_buf(), err })?;
         let map = candle_core::safetensors::load_buffer(&bytes, device)
             .map_err(|e| ModelError::BadSafetensors { path: path.to_path_buf(), reason: e.to_string() })?;
         Ok(Self { map: map.into_iter().collect() })
@@ -181,14 +181,14 @@ impl ModelDir {
     /// needed) and copy `tokenizer.json` when one is attached. Returns the id.
     pub fn save(config: &ModelConfig, weights: &Weights, tokenizer: Option<&Path>, dir: &Path) -> Result<ModelId> {
         weights.validate(config)?;
-        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|err| ModelError::Io { path: dir.to_path_buf(), err })?;
         let cfg_path = dir.join("config.json");
-        std::fs::write(&cfg_path, config.to_json()).map_err(|source| ModelError::Io { path: cfg_path, source })?;
+        std::fs::write(&cfg_path, config.to_json()).map_err(|err| ModelError::Io { path: cfg_path, err })?;
         weights.save_safetensors(&dir.join("model.safetensors"))?;
         if let Some(src) = tokenizer {
             let dst = dir.join("tokenizer.json");
             if src != dst {
-                std::fs::copy(src, &dst).map_err(|source| ModelError::Io { path: dst, source })?;
+                std::fs::copy(src, &dst).map_err(|err| ModelError::Io { path: dst, err })?;
             }
         }
         Ok(model_id(dir)?)

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {err}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// The training config is malformed or inconsistent.
     #[error("bad training config: {0}")]
@@ -49,5 +49,5 @@ pub type Result<T> = std::result::Result<T, TrainError>;
 
 /// Map an io error on `path`.
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.to_path_buf(), source }
+    move |err| TrainError::Io { path: path.to_path_buf(), err }
 }
