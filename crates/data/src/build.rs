@@ -341,14 +341,19 @@ pub fn build_excluding(o: &BuildOptions, out: &Path, exclude: &[PathBuf], progre
                     }
                     attempts += 1;
                     let h = prompt_hash(&d.prompt);
-                    if plan.name != "train" && train_hashes.contains(&h) {
-                        overlap_dropped += 1;
-                        counts.duplicates += 1;
-                        continue;
-                    }
+                    // An evaluation split drops what any training split holds: its own, then each excluded one.
                     if plan.name != "train" {
-                        if let Some(i) = excluded_hashes.iter().position(|e| e.contains(&h)) {
-                            excluded[i].dropped += 1;
+                        let dropped = if train_hashes.contains(&h) {
+                            Some(&mut overlap_dropped)
+                        } else {
+                            excluded_hashes
+                                .iter()
+                                .zip(&mut excluded)
+                                .find(|(e, _)| e.contains(&h))
+                                .map(|(_, x)| &mut x.dropped)
+                        };
+                        if let Some(n) = dropped {
+                            *n += 1;
                             counts.duplicates += 1;
                             continue;
                         }
