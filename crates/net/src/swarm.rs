@@ -26,6 +26,20 @@ use crate::info::ServerInfo;
 
 /// The shard protocol: sessions and activations on direct streams.
 pub const SHARD_PROTOCOL: StreamProtocol = StreamProtocol::new("/odin/shard/1");
+/// A QUIC connection that has heard nothing from its peer for this long is closed. A peer that
+/// died without a word (a killed process, a host gone) is noticed within QUIC_IDLE +
+/// QUIC_KEEP_ALIVE of its death (a keep-alive sent after it restarts the idle timer), 1.25 s,
+/// under the client's 2 s stall floor. Four keep-alive intervals, so a few lost keep-alives
+/// do not close a live connection; on a slow path quinn stretches it to three probe timeouts.
+pub const QUIC_IDLE: Duration = Duration::from_millis(1000);
+/// How often an otherwise idle QUIC connection sends a keep-alive.
+pub const QUIC_KEEP_ALIVE: Duration = Duration::from_millis(250);
+/// How often each connection is pinged: the round-trip times feed routing, and on TCP, where
+/// the transport has no keep-alive of its own, a ping is what notices a silent peer.
+pub const PING_EVERY: Duration = Duration::from_secs(1);
+/// A ping unanswered this long closes its connection (a peer frozen, or a host gone without a
+/// reset), so streams over it fail and the hop before it reports it.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// ODIN's own DHT, kept apart from other libp2p networks.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/odin/kad/1.0.0");
 
@@ -157,10 +171,13 @@ impl Net {
             .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
             .map_err(|e| swarm_err(&e))?
             .with_quic_config(|mut q| {
-                // A peer killed mid-generation sends no close on QUIC; it is noticed only when the
-                // connection idles out. 3 s (with a keep-alive every second) bounds a failover.
-                q.max_idle_timeout = 3_000;
-                q.keep_alive_interval = Duration::from_secs(1);
+                // A peer killed mid-generation sends no close on QUIC (TCP's kernel resets the
+                // connection at once); it is noticed only when the connection idles out. The
+                // keep-alives make that bound QUIC_IDLE after the peer's last packet, which is
+                // below the client's stall floor, so the hop before a dead one reports it by
+                // name before the client would have to probe the chain.
+                q.max_idle_timeout = QUIC_IDLE.as_millis() as u32;
+                q.keep_alive_interval = QUIC_KEEP_ALIVE;
                 q
             })
             .with_relay_client(noise::Config::new, yamux::Config::default)
@@ -187,7 +204,9 @@ impl Net {
                         identify::Config::new("/odin/1.0.0".into(), key.public())
                             .with_agent_version(format!("odin/{}", env!("CARGO_PKG_VERSION"))),
                     ),
-                    ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
+                    ping: ping::Behaviour::new(
+                        ping::Config::new().with_interval(PING_EVERY).with_timeout(PING_TIMEOUT),
+                    ),
                     kad: kad::Behaviour::with_config(id, MemoryStore::new(id), kcfg),
                     gossipsub,
                     autonat: autonat::Behaviour::new(id, autonat::Config::default()),
@@ -413,6 +432,14 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
                 self.emit(NetEvent::Rtt(peer, rtt));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(ping::Failure::Timeout),
+            })) => {
+                tracing::debug!("{peer} left a ping unanswered for {PING_TIMEOUT:?}; closing that connection");
+                self.swarm.close_connection(connection);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,

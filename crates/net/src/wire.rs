@@ -17,8 +17,9 @@ use odin_format::ModelId;
 use crate::error::{NetError, Result};
 
 /// Version of the shard protocol and the server announcements; peers with another version are refused.
-/// (3: servers pass a session's activations straight to the next hop, see [`Request::Push`].)
-pub const PROTOCOL_VERSION: u16 = 3;
+/// (3: servers pass a session's activations straight to the next hop, see [`Request::Push`];
+/// 4: a hop names the next hop it cannot reach, unasked, with [`Response::NextHopDown`].)
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Largest frame a peer may send (a prompt's hidden states for a ~100M model fit with room).
 pub const MAX_FRAME: usize = 64 << 20;
@@ -379,6 +380,17 @@ pub enum Response {
         /// [`Request::Push`] rather than from the client (who then could not resend it).
         input: Option<StepInput>,
     },
+    /// Unasked, on a session's client stream: this hop cannot pass the session's pushed steps
+    /// on, because its link to `next` broke (the connection closed or timed out, a write
+    /// failed, or `next` refused a push). The client routes around `next`, not this hop.
+    NextHopDown {
+        /// The session.
+        session: u64,
+        /// The next hop that failed.
+        next: libp2p::PeerId,
+        /// What happened, for people.
+        reason: String,
+    },
     /// The request failed; the stream stays usable.
     Error {
         /// What kind of failure.
@@ -485,6 +497,12 @@ impl Writer {
         self.0.extend_from_slice(b);
     }
     /// The fields [`Request::Open`] and [`Request::Resume`] share.
+    /// A text for people, cut to [`MAX_MESSAGE`] bytes on a character boundary.
+    fn message(&mut self, m: &str) {
+        let b = m.as_bytes();
+        self.bytes(&b[..floor_char_boundary(m, MAX_MESSAGE.min(b.len()))]);
+    }
+
     fn open(&mut self, session: u64, start: u32, end: u32, sampling: &Sampling, drawn: u64, reply: Dtype) {
         self.u64(session);
         self.u32(start);
@@ -567,6 +585,11 @@ impl<'a> Reader<'a> {
         }
         self.take(n, what)
     }
+    fn peer_id(&mut self, what: &str) -> Result<libp2p::PeerId> {
+        let raw = self.bytes(MAX_PEER_ID, what)?;
+        libp2p::PeerId::from_bytes(raw).map_err(|e| NetError::Malformed(format!("{what} is not a peer id: {e}")))
+    }
+
     fn tensor(&mut self) -> Result<Tensor> {
         let dtype = Dtype::from_code(self.u8("tensor dtype")?)?;
         self.tensor_body(dtype)
@@ -740,10 +763,7 @@ impl Envelope<Request> {
             }
             6 => {
                 let session = r.u64("session")?;
-                let raw = r.bytes(MAX_PEER_ID, "next peer id")?;
-                let next = libp2p::PeerId::from_bytes(raw)
-                    .map_err(|e| NetError::Malformed(format!("next hop is not a peer id: {e}")))?;
-                Request::Link { session, next }
+                Request::Link { session, next: r.peer_id("next hop")? }
             }
             7 => Request::Push { session: r.u64("session")?, input: r.step_input()?, hops: r.hops()? },
             8 => Request::Probe { session: r.u64("session")? },
@@ -768,6 +788,7 @@ impl Envelope<Response> {
             Response::Linked { .. } => 8,
             Response::Pushed { .. } => 9,
             Response::Progress { .. } => 10,
+            Response::NextHopDown { .. } => 11,
         };
         let mut w = Writer::new(&self.model, kind);
         match &self.msg {
@@ -805,8 +826,12 @@ impl Envelope<Response> {
             }
             Response::Error { code, message } => {
                 w.u8(code.code());
-                let m = message.as_bytes();
-                w.bytes(&m[..floor_char_boundary(message, MAX_MESSAGE.min(m.len()))]);
+                w.message(message);
+            }
+            Response::NextHopDown { session, next, reason } => {
+                w.u64(*session);
+                w.bytes(&next.to_bytes());
+                w.message(reason);
             }
         }
         w.0
@@ -859,6 +884,12 @@ impl Envelope<Response> {
                     f => return Err(NetError::Malformed(format!("bad running flag {f}"))),
                 };
                 Response::Progress { steps, running }
+            }
+            11 => {
+                let session = r.u64("session")?;
+                let next = r.peer_id("failed next hop")?;
+                let reason = String::from_utf8_lossy(r.bytes(MAX_MESSAGE, "reason")?).into_owned();
+                Response::NextHopDown { session, next, reason }
             }
             k => return Err(NetError::Malformed(format!("unknown response kind {k}"))),
         };
@@ -1166,6 +1197,13 @@ mod tests {
                 hops
             }),
             (any::<u64>(), any::<bool>()).prop_map(|(steps, running)| Response::Progress { steps, running }),
+            (any::<u64>(), any::<[u8; 32]>(), "[a-z é]{0,40}").prop_map(|(session, key, reason)| {
+                Response::NextHopDown {
+                    session,
+                    next: libp2p::identity::Keypair::ed25519_from_bytes(key).unwrap().public().to_peer_id(),
+                    reason,
+                }
+            }),
         ]
     }
 

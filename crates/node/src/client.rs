@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::io::WriteHalf;
 use futures::AsyncReadExt;
 use odin_net::wire::{read_frame, write_frame, MAX_FRAME};
-use odin_net::{Dtype, Envelope, ErrorCode, HopTime, PeerId, Request, Response, Sampling, StepInput, Tensor};
+use odin_net::{Dtype, Envelope, HopTime, PeerId, Request, Response, Sampling, StepInput, Tensor};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -140,6 +140,9 @@ struct Remote {
     out: WriteHalf<odin_net::Stream>,
     frames: mpsc::Receiver<odin_net::Result<Vec<u8>>>,
     reader: tokio::task::JoinHandle<()>,
+    /// The next hop this hop said was down, unasked ([`Response::NextHopDown`]), and why. Kept
+    /// when it arrives during a request, which it does not answer.
+    down: Option<(PeerId, String)>,
 }
 
 impl Drop for Remote {
@@ -164,7 +167,7 @@ impl Remote {
                 }
             }
         });
-        Remote { peer, out, frames, reader }
+        Remote { peer, out, frames, reader, down: None }
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<()> {
@@ -175,6 +178,18 @@ impl Remote {
         match self.frames.recv().await {
             Some(f) => f,
             None => Err(odin_net::NetError::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))),
+        }
+    }
+
+    /// The next frame that answers a request, and its length. A next-hop notice on the way is
+    /// no answer: it is kept in `down`, for whoever looks for the hop at fault.
+    async fn answer(&mut self, model: odin_format::ModelId) -> Result<(Response, usize)> {
+        loop {
+            let frame = self.recv().await?;
+            match parse(&self.peer, model, &frame)? {
+                Response::NextHopDown { next, reason, .. } => self.down = Some((next, reason)),
+                r => return Ok((r, frame.len())),
+            }
         }
     }
 }
@@ -207,11 +222,11 @@ impl Link {
                 let peer = r.peer;
                 let fut = async {
                     r.send(&bytes).await?;
-                    Ok::<_, NodeError>(r.recv().await?)
+                    r.answer(model).await
                 };
-                let frame =
+                let (resp, len) =
                     tokio::time::timeout(deadline, fut).await.map_err(|_| NodeError::Timeout(peer.to_string()))??;
-                Ok((parse(&peer, model, &frame)?, bytes.len() + frame.len() + 8))
+                Ok((resp, bytes.len() + len + 8))
             }
         }
     }
@@ -248,6 +263,7 @@ fn kind(r: &Response) -> &'static str {
         Response::Linked { .. } => "Linked",
         Response::Pushed { .. } => "Pushed",
         Response::Progress { .. } => "Progress",
+        Response::NextHopDown { .. } => "NextHopDown",
     }
 }
 
@@ -337,7 +353,7 @@ fn blame(error: NodeError, peer: PeerId) -> Failure {
     use odin_net::ErrorCode::{BadInput, Malformed};
     let server_side = match &error {
         NodeError::Remote { code, .. } => !matches!(code, BadInput | Malformed),
-        NodeError::Net(_) | NodeError::Timeout(_) | NodeError::Protocol { .. } => true,
+        NodeError::Net(_) | NodeError::Timeout(_) | NodeError::Protocol { .. } | NodeError::HopDown { .. } => true,
         _ => false,
     };
     Failure { error, peer: server_side.then_some(peer) }
@@ -584,9 +600,13 @@ async fn push_step(
         STEP_DEADLINE
     };
     let (i, frame) = match tokio::time::timeout(deadline, next_frame(hops)).await {
-        Err(_) => return Err(find_stall(node, session, hops, done).await),
+        Err(_) => {
+            tracing::debug!("session {session:016x}: step {done} stalled past {deadline:?}; probing the chain");
+            return Err(find_stall(node, session, hops, done).await);
+        }
         Ok((i, Err(e))) => {
             let peer = hops[i].hop.peer;
+            tracing::debug!("session {session:016x}: step {done}: stream to hop {i} ({peer}) failed: {e}");
             node.report_failure(&peer);
             return Err(blame(e.into(), peer));
         }
@@ -632,18 +652,24 @@ async fn push_step(
 
 /// Hop `i` answered a push with `r` (not a token): blame the hop at fault.
 fn refusal(node: &Node, hops: &[HopRun], i: usize, r: Response) -> Failure {
+    tracing::debug!("hop {i} ({}) answered a push with {r:?}", hops[i].hop.peer);
     match r {
-        // The hop could not pass the step on: its next hop is the one at fault.
-        Response::Error { code: ErrorCode::NextHop, message } if i + 1 < hops.len() => {
-            let next = hops[i + 1].hop.peer;
-            node.report_failure(&next);
-            Failure {
-                error: NodeError::Remote { peer: next.to_string(), code: ErrorCode::NextHop, message },
-                peer: Some(next),
-            }
-        }
+        Response::NextHopDown { next, reason, .. } => next_hop_down(node, hops, i, next, reason),
         r => blame(hops[i].refused(node, r), hops[i].hop.peer),
     }
+}
+
+/// Hop `i` says its next hop `next` is down: blame `next`, the hop after `i`. A hop naming a
+/// peer that is not its next hop is out of protocol, and is blamed itself.
+fn next_hop_down(node: &Node, hops: &[HopRun], i: usize, next: PeerId, reason: String) -> Failure {
+    let by = hops[i].hop.peer;
+    if hops.get(i + 1).is_none_or(|h| h.hop.peer != next) {
+        node.report_failure(&by);
+        let what = format!("said {next} was down, which is not its next hop");
+        return Failure { error: NodeError::Protocol { peer: by.to_string(), what }, peer: Some(by) };
+    }
+    node.report_failure(&next);
+    Failure { error: NodeError::HopDown { peer: next.to_string(), by: by.to_string(), reason }, peer: Some(next) }
 }
 
 /// The first frame any remote hop sends, and which hop sent it.
@@ -664,10 +690,21 @@ async fn next_frame(hops: &mut [HopRun]) -> (usize, odin_net::Result<Vec<u8>>) {
 
 /// A pushed step went past its deadline: ask each hop in order how far it got. The first that
 /// does not answer, or has not finished the step, is the one that stalled.
+///
+/// A hop that said, unasked, that its next hop is down (its notice may arrive while it is being
+/// probed) points at that next hop instead.
 async fn find_stall(node: &Node, session: u64, hops: &mut [HopRun], done: u64) -> Failure {
-    for h in hops.iter_mut() {
+    for k in 0..hops.len() {
+        let h = &mut hops[k];
         let peer = h.hop.peer;
-        match h.call_within(node, Request::Probe { session }, PROBE_DEADLINE).await {
+        let probe = h.call_within(node, Request::Probe { session }, PROBE_DEADLINE).await;
+        tracing::debug!("session {session:016x}: probe of {peer} for step {done}: {:?}", probe.as_ref().map(|r| &r.0));
+        if let Link::Remote(Remote { down: Some((next, reason)), .. }) = &h.link {
+            let (next, reason) = (*next, reason.clone());
+            return next_hop_down(node, hops, k, next, reason);
+        }
+        let h = &mut hops[k];
+        match probe {
             Ok((Response::Progress { steps, running: false }, _)) if steps >= done => continue,
             Ok((Response::Progress { .. }, _)) => {
                 node.report_failure(&peer);

@@ -25,6 +25,8 @@ pub struct Entry {
     pub backoff_until: Option<Instant>,
     /// Failures in a row.
     pub failures: u32,
+    /// Failures reported in all, never reset: what a server was blamed for, for `/status`.
+    pub blamed: u32,
     /// What this node measured itself, µs per block per decode step (round trip included),
     /// averaged over recent generations; routes trust it over the server's own announcement.
     pub observed_us_per_block: Option<f64>,
@@ -89,6 +91,7 @@ impl Directory {
             rtt: None,
             backoff_until: None,
             failures: 0,
+            blamed: 0,
             observed_us_per_block: None,
             failed_at: None,
         });
@@ -126,6 +129,7 @@ impl Directory {
     pub fn failed(&mut self, peer: &PeerId) {
         if let Some(e) = self.servers.get_mut(peer) {
             e.failures += 1;
+            e.blamed += 1;
             let ms = 500u64.saturating_mul(1 << (e.failures - 1).min(7)).min(60_000);
             e.backoff_until = Some(Instant::now() + Duration::from_millis(ms));
             e.failed_at = Some(Instant::now());

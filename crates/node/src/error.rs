@@ -27,6 +27,16 @@ pub enum NodeError {
         /// What it said.
         message: String,
     },
+    /// A server's previous hop found it gone (its link to it broke) and said so.
+    #[error("server {peer} is down, reported by the hop before it ({by}): {reason}")]
+    HopDown {
+        /// The server that is down.
+        peer: String,
+        /// The server that reported it.
+        by: String,
+        /// What that server saw.
+        reason: String,
+    },
     /// A server did not answer in time.
     #[error("server {0} did not answer within the deadline")]
     Timeout(String),

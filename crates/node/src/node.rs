@@ -129,6 +129,8 @@ pub struct ServerStatus {
     pub rtt_us: Option<u64>,
     /// What generations from here measured, ms per block per decode step (round trip included).
     pub observed_ms_per_block: Option<f64>,
+    /// Failures generations from here blamed on it, in all.
+    pub failures: u32,
 }
 
 /// A running node.
@@ -655,6 +657,7 @@ impl Node {
                         free_slots: e.info.free_slots,
                         rtt_us: e.rtt.map(|r| r.as_micros() as u64),
                         observed_ms_per_block: e.observed_us_per_block.map(|us| us / 1e3),
+                        failures: e.blamed,
                     })
                     .collect(),
             ),

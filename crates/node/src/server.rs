@@ -26,6 +26,7 @@ use odin_format::ModelId;
 use odin_net::wire::{read_frame, write_frame, MAX_FRAME};
 use odin_net::{Dtype, Envelope, ErrorCode, HopTime, NetError, PeerId, Request, Response, StepInput, Tensor};
 use tokio::runtime::RuntimeFlavor;
+use tokio::sync::mpsc;
 
 /// The writing half of a stream, shared: a session's client stream is written by the task
 /// reading it (answers) and by whichever task finishes a pushed step (tokens, failures).
@@ -68,13 +69,18 @@ struct Session {
     next: Option<Next>,
 }
 
-/// A session's link to its next hop.
+/// A session's link to its next hop. A task owns the stream: it writes the pushes queued here
+/// and watches for the link breaking, so a push never holds up the loop that answers the
+/// session's client (which must keep answering probes when the next hop is the one stuck).
 struct Next {
     peer: PeerId,
-    out: Sink,
-    /// Reads what the next hop says on the link (only refusals), until the session ends.
-    _listener: AbortOnDrop,
+    pushes: mpsc::Sender<Vec<u8>>,
+    _carrier: AbortOnDrop,
 }
+
+/// Pushes a link may hold unwritten. A client waits for each token before the next push, so
+/// more than one waiting means the next hop has stopped taking them.
+const LINK_QUEUE: usize = 4;
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -329,18 +335,20 @@ impl Server {
                 };
                 let to_client = match outcome {
                     Ok(Outcome::Done(Response::Hidden { tensor, compute_us })) => match next {
-                        Some((peer, out)) => {
+                        Some((peer, pushes)) => {
                             hops.push(hop(compute_us));
                             let msg = Request::Push { session, input: StepInput::Hidden(tensor), hops };
                             let bytes =
                                 self.garbled(true).unwrap_or_else(|| Envelope { model: self.model, msg }.to_bytes());
-                            match send(&out, &bytes).await {
+                            let reason = match pushes.try_send(bytes) {
                                 Ok(()) => return None,
-                                Err(e) => Response::Error {
-                                    code: ErrorCode::NextHop,
-                                    message: format!("cannot pass session {session:016x} on to {peer}: {e}"),
-                                },
-                            }
+                                Err(mpsc::error::TrySendError::Full(_)) => {
+                                    format!("{LINK_QUEUE} pushes wait unwritten on the link to it")
+                                }
+                                // The carrier has already told the client why.
+                                Err(mpsc::error::TrySendError::Closed(_)) => "the link to it is down".to_string(),
+                            };
+                            Response::NextHopDown { session, next: peer, reason }
                         }
                         None => Response::Error {
                             code: ErrorCode::BadInput,
@@ -379,6 +387,7 @@ impl Server {
             Request::Close { session } => self.close(session),
             Request::Link { session, next } => self.link(session, next, origin).await,
             Request::Probe { session } => {
+                tracing::debug!("session {session:016x}: probed");
                 self.with_session(session, |s| Response::Progress { steps: s.steps, running: s.state.is_none() })
             }
         };
@@ -397,9 +406,8 @@ impl Server {
         Ok(Response::Closed)
     }
 
-    /// Open the stream to `next` for the session's pushed steps. Whatever the next hop says on it
-    /// is a refusal of a push (it answers pushes on the client's stream when it knows the
-    /// session), so it goes on to this session's client as a [`ErrorCode::NextHop`] failure.
+    /// Open the stream to `next` for the session's pushed steps, and start the task that
+    /// carries them (see [`carry`]).
     async fn link(&self, session: u64, next: PeerId, origin: Option<&Origin>) -> Result<Response, Fail> {
         self.with_session(session, |_| ())?;
         let net = self
@@ -411,25 +419,11 @@ impl Server {
             Ok(Err(e)) => return Err(Fail(ErrorCode::NextHop, format!("cannot reach the next hop {next}: {e}"))),
             Err(_) => return Err(Fail(ErrorCode::NextHop, format!("the next hop {next} did not answer in time"))),
         };
-        let (mut rd, wr) = stream.split();
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let client = origin.map(|o| o.sink.clone());
-        let model = self.model;
-        let listener = tokio::spawn(async move {
-            let message = match read_frame(&mut rd, MAX_FRAME).await {
-                Ok(frame) => match Envelope::<Response>::from_bytes(&frame).map(|e| e.msg) {
-                    Ok(Response::Error { message, .. }) => format!("the next hop {next} refused a push: {message}"),
-                    _ => format!("the next hop {next} answered a push out of protocol"),
-                },
-                Err(e) => format!("the next hop {next} dropped the link: {e}"),
-            };
-            if let Some(sink) = client {
-                let msg = Response::Error { code: ErrorCode::NextHop, message };
-                let _ = send(&sink, &Envelope { model, msg }.to_bytes()).await;
-            }
-        });
+        let carrier = tokio::spawn(carry(stream, rx, client, self.model, session, next));
         self.with_session(session, |s| {
-            s.next =
-                Some(Next { peer: next, out: Arc::new(tokio::sync::Mutex::new(wr)), _listener: AbortOnDrop(listener) });
+            s.next = Some(Next { peer: next, pushes: tx, _carrier: AbortOnDrop(carrier) });
             Response::Linked { session }
         })
     }
@@ -440,7 +434,7 @@ impl Server {
         &self,
         session: u64,
         input: StepInput,
-    ) -> (Option<(Option<Sink>, Option<(PeerId, Sink)>)>, Result<Outcome, Fail>) {
+    ) -> (Option<(Option<Sink>, Option<(PeerId, mpsc::Sender<Vec<u8>>)>)>, Result<Outcome, Fail>) {
         if !self.cfg.delay.is_zero() {
             tokio::time::sleep(self.cfg.delay).await;
         }
@@ -457,7 +451,7 @@ impl Server {
                 Err(_) => return (None, Err(poisoned())),
             };
             let Some(sess) = s.get_mut(&session) else { return (None, Err(unknown(session))) };
-            let links = (sess.client.clone(), sess.next.as_ref().map(|n| (n.peer, n.out.clone())));
+            let links = (sess.client.clone(), sess.next.as_ref().map(|n| (n.peer, n.pushes.clone())));
             let Some(state) = sess.state.take() else {
                 let busy = format!("session {session:016x} is already running a step");
                 return (Some(links), Err(Fail(ErrorCode::BadInput, busy)));
@@ -608,6 +602,52 @@ fn step(
         },
     };
     (state, sampler, resp)
+}
+
+/// Carry a session's pushes to its next hop `next` until the session ends or the link breaks.
+///
+/// The link breaks when a write fails, when the next hop says anything on it (it answers a push
+/// it accepts on the client's stream, so anything here is a refusal), or when the stream ends:
+/// the connection closed (TCP: at once when the peer dies) or timed out (QUIC: the keep-alive
+/// bound, see `odin_net`). Then the session's client hears [`Response::NextHopDown`] naming
+/// `next`, at once and unasked, so it blames `next` and not this server.
+async fn carry(
+    stream: odin_net::Stream,
+    mut pushes: mpsc::Receiver<Vec<u8>>,
+    client: Option<Sink>,
+    model: ModelId,
+    session: u64,
+    next: PeerId,
+) {
+    let (mut rd, mut wr) = stream.split();
+    // Polled in place across the loop, never restarted: a frame half read is never lost.
+    let said = read_frame(&mut rd, MAX_FRAME);
+    tokio::pin!(said);
+    let reason = loop {
+        tokio::select! {
+            push = pushes.recv() => match push {
+                Some(bytes) => {
+                    if let Err(e) = write_frame(&mut wr, &bytes).await {
+                        break format!("a push to it failed: {e}");
+                    }
+                }
+                // The session ended.
+                None => return,
+            },
+            got = &mut said => break match got {
+                Ok(frame) => match Envelope::<Response>::from_bytes(&frame).map(|e| e.msg) {
+                    Ok(Response::Error { message, .. }) => format!("it refused a push: {message}"),
+                    _ => "it answered a push out of protocol".to_string(),
+                },
+                Err(e) => format!("it dropped the link: {e}"),
+            },
+        }
+    };
+    tracing::debug!("session {session:016x}: next hop {next} is down: {reason}");
+    if let Some(sink) = client {
+        let msg = Response::NextHopDown { session, next, reason };
+        let _ = send(&sink, &Envelope { model, msg }.to_bytes()).await;
+    }
 }
 
 /// Write one frame on a shared stream.
