@@ -65,7 +65,7 @@ fn node_proc(t: Transport, blocks: &str, extra: &[&str], boot: &[String], dir: &
     // Each node's log stays in its data directory, for a failing test to show (see `logs`).
     std::fs::create_dir_all(dir).unwrap();
     let log = std::fs::File::create(dir.join("node.log")).unwrap();
-    cmd.env("ODIN_LOG", "odin_node=debug,warn");
+    cmd.env("ODIN_LOG", log_filter());
     // Its own process group. Otherwise it shares the test's, and when that group is orphaned
     // (POSIX: when the last member with a parent outside it exits, as cargo's or a shell's
     // children can) the kernel sends every member SIGHUP if one of them is stopped: a server
@@ -79,10 +79,15 @@ fn node_proc(t: Transport, blocks: &str, extra: &[&str], boot: &[String], dir: &
     NodeProc { child, peer: v["peer"].as_str().unwrap().to_string(), addrs, blocks: blocks.to_string() }
 }
 
+/// What the nodes and the client log: `ODIN_TEST_LOG` (an `ODIN_LOG` filter) when set.
+fn log_filter() -> String {
+    std::env::var("ODIN_TEST_LOG").unwrap_or_else(|_| "odin_node=debug,warn".into())
+}
+
 /// A scratch directory for a test's nodes; `ODIN_TEST_KEEP=1` keeps it (and the nodes' logs).
 fn scratch() -> tempfile::TempDir {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("odin_node=debug,warn"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(log_filter()))
         .with_test_writer()
         .try_init();
     let keep = std::env::var_os("ODIN_TEST_KEEP").is_some();

@@ -40,6 +40,9 @@ pub const PING_EVERY: Duration = Duration::from_secs(1);
 /// A ping unanswered this long closes its connection (a peer frozen, or a host gone without a
 /// reset), so streams over it fail and the hop before it reports it.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the first attempt to open a stream may take before it is made again (see
+/// [`Net::open_stream`]); a stream on a live connection opens in one round trip.
+const OPEN_ATTEMPT: Duration = Duration::from_millis(500);
 /// ODIN's own DHT, kept apart from other libp2p networks.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/odin/kad/1.0.0");
 
@@ -313,20 +316,32 @@ impl Net {
     }
 
     /// Open a shard-protocol stream to `peer` (connecting first if needed).
+    ///
+    /// Each attempt is bounded (0.5 s, then twice as long each time; callers bound the whole).
+    /// libp2p-stream 0.5 can lose a request for good: when it is made while a connection from
+    /// `peer` is being set up, it finds no connection, asks for a dial that the swarm refuses
+    /// (the peer is connected by then) without telling it, and the request waits for a
+    /// connection that never comes. A second attempt finds the connection at once. An attempt
+    /// that was only slow is harmless to repeat: its stream is opened and dropped.
     pub async fn open_stream(&self, peer: PeerId) -> Result<libp2p::Stream> {
         let mut c = self.control.clone();
         let (mut wait, mut retries) = (Duration::from_millis(20), 0);
+        let mut attempt = OPEN_ATTEMPT;
         loop {
-            match c.open_stream(peer, SHARD_PROTOCOL).await {
-                Ok(s) => return Ok(s),
+            match tokio::time::timeout(attempt, c.open_stream(peer, SHARD_PROTOCOL)).await {
+                Ok(Ok(s)) => return Ok(s),
+                Err(_) => {
+                    tracing::debug!("opening a stream to {peer} took over {attempt:?}; asking again");
+                    attempt *= 2;
+                }
                 // The connection it picked may have just closed (a duplicate connection being
                 // pruned, a transport timing out); a moment later it dials afresh if it must.
-                Err(libp2p_stream::OpenStreamError::Io(e)) if retries < 3 => {
+                Ok(Err(libp2p_stream::OpenStreamError::Io(e))) if retries < 3 => {
                     tracing::debug!("opening a stream to {peer} failed ({e}); trying again");
                     tokio::time::sleep(wait).await;
                     (wait, retries) = (wait * 4, retries + 1);
                 }
-                Err(e) => return Err(NetError::Swarm(format!("cannot open a stream to {peer}: {e}"))),
+                Ok(Err(e)) => return Err(NetError::Swarm(format!("cannot open a stream to {peer}: {e}"))),
             }
         }
     }

@@ -1090,6 +1090,18 @@ mod tests {
         w.u32(1 << 20);
         let e = Envelope::<Request>::from_bytes(&w.0).unwrap_err();
         assert!(matches!(&e, NetError::TooLarge { cap: MAX_PEER_ID, .. }), "{e}");
+        // A next-hop notice is held to the same checks.
+        let mut w = Writer::new(&id(), 11);
+        w.u64(1);
+        w.bytes(b"not a multihash");
+        w.bytes(b"why");
+        let e = Envelope::<Response>::from_bytes(&w.0).unwrap_err();
+        assert!(matches!(&e, NetError::Malformed(m) if m.contains("not a peer id")), "{e}");
+        let mut w = Writer::new(&id(), 11);
+        w.u64(1);
+        w.u32(1 << 20);
+        let e = Envelope::<Response>::from_bytes(&w.0).unwrap_err();
+        assert!(matches!(&e, NetError::TooLarge { cap: MAX_PEER_ID, .. }), "{e}");
         let push = |claimed: u32, present: usize| {
             let mut w = Writer::new(&id(), 7);
             w.u64(1);

@@ -307,6 +307,7 @@ impl HopRun {
 
     /// Open (or resume) the session on this hop.
     async fn open(&mut self, node: &Node, msg: Request) -> std::result::Result<(), Failure> {
+        tracing::debug!("opening the session on {}", self.hop.peer);
         match self.call(node, msg).await {
             Ok((Response::Opened { .. }, _)) => Ok(()),
             Ok((r, _)) => Err(blame(self.refused(node, r), self.hop.peer)),
@@ -476,6 +477,7 @@ async fn connect(node: &Node, hop: &Hop) -> std::result::Result<HopRun, Failure>
             None => return Err(NodeError::NoRoute("the route names this node, which serves nothing".into()).into()),
         }
     } else {
+        tracing::debug!("opening a stream to {}", hop.peer);
         let opened = tokio::time::timeout(STEP_DEADLINE, node.net().open_stream(hop.peer))
             .await
             .map_err(|_| NodeError::Timeout(hop.peer.to_string()))
