@@ -1,8 +1,11 @@
 //! A network that survives, as real `odin node` processes on loopback: servers killed with
-//! SIGKILL in the middle of a generation change no token.
+//! SIGKILL in the middle of a generation change no token, and only the server at fault is blamed.
 //!
 //! `ODIN_KILL_RUNS=100 cargo test --release -p odin-cli --test failover -- --nocapture` runs the
-//! full hundred kills and prints the recovery times (BENCHMARKS.md); CI runs 20.
+//! full hundred kills (half on TCP, half on QUIC) and prints the recovery times (BENCHMARKS.md);
+//! CI runs 20. Each node logs to `node.log` in its data directory: `ODIN_TEST_KEEP=1` keeps the
+//! directories, and `ODIN_TEST_LOG` sets the filter (for example
+//! `odin_node=debug,libp2p_stream=debug,warn`).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
