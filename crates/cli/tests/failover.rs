@@ -304,6 +304,7 @@ async fn the_router_learns_that_a_server_is_slow_and_routes_around_it() {
     req.max_new = 8;
     let g = client.generate(&req, |_| true).await.unwrap();
     assert_eq!(g.route.last().unwrap().hop.peer.to_string(), slow.peer, "the only server of 2..4");
+    assert_eq!(g.failovers, 0, "slow is not failed: {:?}", g.failures);
     let fast = node_proc(t, "2..4", &[], &boot, &tmp.path().join("fast"));
     client.wait_for_server(&fast.peer.parse().unwrap(), Duration::from_secs(60)).await.unwrap();
     let status = client.status().await;
@@ -312,6 +313,7 @@ async fn the_router_learns_that_a_server_is_slow_and_routes_around_it() {
     for _ in 0..3 {
         let g = client.generate(&req, |_| true).await.unwrap();
         assert_eq!(g.route.last().unwrap().hop.peer.to_string(), fast.peer, "the slow server is avoided");
+        assert_eq!(g.failovers, 0, "avoided, not failed: {:?}", g.failures);
     }
 }
 
@@ -375,6 +377,10 @@ async fn auto_nodes_cover_the_model_and_re_cover_it_when_one_dies() {
     let g = client.generate(&greedy_request(), |_| true).await.unwrap();
     assert_eq!(g.tokens, reference());
     assert!(g.route.iter().all(|h| h.hop.peer != dead_peer));
+    // Whatever the generation met on the way, only the dead server is blamed for it.
+    assert!(g.failures.iter().all(|f| f.starts_with(&dead.peer)), "{:?}", g.failures);
+    let blamed = client.status().await.servers.into_iter().filter(|s| s.peer != dead.peer && s.failures > 0);
+    assert_eq!(blamed.count(), 0, "a survivor was blamed: {:?}", g.failures);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
