@@ -15,6 +15,7 @@ pub mod wire;
 
 pub use error::{NetError, Result};
 pub use info::{now_ms, ServerInfo};
+pub use libp2p::identity::{Keypair, PublicKey};
 pub use libp2p::{Multiaddr, PeerId, Stream};
 pub use swarm::{block_key, info_topic, load_or_create_identity, Net, NetConfig, NetEvent};
 pub use wire::{Dtype, Envelope, ErrorCode, HopTime, Request, Response, Sampling, StepInput, Tensor};

@@ -37,6 +37,9 @@ pub enum NodeError {
         /// What that server saw.
         reason: String,
     },
+    /// The node's identity key could not be used.
+    #[error("identity: {0}")]
+    Identity(String),
     /// A server did not answer in time.
     #[error("server {0} did not answer within the deadline")]
     Timeout(String),

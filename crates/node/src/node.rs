@@ -135,6 +135,8 @@ pub struct ServerStatus {
 
 /// A running node.
 pub struct Node {
+    /// The node's ed25519 identity: its peer id, and what it signs with (commitments, receipts).
+    key: odin_net::Keypair,
     net: Net,
     model: ModelId,
     config: ModelConfig,
@@ -188,9 +190,10 @@ impl Node {
         }
         cfg.net.model = model;
         let key = odin_net::load_or_create_identity(&cfg.data_dir.join("identity.key"))?;
-        let (net, mut events) = Net::start(key, cfg.net.clone()).await?;
+        let (net, mut events) = Net::start(key.clone(), cfg.net.clone()).await?;
         let ttl = cfg.announce_every * 3;
         let node = Arc::new(Node {
+            key,
             net,
             model,
             config,
@@ -424,6 +427,17 @@ impl Node {
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.net.peer_id()
+    }
+
+    /// Sign `msg` with this node's identity key (ed25519); anyone checks it with
+    /// [`Node::public_key`], which the peer id also names.
+    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>> {
+        self.key.sign(msg).map_err(|e| NodeError::Identity(format!("cannot sign with this node's key: {e}")))
+    }
+
+    /// The public half of this node's identity.
+    pub fn public_key(&self) -> odin_net::PublicKey {
+        self.key.public()
     }
 
     /// The model id.

@@ -330,3 +330,27 @@ async fn on_one_network_thread_concurrent_sessions_generate_what_one_machine_doe
         assert!(f.contains("connection is closed") || f.contains("stopped by peer"), "{f}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_signs_with_the_identity_its_peer_id_names_and_keeps_it_across_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = || NodeConfig::loopback(&tiny(), None, &tmp.path().join("same"));
+    let node = Node::start(cfg()).await.unwrap();
+    let msg = b"step 7 of session 42: output 9f86d081";
+    let sig = node.sign(msg).unwrap();
+    assert_eq!(node.public_key().to_peer_id(), node.peer_id());
+    assert!(node.public_key().verify(msg, &sig));
+    assert!(!node.public_key().verify(b"step 8 of session 42: output 9f86d081", &sig), "another message");
+    let (peer, key) = (node.peer_id(), node.public_key());
+    drop(node);
+    // The same data directory: the same key, so an old signature still checks against the new
+    // node, and its new signatures against the old key.
+    let again = Node::start(cfg()).await.unwrap();
+    assert_eq!(again.peer_id(), peer);
+    assert!(again.public_key().verify(msg, &sig));
+    assert!(key.verify(msg, &again.sign(msg).unwrap()));
+    // Another node's key does not check it.
+    let other = start(None, &[], tmp.path()).await;
+    assert_ne!(other.peer_id(), peer);
+    assert!(!other.public_key().verify(msg, &sig));
+}
