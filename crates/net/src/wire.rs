@@ -1080,28 +1080,32 @@ mod tests {
 
     #[test]
     fn links_and_pushes_refuse_bad_peers_and_hop_lists_before_allocating() {
-        let mut w = Writer::new(&id(), 6);
-        w.u64(1);
-        w.bytes(b"not a multihash");
-        let e = Envelope::<Request>::from_bytes(&w.0).unwrap_err();
-        assert!(matches!(&e, NetError::Malformed(m) if m.contains("not a peer id")), "{e}");
-        let mut w = Writer::new(&id(), 6);
-        w.u64(1);
-        w.u32(1 << 20);
-        let e = Envelope::<Request>::from_bytes(&w.0).unwrap_err();
-        assert!(matches!(&e, NetError::TooLarge { cap: MAX_PEER_ID, .. }), "{e}");
-        // A next-hop notice is held to the same checks.
-        let mut w = Writer::new(&id(), 11);
-        w.u64(1);
-        w.bytes(b"not a multihash");
-        w.bytes(b"why");
-        let e = Envelope::<Response>::from_bytes(&w.0).unwrap_err();
-        assert!(matches!(&e, NetError::Malformed(m) if m.contains("not a peer id")), "{e}");
-        let mut w = Writer::new(&id(), 11);
-        w.u64(1);
-        w.u32(1 << 20);
-        let e = Envelope::<Response>::from_bytes(&w.0).unwrap_err();
-        assert!(matches!(&e, NetError::TooLarge { cap: MAX_PEER_ID, .. }), "{e}");
+        // A link's next hop and a next-hop notice's dead hop: the same peer-id checks. The
+        // second frame's length prefix claims far more than the cap.
+        let bad_peer = |kind: u8, request: bool| {
+            let frames = [(b"not a multihash".as_slice(), false), (&(1u32 << 20).to_le_bytes()[..], true)];
+            frames.map(|(peer, raw)| {
+                let mut w = Writer::new(&id(), kind);
+                w.u64(1);
+                if raw {
+                    w.0.extend_from_slice(peer)
+                } else {
+                    w.bytes(peer)
+                }
+                w.bytes(b"why");
+                if request {
+                    Envelope::<Request>::from_bytes(&w.0).map(|_| ())
+                } else {
+                    Envelope::<Response>::from_bytes(&w.0).map(|_| ())
+                }
+            })
+        };
+        for [malformed, oversized] in [bad_peer(6, true), bad_peer(11, false)] {
+            let e = malformed.unwrap_err();
+            assert!(matches!(&e, NetError::Malformed(m) if m.contains("not a peer id")), "{e}");
+            let e = oversized.unwrap_err();
+            assert!(matches!(&e, NetError::TooLarge { cap: MAX_PEER_ID, .. }), "{e}");
+        }
         let push = |claimed: u32, present: usize| {
             let mut w = Writer::new(&id(), 7);
             w.u64(1);

@@ -305,9 +305,16 @@ impl HopRun {
         self.call_within(node, msg, deadline).await
     }
 
+    /// The next hop this hop said was down while answering a request, and why.
+    fn reported_down(&self) -> Option<(PeerId, String)> {
+        match &self.link {
+            Link::Remote(r) => r.down.clone(),
+            Link::Local(_) => None,
+        }
+    }
+
     /// Open (or resume) the session on this hop.
     async fn open(&mut self, node: &Node, msg: Request) -> std::result::Result<(), Failure> {
-        tracing::debug!("opening the session on {}", self.hop.peer);
         match self.call(node, msg).await {
             Ok((Response::Opened { .. }, _)) => Ok(()),
             Ok((r, _)) => Err(blame(self.refused(node, r), self.hop.peer)),
@@ -477,7 +484,6 @@ async fn connect(node: &Node, hop: &Hop) -> std::result::Result<HopRun, Failure>
             None => return Err(NodeError::NoRoute("the route names this node, which serves nothing".into()).into()),
         }
     } else {
-        tracing::debug!("opening a stream to {}", hop.peer);
         let opened = tokio::time::timeout(STEP_DEADLINE, node.net().open_stream(hop.peer))
             .await
             .map_err(|_| NodeError::Timeout(hop.peer.to_string()))
@@ -701,8 +707,7 @@ async fn find_stall(node: &Node, session: u64, hops: &mut [HopRun], done: u64) -
         let peer = h.hop.peer;
         let probe = h.call_within(node, Request::Probe { session }, PROBE_DEADLINE).await;
         tracing::debug!("session {session:016x}: probe of {peer} for step {done}: {:?}", probe.as_ref().map(|r| &r.0));
-        if let Link::Remote(Remote { down: Some((next, reason)), .. }) = &h.link {
-            let (next, reason) = (*next, reason.clone());
+        if let Some((next, reason)) = h.reported_down() {
             return next_hop_down(node, hops, k, next, reason);
         }
         let h = &mut hops[k];
