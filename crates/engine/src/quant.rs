@@ -1,10 +1,11 @@
 //! Block-wise int8 quantization (Q8_0-like: 32 values share one scale).
 //!
-//! Weights: `d = f16(max|x| / 127)`, `q = round_ties_even(x / d)` in
-//! [-127, 127]. Keeping d representable in f16 makes the blocks exactly
+//! Weights go through the one block quantizer the wire's tensors use too,
+//! [`odin_format::int8`]: `d = f16(max|x| / 127)`, `q = round_ties_even(x * (1/d))`
+//! in [-127, 127]. Keeping d representable in f16 makes the blocks exactly
 //! GGUF's Q8_0, so an export carries the very weights we run.
 //! Activations use an f32 scale: they are quantized once per matrix-vector
-//! product and never stored.
+//! product and never stored, by [`QVec`]'s vectorized loop with the same rounding.
 //!
 //! -128 never appears, so `|q|` fits in an i8 and the SIMD kernels' sign
 //! tricks stay exact.
@@ -13,23 +14,14 @@ use half::f16;
 
 use crate::pages::Store;
 
-/// Values per quantization block.
-pub const BLOCK: usize = 32;
+pub use odin_format::int8::{quantize_block, round_even};
+
+/// Values per quantization block (the shared quantizer's block).
+pub const BLOCK: usize = odin_format::int8::BLOCK;
 /// Rows per tile of a [`QMatrix`]: the unit every kernel computes at once.
 pub const TILE: usize = 16;
 /// Bytes of one row's slice of one block inside a tile group (the SIMD lanes' unit).
 const GROUP: usize = 4;
-
-/// Round to the nearest integer, ties to even, for |x| <= 2^22.
-///
-/// Adding and subtracting 1.5 * 2^23 makes the FPU's default rounding do the
-/// work: exact IEEE arithmetic, identical on every platform, and unlike
-/// `round_ties_even` it never becomes a libm call on CPUs without SSE4.1.
-#[inline(always)]
-pub fn round_even(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    (x + MAGIC) - MAGIC
-}
 
 /// `round_even(y) as i8` for y in [-127, 127] or NaN (code 0), without a float-to-int conversion.
 ///
@@ -42,17 +34,6 @@ fn code_of(y: f32) -> i8 {
     const MAGIC: f32 = 12_582_912.0;
     let y = if y.is_nan() { 0.0 } else { y };
     ((y + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32) as i8
-}
-
-/// Quantize one block of weights: returns the f16-exact scale and writes 32 codes.
-pub fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = f16::from_f32(amax / 127.0).to_f32();
-    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-    for (o, v) in q.iter_mut().zip(x) {
-        *o = round_even((v * id).clamp(-127.0, 127.0)) as i8;
-    }
-    d
 }
 
 /// A weight matrix [rows, cols] in int8 blocks, stored tile-interleaved.
@@ -186,7 +167,7 @@ pub fn quantize_rows(data: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f3
     let mut codes = vec![0i8; rows * cols];
     let mut scales = vec![0f32; rows * nb];
     for (i, (x, q)) in data.chunks_exact(BLOCK).zip(codes.chunks_exact_mut(BLOCK)).enumerate() {
-        scales[i] = quantize_block(x, q);
+        scales[i] = quantize_block(x, q).to_f32();
     }
     (codes, scales)
 }
@@ -277,18 +258,6 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #[test]
-        fn quantized_blocks_reconstruct_within_half_a_step(x in proptest::collection::vec(-50f32..50.0, 32)) {
-            let mut q = [0i8; 32];
-            let d = quantize_block(&x, &mut q);
-            prop_assert_eq!(f16::from_f32(d).to_f32(), d);
-            for (v, c) in x.iter().zip(q) {
-                prop_assert!(c != -128);
-                // f16 rounding of d can push a code past the half-step bound by d/127 at most.
-                prop_assert!((f32::from(c) * d - v).abs() <= d * 0.51 + 1e-6, "{} vs {}", f32::from(c) * d, v);
-            }
-        }
-
         #[test]
         fn tiling_round_trips(rows in 1usize..40, nb in 1usize..4, seed in 0u64..1000) {
             let cols = nb * BLOCK;
@@ -389,11 +358,6 @@ mod tests {
                     want.1.iter().map(|s| s.to_bits()).collect::<Vec<_>>());
             }
         }
-
-        #[test]
-        fn round_even_matches_round_ties_even(x in -200f32..200.0) {
-            prop_assert_eq!(round_even(x), x.round_ties_even());
-        }
     }
 
     #[test]
@@ -427,10 +391,7 @@ mod tests {
     }
 
     #[test]
-    fn zero_blocks_have_zero_scale_and_codes() {
-        let mut q = [5i8; 32];
-        assert_eq!(quantize_block(&[0.0; 32], &mut q), 0.0);
-        assert!(q.iter().all(|&c| c == 0));
+    fn zero_activation_blocks_have_zero_scale_and_codes() {
         let v = QVec::from_f32(&[0.0; 64]);
         assert_eq!(v.scales, vec![0.0, 0.0]);
         assert!(v.codes.iter().all(|&c| c == 0));

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod error;
 pub mod id;
+pub mod int8;
 pub mod sampling;
 
 pub use config::{LlamaConfig, ModelConfig, ParamCounts, Rwkv6Config, TensorPlace, TensorSpec};

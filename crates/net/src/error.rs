@@ -1,8 +1,13 @@
 //! Errors of the network layer.
 
+use odin_proto::ProtoError;
 use thiserror::Error;
 
 /// Anything that can go wrong on the wire or in the swarm.
+///
+/// The protocol's errors ([`ProtoError`]) arrive as the variant of the same name, so a caller
+/// matching on [`NetError::Io`] (a stream that ended) or [`NetError::Version`] sees them
+/// whichever layer found them.
 #[derive(Debug, Error)]
 pub enum NetError {
     /// The bytes do not form a valid message.
@@ -35,6 +40,17 @@ pub enum NetError {
     /// The node's key file is unreadable or corrupt.
     #[error("identity: {0}")]
     Identity(String),
+}
+
+impl From<ProtoError> for NetError {
+    fn from(e: ProtoError) -> Self {
+        match e {
+            ProtoError::Malformed(m) => NetError::Malformed(m),
+            ProtoError::TooLarge { what, size, cap } => NetError::TooLarge { what, size, cap },
+            ProtoError::Version { ours, theirs } => NetError::Version { ours, theirs },
+            ProtoError::Io(e) => NetError::Io(e),
+        }
+    }
 }
 
 /// Result with [`NetError`].

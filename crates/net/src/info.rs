@@ -7,15 +7,16 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{NetError, Result};
-use crate::wire::PROTOCOL_VERSION;
+use odin_proto::infer::PROTOCOL_VERSION;
 
-/// Largest announcement accepted (gossipsub caps messages at 64 KiB; ours stay far below).
-pub const MAX_INFO: usize = 16 * 1024;
+/// Largest announcement accepted (gossipsub caps messages at 64 KiB; ours stay far below);
+/// the inference service's `Info` answer has the same cap.
+pub use odin_proto::infer::MAX_INFO;
 
 /// What a server announces about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerInfo {
-    /// Protocol version of the shard protocol.
+    /// Version of the inference protocol (`odin_proto::infer::PROTOCOL_VERSION`).
     pub version: u16,
     /// The announcing peer (must equal the gossip message's source).
     pub peer: String,

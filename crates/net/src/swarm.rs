@@ -19,13 +19,16 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{autonat, dcutr, identify, mdns, noise, ping, relay, tcp, upnp, yamux, Multiaddr, PeerId, StreamProtocol};
 use odin_format::ModelId;
+use odin_proto::infer::Inference;
+use odin_proto::Service;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{NetError, Result};
 use crate::info::ServerInfo;
 
-/// The shard protocol: sessions and activations on direct streams.
-pub const SHARD_PROTOCOL: StreamProtocol = StreamProtocol::new("/odin/shard/1");
+/// The shard protocol: inference sessions and activations on direct streams (the stream
+/// protocol id of `odin_proto::infer::Inference`).
+pub const SHARD_PROTOCOL: StreamProtocol = StreamProtocol::new(<Inference as Service>::PROTOCOL_ID);
 /// A QUIC connection that has heard nothing from its peer for this long is closed. A peer that
 /// died without a word (a killed process, a host gone) is noticed within QUIC_IDLE +
 /// QUIC_KEEP_ALIVE of its death (a keep-alive sent after it restarts the idle timer), 1.25 s,
