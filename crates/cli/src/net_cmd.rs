@@ -3,18 +3,16 @@
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use odin_net::{Dtype, Multiaddr, Sampling};
-use odin_node::{split_blocks, GenerateRequest, Node, NodeConfig, Relay, ServerConfig};
-use odin_train::data::{prompt_ids, special};
-use odin_train::generate::{load_tokenizer, TextStream};
+use odin_net::{Dtype, Multiaddr};
+use odin_node::cluster::{ClusterConfig, Join};
+use odin_node::{GenerateRequest, LocalCluster, Node, NodeOptions, Relay};
+use odin_text::{load_tokenizer, prompt_ids, special, TextStream};
 use serde_json::json;
-use tokio::io::AsyncBufReadExt;
 
 /// `odin node` arguments.
 #[derive(Args)]
@@ -125,56 +123,27 @@ async fn start_api(
 pub fn node(a: NodeArgs) -> Result<()> {
     let wire = Dtype::parse(&a.wire)?;
     let relay = Relay::parse(&a.relay)?;
-    if !(a.announce_secs > 0.05 && a.announce_secs.is_finite()) {
-        bail!("--announce-secs must be above 0.05");
-    }
-    let cfg_path = a.model.join("config.json");
-    let layers = odin_format::ModelConfig::from_file(&cfg_path)
-        .with_context(|| format!("cannot read {}", cfg_path.display()))?
-        .num_layers();
-    let auto = a.blocks.as_deref() == Some("auto");
-    let blocks = match a.blocks.as_deref() {
-        Some("auto") | None => None,
-        Some(b) => Some(odin_node::parse_blocks(b, layers).map_err(anyhow::Error::msg)?),
-    };
-    for (flag, secs) in [("--rebalance-secs", a.rebalance_secs), ("--grace-secs", a.grace_secs)] {
-        if !(secs.is_finite() && secs >= 0.0) || (flag == "--rebalance-secs" && secs < 0.1) {
-            bail!("{flag} {secs} is not a sensible number of seconds");
-        }
-    }
-    let expect_id = match &a.model_id {
-        Some(h) => {
-            Some(odin_format::ModelId::from_hex(h).with_context(|| format!("--model-id {h:?} is not 64 hex digits"))?)
-        }
-        None => None,
-    };
-    let mut cfg = NodeConfig::loopback(&a.model, blocks.clone(), &a.data_dir);
-    cfg.expect_id = expect_id;
-    cfg.net.listen = if a.listen.is_empty() {
-        vec!["/ip4/0.0.0.0/tcp/0".parse()?, "/ip4/0.0.0.0/udp/0/quic-v1".parse()?]
-    } else {
-        a.listen.clone()
-    };
-    cfg.net.bootstrap = a.bootstrap.clone();
-    cfg.net.mdns = a.mdns;
-    cfg.net.upnp = !a.no_upnp;
-    cfg.net.dht_server = blocks.is_some() || auto;
-    if auto {
-        let default = odin_node::AutoConfig::default();
-        cfg.auto = Some(odin_node::AutoConfig {
-            max_blocks: a.max_blocks,
-            memory_budget: a.memory_mib.map(|m| m << 20).or(default.memory_budget),
-            rebalance_every: Duration::from_secs_f64(a.rebalance_secs),
-        });
-    }
-    cfg.threads = a.threads.max(1);
-    cfg.server = ServerConfig {
-        max_sessions: a.max_sessions.max(1),
-        delay: Duration::from_millis(a.delay_ms),
+    let options = NodeOptions {
+        model: a.model.clone(),
+        blocks: a.blocks.clone(),
+        max_blocks: a.max_blocks,
+        memory_mib: a.memory_mib,
+        rebalance_secs: a.rebalance_secs,
+        grace_secs: a.grace_secs,
+        listen: a.listen.clone(),
+        bootstrap: a.bootstrap.clone(),
+        data_dir: a.data_dir.clone(),
+        model_id: a.model_id.clone(),
+        mdns: a.mdns,
+        upnp: !a.no_upnp,
+        threads: a.threads,
+        max_sessions: a.max_sessions,
+        announce_secs: a.announce_secs,
+        delay_ms: a.delay_ms,
         garbage_after: a.garbage_after,
-        ..ServerConfig::default()
     };
-    cfg.announce_every = Duration::from_secs_f64(a.announce_secs);
+    let cfg = options.config()?;
+    let grace = options.grace()?;
     runtime()?.block_on(async move {
         let node = Node::start(cfg).await.with_context(|| format!("cannot start a node on {}", a.model.display()))?;
         let api = match a.api {
@@ -198,7 +167,7 @@ pub fn node(a: NodeArgs) -> Result<()> {
         tokio::signal::ctrl_c().await?;
         if node.serving().is_some() {
             eprintln!("stopping: no new sessions; handing over the open ones");
-            let left = node.shutdown(Duration::from_secs_f64(a.grace_secs)).await;
+            let left = node.shutdown(grace).await;
             if left > 0 {
                 eprintln!(
                     "{left} session(s) were still open after {} s; their clients will replay elsewhere",
@@ -248,32 +217,12 @@ pub struct SwarmArgs {
     json: bool,
 }
 
-/// Children that are killed when the swarm ends, however it ends.
-struct Children(Vec<tokio::process::Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.start_kill();
-        }
-    }
-}
-
 /// Run `odin swarm`: N node processes on loopback, one prompt through them (or an API with --serve).
 pub fn swarm(a: SwarmArgs) -> Result<()> {
     let wire = Dtype::parse(&a.wire)?;
     let relay = Relay::parse(&a.relay)?;
-    let s = a.sampling.config()?;
-    if a.nodes == 0 {
-        bail!("--nodes must be at least 1");
-    }
-    let cfg_path = a.model.join("config.json");
-    let layers = odin_format::ModelConfig::from_file(&cfg_path)
-        .with_context(|| format!("cannot read {}; pass --model DIR", cfg_path.display()))?
-        .num_layers();
-    if a.nodes > layers {
-        bail!("{} nodes cannot split {layers} blocks; use --nodes {layers} or fewer", a.nodes);
-    }
+    let sampling = a.sampling.config()?;
+    let ranges = odin_node::cluster::split_model(&a.model, a.nodes)?;
     let tk = load_tokenizer(&a.model)?;
     let ids = prompt_ids(&tk, &a.prompt)?;
     let exe = std::env::current_exe().context("cannot find the odin binary to start nodes")?;
@@ -282,45 +231,19 @@ pub fn swarm(a: SwarmArgs) -> Result<()> {
     let t_start = Instant::now();
     let rt = runtime()?;
     let result = rt.block_on(async {
-        let mut children = Children(Vec::new());
-        let mut boot: Vec<String> = Vec::new();
-        for (i, r) in split_blocks(layers, a.nodes).into_iter().enumerate() {
-            let mut cmd = tokio::process::Command::new(&exe);
-            cmd.arg("node").arg("--model").arg(&a.model).arg("--blocks").arg(format!("{}..{}", r.start, r.end));
-            cmd.args(["--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--no-upnp"]);
-            cmd.args(["--announce-secs", "1"]);
-            cmd.arg("--data-dir").arg(work.join(format!("node-{i}")));
-            for b in &boot {
-                cmd.arg("--bootstrap").arg(b);
-            }
-            cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null()).kill_on_drop(true);
-            let mut child = cmd.spawn().with_context(|| format!("cannot start {}", exe.display()))?;
-            let out = child.stdout.take().context("no stdout from a node")?;
-            children.0.push(child);
-            let mut lines = tokio::io::BufReader::new(out).lines();
-            let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-                .await
-                .context("a node did not become ready within 120 s")??
-                .context("a node exited before it was ready (see its error above)")?;
-            let ready: serde_json::Value =
-                serde_json::from_str(&line).with_context(|| format!("unexpected node output {line:?}"))?;
-            if i == 0 {
-                // Everyone joins through the genesis node.
-                boot = ready["addrs"]
-                    .as_array()
-                    .map(|v| {
-                        v.iter().filter_map(|s| s.as_str().map(String::from)).filter(|s| s.contains("/tcp/")).collect()
-                    })
-                    .unwrap_or_default();
-            }
-            // Keep draining the child's stdout so it never blocks on a full pipe.
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let mut cfg = ClusterConfig::processes(&exe, &a.model, &work);
+        cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?, "/ip4/127.0.0.1/udp/0/quic-v1".parse()?];
+        // Everyone joins through the genesis node's TCP addresses.
+        cfg.join = Join::Tcp;
+        cfg.announce = Duration::from_secs(1);
+        let mut cluster = LocalCluster::new(cfg);
+        for (i, r) in ranges.iter().enumerate() {
+            cluster.launch(&format!("node-{i}"), &format!("{}..{}", r.start, r.end), &[])?;
         }
-        let mut cfg = NodeConfig::loopback(&a.model, None, &work.join("client"));
-        cfg.net.bootstrap = boot.iter().filter_map(|s| s.parse().ok()).collect();
+        let mut cfg = cluster.client_config(&work.join("client"));
         cfg.net.dht_server = false;
-        let client = Node::start(cfg).await?;
-        let route = client.wait_for_route(a.nodes, Duration::from_secs(60)).await?;
+        let client = cluster.join(cfg, Duration::from_secs(60)).await?;
+        let route = client.route().unwrap_or_default();
         let ready_s = t_start.elapsed().as_secs_f64();
         if a.serve {
             let (addr, h) = start_api(client.clone(), a.api, wire, relay).await?;
@@ -335,12 +258,7 @@ pub fn swarm(a: SwarmArgs) -> Result<()> {
         let req = GenerateRequest {
             prompt: ids.clone(),
             max_new: a.max_tokens,
-            sampling: Sampling {
-                temperature: s.temperature,
-                top_k: u32::try_from(s.top_k).unwrap_or(u32::MAX),
-                top_p: s.top_p,
-                seed: s.seed,
-            },
+            sampling,
             wire,
             stop: Some(special::EOS),
             relay,
@@ -394,7 +312,7 @@ pub fn swarm(a: SwarmArgs) -> Result<()> {
                 g.decode_tok_s
             );
         }
-        drop(children);
+        drop(cluster);
         Ok::<(), anyhow::Error>(())
     });
     rt.shutdown_timeout(Duration::from_secs(2));

@@ -7,35 +7,20 @@
 //! directories, and `ODIN_TEST_LOG` sets the filter (for example
 //! `odin_node=debug,libp2p_stream=debug,warn`).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use odin_node::{GenerateRequest, Node, NodeConfig, Relay};
+use odin_net::PeerId;
+use odin_node::cluster::{ClusterConfig, Logs, Signal};
+use odin_node::{GenerateRequest, LocalCluster, Node, Relay};
 
 mod common;
-use common::{bundled, generate, odin, PROMPT};
+use common::{bundled, generate, PROMPT};
 
 /// One test at a time: each starts several node processes, and on a two-core machine five tests'
 /// worth of them at once would turn scheduling delays into stalls the tests do not mean to test.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// An `odin node` process and what it printed when ready; killed when dropped.
-struct NodeProc {
-    child: Child,
-    peer: String,
-    addrs: Vec<String>,
-    blocks: String,
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The one transport a test network runs on, so each test knows how a death shows: TCP resets
 /// a killed peer's connections at once; QUIC hears nothing and times the connection out.
@@ -54,32 +39,23 @@ impl Transport {
     }
 }
 
-fn node_proc(t: Transport, blocks: &str, extra: &[&str], boot: &[String], dir: &Path) -> NodeProc {
-    let mut cmd = odin();
-    cmd.args(["node", "--blocks", blocks, "--no-upnp", "--announce-secs", "0.5", "--listen", t.listen()])
-        .args(extra)
-        .arg("--model")
-        .arg(bundled())
-        .arg("--data-dir")
-        .arg(dir);
-    for b in boot {
-        cmd.args(["--bootstrap", b]);
-    }
+/// A network of `odin node` processes on `t`, each announcing every 0.5 s, with its data
+/// directory under `dir`.
+fn cluster(t: Transport, dir: &Path) -> LocalCluster {
+    let mut cfg = ClusterConfig::processes(Path::new(env!("CARGO_BIN_EXE_odin")), &bundled(), dir);
+    cfg.listen = vec![t.listen().parse().unwrap()];
+    cfg.announce = Duration::from_millis(500);
     // Each node's log stays in its data directory, for a failing test to show (see `logs`).
-    std::fs::create_dir_all(dir).unwrap();
-    let log = std::fs::File::create(dir.join("node.log")).unwrap();
-    cmd.env("ODIN_LOG", log_filter());
-    // Its own process group. Otherwise it shares the test's, and when that group is orphaned
-    // (POSIX: when the last member with a parent outside it exits, as cargo's or a shell's
-    // children can) the kernel sends every member SIGHUP if one of them is stopped: a server
-    // frozen with SIGSTOP would then be killed mid-test, turning a freeze into a death.
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-    let addrs = v["addrs"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
-    NodeProc { child, peer: v["peer"].as_str().unwrap().to_string(), addrs, blocks: blocks.to_string() }
+    cfg.logs = Logs::File(log_filter());
+    // Its own process group, so a server frozen with SIGSTOP is not killed by the SIGHUP of an
+    // orphaned group, turning a freeze into a death (see `ClusterConfig::own_group`).
+    cfg.own_group = true;
+    LocalCluster::new(cfg)
+}
+
+/// Member `i`'s peer id.
+fn peer(net: &LocalCluster, i: usize) -> PeerId {
+    net.members()[i].peer
 }
 
 /// What the nodes and the client log: `ODIN_TEST_LOG` (an `ODIN_LOG` filter) when set.
@@ -99,14 +75,14 @@ fn scratch() -> tempfile::TempDir {
     t
 }
 
-/// An in-process client (it serves nothing) joined through `boot`; it forgets servers whose
-/// announcements stop after 1.5 s, like the test nodes announcing every 0.5 s.
-async fn client(t: Transport, boot: &[String], dir: &Path) -> Arc<Node> {
-    let mut cfg = NodeConfig::loopback(&bundled(), None, dir);
+/// An in-process client (it serves nothing) joined to `net`, once it has a route through every
+/// server of `net`; it forgets servers whose announcements stop after 1.5 s, like the test nodes
+/// announcing every 0.5 s.
+async fn client(t: Transport, net: &LocalCluster, dir: &Path) -> Arc<Node> {
+    let mut cfg = net.client_config(dir);
     cfg.net.listen = vec![t.listen().parse().unwrap()];
-    cfg.net.bootstrap = boot.iter().map(|a| a.parse().unwrap()).collect();
     cfg.announce_every = Duration::from_millis(500);
-    Node::start(cfg).await.unwrap()
+    net.join(cfg, Duration::from_secs(60)).await.unwrap()
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -116,7 +92,9 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// The failovers of `g`: exactly one, blamed on `guilty`, and at `client` no other server has
 /// been blamed for anything (an innocent server is never put on backoff).
-async fn blamed_only(client: &Node, g: &odin_node::Generation, guilty: &str, what: &str) {
+async fn blamed_only(client: &Node, g: &odin_node::Generation, guilty: PeerId, what: &str) {
+    let guilty = guilty.to_string();
+    let guilty = guilty.as_str();
     assert_eq!(g.failovers, 1, "{what}: {:?}", g.failures);
     assert!(g.failures[0].starts_with(guilty), "{what}: blamed {:?}, not {guilty}", g.failures);
     let status = client.status().await;
@@ -138,16 +116,12 @@ async fn killing_a_server_mid_generation_changes_no_token() {
 /// number of tokens; the hop before it is healthy and must not be blamed.
 async fn kill_runs(t: Transport, runs: usize) {
     let tmp = scratch();
-    let first = node_proc(t, "0..2", &[], &[], &tmp.path().join("first"));
-    let boot = first.addrs.clone();
+    let mut net = cluster(t, tmp.path());
+    net.launch("first", "0..2", &[]).unwrap();
     // Two servers can take the last blocks; the one in use is killed each run and replaced.
-    let mut pool: Vec<NodeProc> = ["2..4", "1..4"]
-        .iter()
-        .enumerate()
-        .map(|(i, b)| node_proc(t, b, &[], &boot, &tmp.path().join(format!("s{i}"))))
-        .collect();
-    let client = client(t, &boot, &tmp.path().join("client")).await;
-    client.wait_for_route(3, Duration::from_secs(60)).await.unwrap();
+    let mut pool: Vec<usize> =
+        ["2..4", "1..4"].iter().enumerate().map(|(i, b)| net.launch(&format!("s{i}"), b, &[]).unwrap()).collect();
+    let client = client(t, &net, &tmp.path().join("client")).await;
     let greedy = odin_net::Sampling::default();
     let sampled = odin_net::Sampling { temperature: 0.9, top_k: 30, top_p: 1.0, seed: 11 };
     let want_greedy: Vec<u32> = serde_json::from_value(generate(&["--max-tokens", "48"])["ids"].clone()).unwrap();
@@ -177,7 +151,7 @@ async fn kill_runs(t: Transport, runs: usize) {
         let kill_at = 1 + (run * 7) % 20;
         let req = GenerateRequest { sampling, ..greedy_request() };
         let mut streamed = Vec::new();
-        let mut killed: Option<(NodeProc, Instant)> = None;
+        let mut killed: Option<(usize, Instant)> = None;
         let mut recovery = None;
         let started = Instant::now();
         let g = client
@@ -187,11 +161,10 @@ async fn kill_runs(t: Transport, runs: usize) {
                     recovery = Some(at.elapsed());
                 }
                 if streamed.len() == kill_at {
-                    let last = client.route_in_use().unwrap().last().unwrap().peer.to_string();
-                    let i = pool.iter().position(|n| n.peer == last).expect("the last hop is a pool server");
-                    let mut dead = pool.remove(i);
-                    dead.child.kill().unwrap();
-                    dead.child.wait().unwrap();
+                    let last = client.route_in_use().unwrap().last().unwrap().peer;
+                    let i = pool.iter().position(|&n| peer(&net, n) == last).expect("the last hop is a pool server");
+                    let dead = pool.remove(i);
+                    net.kill(dead).unwrap();
                     killed = Some((dead, Instant::now()));
                 }
                 true
@@ -203,16 +176,18 @@ async fn kill_runs(t: Transport, runs: usize) {
         let (dead, _) = killed.unwrap_or_else(|| panic!("{what}: the generation ended before the kill"));
         assert_eq!(&g.tokens, want, "{what} (kill after {kill_at} tokens)");
         assert_eq!(g.tokens, streamed, "{what}: every token streamed once");
-        blamed_only(&client, &g, &dead.peer, &what).await;
+        let dead_peer = peer(&net, dead);
+        blamed_only(&client, &g, dead_peer, &what).await;
         // Found by the transport (its own stream ending, or the hop before it reporting it), not
         // by waiting out the client's stall deadline.
         assert!(!g.failures[0].contains("within the deadline"), "{what}: {:?}", g.failures);
-        assert!(g.route.iter().all(|h| h.hop.peer.to_string() != dead.peer), "{what}");
+        assert!(g.route.iter().all(|h| h.hop.peer != dead_peer), "{what}");
         let ms = recovery.expect("a token came after the kill").as_secs_f64() * 1e3;
         recoveries.push(ms);
         // A fresh process takes the dead one's blocks, so the next run again has two to choose from.
-        let fresh = node_proc(t, &dead.blocks, &[], &boot, &tmp.path().join(format!("r{run}")));
-        client.wait_for_server(&fresh.peer.parse().unwrap(), Duration::from_secs(60)).await.unwrap();
+        let blocks = net.members()[dead].blocks.clone();
+        let fresh = net.launch(&format!("r{run}"), &blocks, &[]).unwrap();
+        client.wait_for_server(&peer(&net, fresh), Duration::from_secs(60)).await.unwrap();
         pool.push(fresh);
     }
     if runs == 0 {
@@ -242,8 +217,8 @@ fn logs(dir: &Path) -> String {
 
 /// The bundled model's prompt as token ids.
 fn prompt_ids() -> Vec<u32> {
-    let tk = odin_train::generate::load_tokenizer(&bundled()).unwrap();
-    odin_train::data::prompt_ids(&tk, PROMPT).unwrap()
+    let tk = odin_text::load_tokenizer(&bundled()).unwrap();
+    odin_text::prompt_ids(&tk, PROMPT).unwrap()
 }
 
 fn greedy_request() -> GenerateRequest {
@@ -266,27 +241,26 @@ async fn a_server_that_sends_garbage_is_dropped_and_the_answer_is_unchanged() {
     let _one_at_a_time = SERIAL.lock().await;
     let tmp = scratch();
     let t = Transport::Tcp;
-    let first = node_proc(t, "0..2", &[], &[], &tmp.path().join("first"));
-    let boot = first.addrs.clone();
-    let garbage = node_proc(t, "2..4", &["--garbage-after", "5"], &boot, &tmp.path().join("garbage"));
-    let client = client(t, &boot, &tmp.path().join("client")).await;
-    client.wait_for_route(2, Duration::from_secs(60)).await.unwrap();
+    let mut net = cluster(t, tmp.path());
+    net.launch("first", "0..2", &[]).unwrap();
+    let garbage = net.launch("garbage", "2..4", &["--garbage-after", "5"]).unwrap();
+    let client = client(t, &net, &tmp.path().join("client")).await;
     // The only server of 2..4 turns to garbage after five steps; a good one joins meanwhile.
     let mut good = None;
     let g = client
         .generate(&greedy_request(), |_| {
             if good.is_none() {
-                good = Some(node_proc(t, "2..4", &[], &boot, &tmp.path().join("good")));
+                good = Some(net.launch("good", "2..4", &[]).unwrap());
             }
             true
         })
         .await
         .unwrap();
     assert_eq!(g.tokens, reference());
-    blamed_only(&client, &g, &garbage.peer, "garbage").await;
+    blamed_only(&client, &g, peer(&net, garbage), "garbage").await;
     assert!(g.failures[0].contains("protocol"), "{:?}", g.failures);
     let good = good.unwrap();
-    assert_eq!(g.route.last().unwrap().hop.peer.to_string(), good.peer);
+    assert_eq!(g.route.last().unwrap().hop.peer, peer(&net, good));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,25 +268,26 @@ async fn the_router_learns_that_a_server_is_slow_and_routes_around_it() {
     let _one_at_a_time = SERIAL.lock().await;
     let tmp = scratch();
     let t = Transport::Tcp;
-    let first = node_proc(t, "0..2", &[], &[], &tmp.path().join("first"));
-    let boot = first.addrs.clone();
+    let mut net = cluster(t, tmp.path());
+    net.launch("first", "0..2", &[]).unwrap();
     // It announces the speed it measured at start, then waits 30 ms before every step.
-    let slow = node_proc(t, "2..4", &["--delay-ms", "30"], &boot, &tmp.path().join("slow"));
-    let client = client(t, &boot, &tmp.path().join("client")).await;
-    client.wait_for_route(2, Duration::from_secs(60)).await.unwrap();
+    let slow = net.launch("slow", "2..4", &["--delay-ms", "30"]).unwrap();
+    let slow = peer(&net, slow);
+    let client = client(t, &net, &tmp.path().join("client")).await;
     let mut req = greedy_request();
     req.max_new = 8;
     let g = client.generate(&req, |_| true).await.unwrap();
-    assert_eq!(g.route.last().unwrap().hop.peer.to_string(), slow.peer, "the only server of 2..4");
+    assert_eq!(g.route.last().unwrap().hop.peer, slow, "the only server of 2..4");
     assert_eq!(g.failovers, 0, "slow is not failed: {:?}", g.failures);
-    let fast = node_proc(t, "2..4", &[], &boot, &tmp.path().join("fast"));
-    client.wait_for_server(&fast.peer.parse().unwrap(), Duration::from_secs(60)).await.unwrap();
+    let fast = net.launch("fast", "2..4", &[]).unwrap();
+    let fast = peer(&net, fast);
+    client.wait_for_server(&fast, Duration::from_secs(60)).await.unwrap();
     let status = client.status().await;
-    let learned = status.servers.iter().find(|s| s.peer == slow.peer).unwrap().observed_ms_per_block.unwrap();
+    let learned = status.servers.iter().find(|s| s.peer == slow.to_string()).unwrap().observed_ms_per_block.unwrap();
     assert!(learned >= 10.0, "30 ms per step over 2 blocks was measured as {learned} ms per block");
     for _ in 0..3 {
         let g = client.generate(&req, |_| true).await.unwrap();
-        assert_eq!(g.route.last().unwrap().hop.peer.to_string(), fast.peer, "the slow server is avoided");
+        assert_eq!(g.route.last().unwrap().hop.peer, fast, "the slow server is avoided");
         assert_eq!(g.failovers, 0, "avoided, not failed: {:?}", g.failures);
     }
 }
@@ -321,14 +296,14 @@ async fn the_router_learns_that_a_server_is_slow_and_routes_around_it() {
 async fn ctrl_c_on_a_server_hands_its_sessions_over_without_replay() {
     let _one_at_a_time = SERIAL.lock().await;
     let tmp = scratch();
-    let (g, mut leaving, client) = signal_the_last_hop_mid_generation("-INT", tmp.path()).await;
+    let (g, leaving, mut net, client) = signal_the_last_hop_mid_generation(Signal::Interrupt, tmp.path()).await;
     assert_eq!(g.tokens, reference());
     assert_eq!((g.handoffs, g.failovers), (1, 0), "{:?}", g.failures);
     let blamed: Vec<_> = client.status().await.servers.into_iter().filter(|s| s.failures > 0).collect();
     assert!(blamed.is_empty(), "a handoff blames no one: {blamed:?}");
-    assert!(g.route.iter().all(|h| h.hop.peer.to_string() != leaving.peer));
+    assert!(g.route.iter().all(|h| h.hop.peer != peer(&net, leaving)));
     // Its sessions gone, it exits on its own, cleanly.
-    let status = leaving.child.wait().unwrap();
+    let status = net.wait(leaving).unwrap();
     assert!(status.success(), "{status:?}");
 }
 
@@ -338,37 +313,28 @@ async fn auto_nodes_cover_the_model_and_re_cover_it_when_one_dies() {
     let tmp = scratch();
     let t = Transport::Tcp;
     let auto = ["--max-blocks", "2", "--rebalance-secs", "0.5"];
-    let a = node_proc(t, "auto", &auto, &[], &tmp.path().join("a"));
-    let boot = a.addrs.clone();
+    let mut net = cluster(t, tmp.path());
     // One after another, as a user would start them: each looks at the network first.
-    let b = node_proc(t, "auto", &auto, &boot, &tmp.path().join("b"));
-    let c = node_proc(t, "auto", &auto, &boot, &tmp.path().join("c"));
-    let client = client(t, &boot, &tmp.path().join("client")).await;
-    client.wait_for_route(3, Duration::from_secs(60)).await.unwrap();
+    let nodes: Vec<usize> = ["a", "b", "c"].iter().map(|name| net.launch(name, "auto", &auto).unwrap()).collect();
+    let client = client(t, &net, &tmp.path().join("client")).await;
     let status = client.status().await;
     assert_eq!(status.coverage.iter().min(), Some(&1), "every block covered: {:?}", status.coverage);
-    let blocks = |p: &str| status.servers.iter().find(|s| s.peer == p).unwrap().blocks;
-    let ranges = [blocks(&a.peer), blocks(&b.peer), blocks(&c.peer)];
+    let blocks = |p: PeerId| status.servers.iter().find(|s| s.peer == p.to_string()).unwrap().blocks;
+    let ranges: Vec<_> = nodes.iter().map(|&n| blocks(peer(&net, n))).collect();
     assert!(ranges.iter().all(|r| r[1] - r[0] == 2), "--max-blocks 2: {ranges:?}");
     assert_eq!(client.generate(&greedy_request(), |_| true).await.unwrap().tokens, reference());
 
     // Kill the sole server of some blocks; the others re-cover them by moving.
-    let sole = [&a, &b, &c]
+    let dead = nodes
         .into_iter()
-        .find(|n| {
-            let r = blocks(&n.peer);
+        .find(|&n| {
+            let r = blocks(peer(&net, n));
             (r[0]..r[1]).any(|blk| status.coverage[blk as usize] == 1)
         })
-        .unwrap()
-        .peer
-        .clone();
-    let mut nodes = vec![a, b, c];
-    let i = nodes.iter().position(|n| n.peer == sole).unwrap();
-    let mut dead = nodes.remove(i);
-    dead.child.kill().unwrap();
-    dead.child.wait().unwrap();
+        .unwrap();
+    net.kill(dead).unwrap();
     let killed = Instant::now();
-    let dead_peer: odin_net::PeerId = dead.peer.parse().unwrap();
+    let dead_peer = peer(&net, dead);
     // The stated bound (README): a dead server's announcements expire after three announce
     // intervals, and a survivor moves at its next rebalancing check; 20 s leaves CI room.
     client.wait_for_route_avoiding(1, &[dead_peer], Duration::from_secs(20)).await.unwrap();
@@ -378,8 +344,9 @@ async fn auto_nodes_cover_the_model_and_re_cover_it_when_one_dies() {
     assert_eq!(g.tokens, reference());
     assert!(g.route.iter().all(|h| h.hop.peer != dead_peer));
     // Whatever the generation met on the way, only the dead server is blamed for it.
-    assert!(g.failures.iter().all(|f| f.starts_with(&dead.peer)), "{:?}", g.failures);
-    let blamed = client.status().await.servers.into_iter().filter(|s| s.peer != dead.peer && s.failures > 0);
+    assert!(g.failures.iter().all(|f| f.starts_with(&dead_peer.to_string())), "{:?}", g.failures);
+    let blamed =
+        client.status().await.servers.into_iter().filter(|s| s.peer != dead_peer.to_string() && s.failures > 0);
     assert_eq!(blamed.count(), 0, "a survivor was blamed: {:?}", g.failures);
 }
 
@@ -388,39 +355,42 @@ async fn a_server_that_stops_answering_is_left_at_the_stall_deadline() {
     let _one_at_a_time = SERIAL.lock().await;
     let tmp = scratch();
     // SIGSTOP: the process and its connections stay up, but it answers nothing.
-    let (g, frozen, client) = signal_the_last_hop_mid_generation("-STOP", tmp.path()).await;
+    let (g, frozen, net, client) = signal_the_last_hop_mid_generation(Signal::Stop, tmp.path()).await;
+    let frozen = peer(&net, frozen);
     assert_eq!(g.tokens, reference());
-    blamed_only(&client, &g, &frozen.peer, "-STOP").await;
+    blamed_only(&client, &g, frozen, "-STOP").await;
     assert!(g.failures[0].contains("deadline"), "{:?}", g.failures);
-    assert!(g.route.iter().all(|h| h.hop.peer.to_string() != frozen.peer));
+    assert!(g.route.iter().all(|h| h.hop.peer != frozen));
 }
 
 /// A server of 0..2 and two of 2..4, on TCP; a greedy generation during which the 2..4 server
-/// in use gets `signal` after five tokens. Returns the generation, that server's process and the client.
-async fn signal_the_last_hop_mid_generation(signal: &str, tmp: &Path) -> (odin_node::Generation, NodeProc, Arc<Node>) {
-    let (g, hit, _others, client) = signal_mid_generation(Transport::Tcp, signal, tmp, &["0..2"], "2..4").await;
-    (g, hit, client)
+/// in use gets `signal` after five tokens. Returns the generation, that server, the network
+/// (alive until dropped) and the client.
+async fn signal_the_last_hop_mid_generation(
+    signal: Signal,
+    tmp: &Path,
+) -> (odin_node::Generation, usize, LocalCluster, Arc<Node>) {
+    signal_mid_generation(Transport::Tcp, signal, tmp, &["0..2"], "2..4").await
 }
 
 /// Servers of `fixed` (the first is the genesis node) and two of `pooled`, which is the second hop
 /// of the route, on `t`; a greedy generation during which the `pooled` server in use gets
-/// `signal` after five tokens. Returns the generation, that server's process, the others (alive
-/// until dropped) and the client.
+/// `signal` after five tokens. Returns the generation, that server, the network (alive until
+/// dropped) and the client.
 async fn signal_mid_generation(
     t: Transport,
-    signal: &str,
+    signal: Signal,
     tmp: &Path,
     fixed: &[&str],
     pooled: &str,
-) -> (odin_node::Generation, NodeProc, Vec<NodeProc>, Arc<Node>) {
-    let first = node_proc(t, fixed[0], &[], &[], &tmp.join("first"));
-    let boot = first.addrs.clone();
-    let mut others = vec![first];
-    others.extend(fixed[1..].iter().enumerate().map(|(i, b)| node_proc(t, b, &[], &boot, &tmp.join(format!("f{i}")))));
-    let mut pool: Vec<NodeProc> =
-        (0..2).map(|i| node_proc(t, pooled, &[], &boot, &tmp.join(format!("s{i}")))).collect();
-    let client = client(t, &boot, &tmp.join("client")).await;
-    client.wait_for_route(fixed.len() + 2, Duration::from_secs(60)).await.unwrap();
+) -> (odin_node::Generation, usize, LocalCluster, Arc<Node>) {
+    let mut net = cluster(t, tmp);
+    net.launch("first", fixed[0], &[]).unwrap();
+    for (i, b) in fixed[1..].iter().enumerate() {
+        net.launch(&format!("f{i}"), b, &[]).unwrap();
+    }
+    let mut pool: Vec<usize> = (0..2).map(|i| net.launch(&format!("s{i}"), pooled, &[]).unwrap()).collect();
+    let client = client(t, &net, &tmp.join("client")).await;
     let mut streamed = 0;
     let mut signalled = None;
     let g = client
@@ -429,18 +399,16 @@ async fn signal_mid_generation(
             if streamed == 5 {
                 let route = client.route_in_use().unwrap();
                 assert_eq!(route.len(), fixed.len() + 1, "{route:?}");
-                let target = route[1].peer.to_string();
-                let n = pool.remove(pool.iter().position(|n| n.peer == target).unwrap());
-                let pid = n.child.id().to_string();
-                assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
+                let target = route[1].peer;
+                let n = pool.remove(pool.iter().position(|&n| peer(&net, n) == target).unwrap());
+                net.signal(n, signal).unwrap();
                 signalled = Some(n);
             }
             true
         })
         .await
-        .unwrap_or_else(|e| panic!("{signal}: {e}\n{}", logs(tmp)));
-    others.extend(pool);
-    (g, signalled.expect("the generation ended before the signal"), others, client)
+        .unwrap_or_else(|e| panic!("{signal:?}: {e}\n{}", logs(tmp)));
+    (g, signalled.expect("the generation ended before the signal"), net, client)
 }
 
 /// A chain of three hops whose servers push to each other: the middle hop, in use, gets `signal`
@@ -450,15 +418,17 @@ async fn signal_mid_generation(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_routes_around_a_middle_hop_that_dies_or_freezes() {
     let _one_at_a_time = SERIAL.lock().await;
-    for (t, signal) in [(Transport::Tcp, "-KILL"), (Transport::Quic, "-KILL"), (Transport::Tcp, "-STOP")] {
-        let what = format!("{t:?} {signal}");
+    for (t, signal) in [(Transport::Tcp, Signal::Kill), (Transport::Quic, Signal::Kill), (Transport::Tcp, Signal::Stop)]
+    {
+        let what = format!("{t:?} {signal:?}");
         let tmp = scratch();
-        let (g, hit, _others, client) = signal_mid_generation(t, signal, tmp.path(), &["0..1", "3..4"], "1..3").await;
+        let (g, hit, net, client) = signal_mid_generation(t, signal, tmp.path(), &["0..1", "3..4"], "1..3").await;
+        let hit = peer(&net, hit);
         assert_eq!(g.tokens, reference(), "{what}");
-        blamed_only(&client, &g, &hit.peer, &what).await;
+        blamed_only(&client, &g, hit, &what).await;
         // A death is the transport's to find; only a freeze waits out the stall deadline.
-        assert_eq!(g.failures[0].contains("within the deadline"), signal == "-STOP", "{what}: {:?}", g.failures);
-        assert!(g.route.iter().all(|h| h.hop.peer.to_string() != hit.peer), "{what}");
+        assert_eq!(g.failures[0].contains("within the deadline"), signal == Signal::Stop, "{what}: {:?}", g.failures);
+        assert!(g.route.iter().all(|h| h.hop.peer != hit), "{what}");
         assert_eq!(g.relay, Relay::Chain, "{what}: the new route pushes too");
     }
 }
@@ -485,13 +455,13 @@ async fn a_hop_whose_next_hop_dies_names_it_and_keeps_answering() {
     let slack = Duration::from_millis(500);
     for (t, bound) in [(Transport::Tcp, slack), (Transport::Quic, quic + slack)] {
         let tmp = scratch();
-        let first = node_proc(t, "0..2", &[], &[], &tmp.path().join("first"));
-        let mut next = node_proc(t, "2..4", &[], &first.addrs, &tmp.path().join("next"));
-        let client = client(t, &first.addrs, &tmp.path().join("client")).await;
-        client.wait_for_route(2, Duration::from_secs(60)).await.unwrap();
+        let mut net = cluster(t, tmp.path());
+        let first = net.launch("first", "0..2", &[]).unwrap();
+        let next = net.launch("next", "2..4", &[]).unwrap();
+        let client = client(t, &net, &tmp.path().join("client")).await;
         let (model, session) = (client.model(), 7);
-        let (f_peer, n_peer): (odin_net::PeerId, odin_net::PeerId) =
-            (first.peer.parse().unwrap(), next.peer.parse().unwrap());
+        let (f_peer, n_peer) = (peer(&net, first), peer(&net, next));
+        let n_wire = odin_net::peer_to_wire(&n_peer).unwrap();
         let mut to_first = client.net().open_stream(f_peer).await.unwrap();
         let mut to_next = client.net().open_stream(n_peer).await.unwrap();
         let open = |start, end| Request::Open {
@@ -505,7 +475,7 @@ async fn a_hop_whose_next_hop_dies_names_it_and_keeps_answering() {
         assert_eq!(call(&mut to_first, model, open(0, 2)).await, Response::Opened { session });
         assert_eq!(call(&mut to_next, model, open(2, 4)).await, Response::Opened { session });
         assert_eq!(
-            call(&mut to_first, model, Request::Link { session, next: n_peer }).await,
+            call(&mut to_first, model, Request::Link { session, next: n_wire.clone() }).await,
             Response::Linked { session }
         );
         // One step down the chain: the token comes from the next hop.
@@ -515,8 +485,7 @@ async fn a_hop_whose_next_hop_dies_names_it_and_keeps_answering() {
         let token = Envelope::<Response>::from_bytes(&read_frame(&mut to_next, MAX_FRAME).await.unwrap()).unwrap().msg;
         assert!(matches!(token, Response::Pushed { .. }), "{t:?}: {token:?}");
 
-        next.child.kill().unwrap();
-        next.child.wait().unwrap();
+        net.kill(next).unwrap();
         let killed = Instant::now();
         // Unasked: nothing is pushed after the kill.
         let frame = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut to_first, MAX_FRAME))
@@ -526,7 +495,7 @@ async fn a_hop_whose_next_hop_dies_names_it_and_keeps_answering() {
         let after = killed.elapsed();
         match Envelope::<Response>::from_bytes(&frame).unwrap().msg {
             Response::NextHopDown { session: s, next: named, reason } => {
-                assert_eq!((s, named), (session, n_peer), "{t:?}: {reason}");
+                assert_eq!((s, &named), (session, &n_wire), "{t:?}: {reason}");
                 eprintln!(
                     "{t:?}: the hop before a SIGKILLed server named it {:.0} ms after the kill ({reason})",
                     after.as_secs_f64() * 1e3
@@ -541,6 +510,6 @@ async fn a_hop_whose_next_hop_dies_names_it_and_keeps_answering() {
         let again = Envelope { model, msg: Request::Push { session, input: StepInput::Tokens(vec![5]), hops: vec![] } };
         write_frame(&mut to_first, &again.to_bytes()).await.unwrap();
         let r = Envelope::<Response>::from_bytes(&read_frame(&mut to_first, MAX_FRAME).await.unwrap()).unwrap().msg;
-        assert!(matches!(r, Response::NextHopDown { next, .. } if next == n_peer), "{t:?}: {r:?}");
+        assert!(matches!(&r, Response::NextHopDown { next, .. } if *next == n_wire), "{t:?}: {r:?}");
     }
 }

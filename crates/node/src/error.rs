@@ -43,6 +43,20 @@ pub enum NodeError {
     /// A server did not answer in time.
     #[error("server {0} did not answer within the deadline")]
     Timeout(String),
+    /// A node's settings are unusable (the message names the setting).
+    #[error("{0}")]
+    Config(String),
+    /// A node process of a local cluster could not be started, signalled or waited for.
+    #[error("{what}: {source}")]
+    Process {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// A node process of a local cluster misbehaved (exited early, never became ready).
+    #[error("{0}")]
+    Cluster(String),
     /// A server answered out of protocol.
     #[error("server {peer} answered out of protocol: {what}")]
     Protocol {

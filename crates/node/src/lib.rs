@@ -1,25 +1,48 @@
 //! The ODIN node runtime: serve a shard, hold sessions, find servers, and
 //! generate through a chain of them.
 //!
-//! [`Node`] ties the parts together: the swarm ([`odin_net`]), the local
-//! [`server::Server`] on the int8 engine, the [`directory::Directory`] of
-//! known servers with Petals-style routing, and the [`client`] that drives a
-//! session hop by hop.
+//! [`Node`] wires the parts together: the swarm ([`odin_net`]) behind the
+//! [`transport::Transport`] seam, the [`Router`] over the [`Directory`] of
+//! known servers, the local [`Server`] on the int8 engine, and the [`Client`]
+//! that drives a session hop by hop (`session.rs`, `step.rs`, `hop.rs`,
+//! `link.rs`, `blame.rs`, `handoff.rs`). [`cluster::LocalCluster`] starts a
+//! network of node processes on one machine.
 
 #![warn(missing_docs)]
 
 pub mod alloc;
+mod blame;
 pub mod client;
+pub mod cluster;
+pub mod config;
 pub mod directory;
 pub mod error;
+#[cfg(test)]
+mod fake;
+mod handoff;
+mod hop;
+mod link;
 pub mod node;
+pub mod request;
+pub mod router;
 pub mod server;
+mod session;
+mod step;
+#[cfg(test)]
+mod testmodel;
+pub mod transport;
 
-pub use client::{GenerateRequest, Generation, HopStats, Relay};
+pub use client::{Client, MAX_FAILOVERS};
+pub use cluster::LocalCluster;
+pub use config::{AutoConfig, NodeConfig, NodeOptions};
 pub use directory::{Directory, Hop};
 pub use error::{NodeError, Result};
-pub use node::{AutoConfig, Node, NodeConfig, ServerStatus, Status};
+pub use hop::STEP_DEADLINE;
+pub use node::{Node, ServerStatus, Status};
+pub use request::{GenerateRequest, Generation, HopStats, Relay};
+pub use router::Router;
 pub use server::{Server, ServerConfig};
+pub use transport::Transport;
 
 /// Parse a block range written `A..B` (end exclusive).
 pub fn parse_blocks(s: &str, layers: usize) -> std::result::Result<std::ops::Range<usize>, String> {

@@ -1,95 +1,29 @@
-//! A running node: its swarm, its shard (if it serves one), its directory of servers.
+//! A running node wires the parts together: its swarm, its [`Router`] (fed by what the swarm
+//! hears), its [`Server`] when it serves blocks, and a [`Client`] for each generation.
 //!
-//! A prompt's walk: [`Node::generate`] asks the [`Directory`] for the cheapest
-//! chain, [`crate::client::generate_on`] opens a session on every hop, and
-//! each hop's [`Server`] runs its blocks on the int8 engine; the last samples.
+//! A prompt's walk: [`Node::generate`] hands it to a [`Client`], which asks the [`Router`] for
+//! the cheapest chain and opens a session on every hop; each hop's [`Server`] runs its blocks
+//! on the int8 engine, and the last samples.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use futures::StreamExt;
 use odin_engine::{Options, Shard};
 use odin_format::{ModelConfig, ModelId};
-use odin_net::{block_key, now_ms, Net, NetConfig, NetEvent, PeerId, ServerInfo};
+use odin_net::{block_key, now_ms, Net, NetEvent, PeerId, ServerInfo};
 use serde::Serialize;
-use tokio::sync::Notify;
 
 use crate::alloc;
-use crate::client::{fetch_info, generate_on, Failure, GenerateRequest, Generation, Progress};
+use crate::client::Client;
+use crate::config::{AutoConfig, NodeConfig};
 use crate::directory::{Directory, Hop};
 use crate::error::{NodeError, Result};
-use crate::server::{Server, ServerConfig};
-
-/// Longest one DHT lookup or one announcement fetch may take while looking for servers.
-const PULL_DEADLINE: Duration = Duration::from_secs(1);
-/// A provider that did not answer is not asked again for this long.
-const SHUN: Duration = Duration::from_secs(30);
-
-/// Most reroutes one generation makes before it gives up.
-pub const MAX_FAILOVERS: usize = 8;
-
-/// How a node is started.
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    /// Model directory (config.json, model.safetensors, tokenizer.json).
-    pub model_dir: PathBuf,
-    /// Blocks to serve; `None` for a client that serves nothing.
-    pub blocks: Option<Range<usize>>,
-    /// The id the operator expects; the node refuses to start if the files hash otherwise.
-    pub expect_id: Option<ModelId>,
-    /// Where the identity key lives.
-    pub data_dir: PathBuf,
-    /// The swarm's settings (`model` is filled in from the files).
-    pub net: NetConfig,
-    /// Session limits.
-    pub server: ServerConfig,
-    /// Engine threads per product.
-    pub threads: usize,
-    /// How often the node re-announces itself (announcements live three times as long).
-    pub announce_every: Duration,
-    /// Pick the blocks from the network's needs instead of `blocks`, and keep rebalancing.
-    pub auto: Option<AutoConfig>,
-}
-
-/// How a `--blocks auto` node sizes its share and how often it reconsiders it.
-#[derive(Debug, Clone)]
-pub struct AutoConfig {
-    /// Serve at most this many blocks.
-    pub max_blocks: Option<usize>,
-    /// Bytes of memory the blocks may take (default: half of what the system has available).
-    pub memory_budget: Option<u64>,
-    /// Time between rebalancing checks (each waits a random 0.75–1.25 of it).
-    pub rebalance_every: Duration,
-}
-
-impl Default for AutoConfig {
-    fn default() -> Self {
-        Self {
-            max_blocks: None,
-            memory_budget: alloc::default_memory_budget(),
-            rebalance_every: Duration::from_secs(30),
-        }
-    }
-}
-
-impl NodeConfig {
-    /// Defaults for serving `blocks` of `model_dir` on loopback, keeping keys in `data_dir`.
-    pub fn loopback(model_dir: &Path, blocks: Option<Range<usize>>, data_dir: &Path) -> Self {
-        Self {
-            model_dir: model_dir.to_path_buf(),
-            blocks,
-            expect_id: None,
-            data_dir: data_dir.to_path_buf(),
-            net: NetConfig::loopback(ModelId([0; 32])),
-            server: ServerConfig::default(),
-            threads: 1,
-            announce_every: Duration::from_secs(2),
-            auto: None,
-        }
-    }
-}
+use crate::request::{GenerateRequest, Generation};
+use crate::router::Router;
+use crate::server::Server;
 
 /// A node's view of the network, for `/status` and `odin swarm`.
 #[derive(Debug, Clone, Serialize)]
@@ -145,15 +79,10 @@ pub struct Node {
     /// Set once the node knows its blocks (at start, or after looking at the network with `--blocks auto`).
     server: OnceLock<Arc<Server>>,
     auto: Option<AutoConfig>,
-    dir: Arc<Mutex<Directory>>,
-    changed: Arc<Notify>,
+    router: Arc<Router>,
     ms_per_block: OnceLock<f64>,
     /// Serialises moves between block ranges.
     moving: tokio::sync::Mutex<()>,
-    /// The route the latest generation through this node runs on.
-    in_use: Mutex<Option<Vec<Hop>>>,
-    /// Providers that did not answer, and when.
-    unreachable: Mutex<std::collections::HashMap<PeerId, Instant>>,
 }
 
 impl Node {
@@ -192,6 +121,7 @@ impl Node {
         let key = odin_net::load_or_create_identity(&cfg.data_dir.join("identity.key"))?;
         let (net, mut events) = Net::start(key.clone(), cfg.net.clone()).await?;
         let ttl = cfg.announce_every * 3;
+        let router = Arc::new(Router::new(model, net.peer_id(), layers, ttl, Arc::new(net.clone())));
         let node = Arc::new(Node {
             key,
             net,
@@ -201,12 +131,9 @@ impl Node {
             threads,
             server: OnceLock::new(),
             auto: cfg.auto.clone(),
-            dir: Arc::new(Mutex::new(Directory::new(layers, ttl))),
-            changed: Arc::new(Notify::new()),
+            router,
             ms_per_block: OnceLock::new(),
             moving: tokio::sync::Mutex::new(()),
-            in_use: Mutex::new(None),
-            unreachable: Mutex::new(std::collections::HashMap::new()),
         });
 
         // Network events feed the directory; weak, so the task ends with the node.
@@ -229,7 +156,7 @@ impl Node {
         };
         if let Some(shard) = shard {
             let server = Arc::new(Server::new(shard, cfg.server.clone()));
-            server.attach_net(node.net.clone());
+            server.attach_transport(Arc::new(node.net.clone()));
             let s = server.clone();
             let ms = tokio::task::spawn_blocking(move || s.measure_ms_per_block()).await.unwrap_or(1.0);
             let _ = node.ms_per_block.set(ms);
@@ -238,7 +165,7 @@ impl Node {
             tokio::spawn(async move {
                 let mut incoming = incoming;
                 while let Some((peer, stream)) = incoming.next().await {
-                    tokio::spawn(server.clone().serve_stream(peer, stream));
+                    tokio::spawn(server.clone().serve_stream(peer, Box::new(stream)));
                 }
             });
             let r = node.serving().unwrap_or_default();
@@ -257,9 +184,7 @@ impl Node {
                     s.reap();
                 }
                 node.announce().await;
-                if let Ok(mut d) = node.dir.lock() {
-                    d.expire();
-                };
+                node.router.expire();
             }
         });
         if let Some(auto) = cfg.auto {
@@ -286,19 +211,14 @@ impl Node {
         if joining {
             // Learn the network first: announcements arrive by gossip within an announce
             // interval; the DHT names the providers of every block for those that did not.
-            self.wait_for(announce_every * 2, |d| (!d.entries().is_empty()).then_some(())).await;
-            self.pull(&[]).await;
+            self.router.wait_for(announce_every * 2, |d| (!d.entries().is_empty()).then_some(())).await;
+            self.router.pull(&[]).await;
         }
         let num = alloc::blocks_that_fit(&self.config, auto.max_blocks, auto.memory_budget);
-        let infos = self.live_servers();
+        let infos = self.router.live_servers();
         let t = alloc::block_throughputs(self.config.num_layers(), infos.iter().map(|(_, i)| i));
         let start = alloc::choose_start(&t, num);
         start..start + num
-    }
-
-    /// Servers with a live announcement in the directory, and what they announced.
-    fn live_servers(&self) -> Vec<(PeerId, ServerInfo)> {
-        self.dir.lock().map(|d| d.entries().into_iter().map(|(p, e)| (p, e.info)).collect()).unwrap_or_default()
     }
 
     async fn load_shard(&self, range: Range<usize>) -> Result<Shard> {
@@ -315,7 +235,7 @@ impl Node {
         if server.draining() {
             return;
         }
-        let servers = self.live_servers();
+        let servers = self.router.live_servers();
         let Some(to) = alloc::rebalance(self.config.num_layers(), &servers, &self.peer_id()) else { return };
         if let Err(e) = self.move_to(to.clone()).await {
             tracing::warn!("cannot move to blocks {}..{}: {e}", to.start, to.end);
@@ -341,7 +261,7 @@ impl Node {
         self.announce().await;
         let dropped: Vec<_> = from.filter(|b| !to.contains(b)).map(|b| block_key(&self.model, b)).collect();
         self.net.withdraw(dropped).await?;
-        self.changed.notify_waiters();
+        self.router.touch();
         Ok(())
     }
 
@@ -365,24 +285,10 @@ impl Node {
 
     async fn on_event(&self, ev: NetEvent) {
         match ev {
-            NetEvent::Info(peer, info) => {
-                if let Ok(mut d) = self.dir.lock() {
-                    d.update(peer, info);
-                }
-                self.changed.notify_waiters();
-            }
-            NetEvent::Rtt(peer, rtt) => {
-                if let Ok(mut d) = self.dir.lock() {
-                    d.rtt(peer, rtt);
-                }
-            }
+            NetEvent::Info(peer, info) => self.router.heard(peer, info),
+            NetEvent::Rtt(peer, rtt) => self.router.rtt(peer, rtt),
             NetEvent::Subscribed(_) => self.announce().await,
-            NetEvent::Disconnected(peer) => {
-                if let Ok(mut d) = self.dir.lock() {
-                    d.remove(&peer);
-                }
-                self.changed.notify_waiters();
-            }
+            NetEvent::Disconnected(peer) => self.router.gone(&peer),
         }
     }
 
@@ -393,22 +299,9 @@ impl Node {
 
     /// The announcement of this node's server, if it serves.
     pub fn info(&self) -> Option<ServerInfo> {
-        let s = self.server()?;
-        let r = s.range();
-        Some(ServerInfo {
-            version: odin_net::wire::PROTOCOL_VERSION,
-            peer: self.net.peer_id().to_string(),
-            model: self.model.to_string(),
-            start: r.start as u32,
-            end: r.end as u32,
-            ms_per_block: self.ms_per_block.get().copied().unwrap_or(1.0),
-            load: s.load() as u32,
-            // A draining server takes no new sessions, so routes stop naming it.
-            free_slots: if s.draining() { 0 } else { s.free_slots() as u32 },
-            addrs: self.net.addrs().iter().map(|a| a.to_string()).collect(),
-            at_ms: now_ms(),
-            auto: self.auto.is_some(),
-        })
+        let ms_per_block = self.ms_per_block.get().copied().unwrap_or(1.0);
+        let addrs = self.net.addrs();
+        Some(announcement(self.peer_id(), self.model, self.server()?, ms_per_block, &addrs, self.auto.is_some()))
     }
 
     async fn announce(&self) {
@@ -417,9 +310,7 @@ impl Node {
             s.set_info(info.to_bytes());
         }
         // A node does not hear its own gossip: it knows itself directly.
-        if let Ok(mut d) = self.dir.lock() {
-            d.update(self.net.peer_id(), info.clone());
-        }
+        self.router.heard(self.net.peer_id(), info.clone());
         if let Err(e) = self.net.publish(&info).await {
             tracing::warn!("cannot announce: {e}");
         }
@@ -465,79 +356,26 @@ impl Node {
         self.server.get()
     }
 
-    /// Tell the directory a request to `peer` failed.
-    pub fn report_failure(&self, peer: &PeerId) {
-        if let Ok(mut d) = self.dir.lock() {
-            d.failed(peer);
-        }
-    }
-
-    /// Tell the directory how fast `peer` turned out to be: µs per block per decode step.
-    pub fn report_observed(&self, peer: &PeerId, us_per_block: f64) {
-        if let Ok(mut d) = self.dir.lock() {
-            d.observed(peer, us_per_block);
-        }
-    }
-
-    /// Tell the directory a generation through `peer` succeeded (its backoff ends).
-    pub fn report_success(&self, peer: &PeerId) {
-        if let Ok(mut d) = self.dir.lock() {
-            d.succeeded(peer);
-        }
+    /// The router: known servers, routes, backoff.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
     }
 
     /// The route the latest generation started through this node runs on (before any failover
     /// or handoff it has not reached yet); `None` before the first.
     pub fn route_in_use(&self) -> Option<Vec<Hop>> {
-        self.in_use.lock().ok()?.clone()
+        self.router.route_in_use()
     }
 
     /// The current best route, if every block is covered.
     pub fn route(&self) -> Option<Vec<Hop>> {
-        self.dir.lock().ok()?.route(&[])
+        self.router.route()
     }
 
-    /// Wait until every block is covered (and at least `min_servers` servers are known), for at most `timeout`.
-    ///
-    /// Gossip usually delivers the announcements; when it has not, the DHT
-    /// names the providers of each uncovered block and they are asked directly.
+    /// Wait until every block is covered (and at least `min_servers` servers are known), for
+    /// at most `timeout` (see [`Router::wait_for_route_avoiding`]).
     pub async fn wait_for_route(&self, min_servers: usize, timeout: Duration) -> Result<Vec<Hop>> {
-        self.wait_for_route_avoiding(min_servers, &[], timeout).await
-    }
-
-    /// Wait until `found` finds something in the directory (checked at once and after every
-    /// change), for at most `timeout`.
-    async fn wait_for<T>(&self, timeout: Duration, found: impl Fn(&Directory) -> Option<T>) -> Option<T> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.changed.notified();
-            if let Some(t) = self.dir.lock().ok().and_then(|d| found(&d)) {
-                return Some(t);
-            }
-            tokio::time::timeout_at(deadline, notified).await.ok()?;
-        }
-    }
-
-    /// The cheapest chain over blocks `span` avoiding `avoid`, waiting up to `timeout` for one.
-    pub async fn wait_for_span(&self, span: Range<usize>, avoid: &[PeerId], timeout: Duration) -> Result<Vec<Hop>> {
-        self.wait_for(timeout, |d| d.route_span(span.clone(), avoid)).await.ok_or_else(|| {
-            NodeError::NoRoute(format!(
-                "no server took over blocks {}..{} within {:.0} s; start a node serving them",
-                span.start,
-                span.end,
-                timeout.as_secs_f64()
-            ))
-        })
-    }
-
-    /// Wait until the directory knows `peer` as a server, for at most `timeout`.
-    pub async fn wait_for_server(&self, peer: &PeerId, timeout: Duration) -> Result<()> {
-        self.wait_for(timeout, |d| d.knows(peer).then_some(())).await.ok_or_else(|| {
-            NodeError::NoRoute(format!(
-                "server {peer} did not announce itself within {:.0} s; is it running and bootstrapped to this network?",
-                timeout.as_secs_f64()
-            ))
-        })
+        self.router.wait_for_route_avoiding(min_servers, &[], timeout).await
     }
 
     /// [`Node::wait_for_route`], never through the servers in `avoid`.
@@ -547,136 +385,24 @@ impl Node {
         avoid: &[PeerId],
         timeout: Duration,
     ) -> Result<Vec<Hop>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let notified = self.changed.notified();
-            let (route, known, missing) = {
-                let d = self.dir.lock().map_err(|_| NodeError::NoRoute("directory poisoned".into()))?;
-                let cov = d.coverage();
-                let missing: Vec<usize> = (0..cov.len()).filter(|&b| cov[b] == 0).collect();
-                (d.route(avoid), d.entries().len(), missing)
-            };
-            if let Some(r) = route {
-                if known >= min_servers {
-                    return Ok(r);
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(NodeError::NoRoute(format!(
-                    "after {:.0} s, {known} server(s) known ({} set aside after failures) and blocks {missing:?} \
-                     uncovered; start nodes serving them",
-                    timeout.as_secs_f64(),
-                    avoid.len()
-                )));
-            }
-            // Ask the DHT meanwhile, but an announcement arriving ends the wait at once.
-            let ask = async {
-                self.pull(&missing).await;
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            };
-            tokio::select! {
-                _ = notified => {}
-                _ = ask => {}
-                _ = tokio::time::sleep_until(deadline.into()) => {}
-            }
-        }
+        self.router.wait_for_route_avoiding(min_servers, avoid, timeout).await
     }
 
-    /// Ask the DHT who serves `blocks` (all blocks when empty) and fetch unknown servers' announcements directly.
-    async fn pull(&self, blocks: &[usize]) {
-        let all: Vec<usize> = (0..self.config.num_layers()).collect();
-        let blocks = if blocks.is_empty() { &all[..] } else { blocks };
-        for &b in blocks {
-            // Provider records outlive their servers, and a dead server's dial can hang:
-            // every lookup is bounded, and a peer that did not answer is not asked again soon.
-            let Ok(Ok(peers)) =
-                tokio::time::timeout(PULL_DEADLINE, self.net.providers(block_key(&self.model, b))).await
-            else {
-                continue;
-            };
-            for p in peers {
-                let known = self.dir.lock().map(|d| d.knows(&p)).unwrap_or(true);
-                let shunned =
-                    self.unreachable.lock().map(|u| u.get(&p).is_some_and(|t| t.elapsed() < SHUN)).unwrap_or(false);
-                if known || shunned || p == self.peer_id() {
-                    continue;
-                }
-                match tokio::time::timeout(PULL_DEADLINE, fetch_info(self, p)).await {
-                    Ok(Ok(info)) if info.peer == p.to_string() && info.model == self.model.to_string() => {
-                        if let Ok(mut d) = self.dir.lock() {
-                            d.update(p, info);
-                        }
-                    }
-                    _ => {
-                        if let Ok(mut u) = self.unreachable.lock() {
-                            u.retain(|_, t| t.elapsed() < SHUN);
-                            u.insert(p, Instant::now());
-                        }
-                    }
-                }
-            }
-        }
+    /// Wait until the directory knows `peer` as a server, for at most `timeout`.
+    pub async fn wait_for_server(&self, peer: &PeerId, timeout: Duration) -> Result<()> {
+        self.router.wait_for_server(peer, timeout).await
     }
 
-    /// Generate through the network: find a route, run the request, stream tokens to `on_token`.
-    ///
-    /// When a server dies, stalls past the deadline, answers garbage or refuses, the generation
-    /// routes around it and continues (see [`generate_on`]); the tokens are those a fault-free
-    /// run gives. It gives up after [`MAX_FAILOVERS`] reroutes or when no other route appears.
-    pub async fn generate(&self, req: &GenerateRequest, mut on_token: impl FnMut(u32) -> bool) -> Result<Generation> {
-        let mut progress = Progress::default();
-        // Servers that failed are skipped by the directory until they announce themselves again
-        // (a dead one never does) and their backoff has passed; a transient failure costs a
-        // server this generation only until then.
-        let mut why: Vec<String> = Vec::new();
-        loop {
-            let route = match self.wait_for_route(1, Duration::from_secs(10)).await {
-                Ok(r) => r,
-                Err(NodeError::NoRoute(m)) if !why.is_empty() => {
-                    return Err(NodeError::NoRoute(format!("{m}; failed on the way: {}", why.join("; "))))
-                }
-                Err(e) => return Err(e),
-            };
-            if let Ok(mut u) = self.in_use.lock() {
-                *u = Some(route.clone());
-            }
-            match generate_on(self, &route, req, &mut progress, &mut on_token).await {
-                Ok(mut g) => {
-                    g.failovers = why.len() as u32;
-                    g.failures = why;
-                    return Ok(g);
-                }
-                Err(Failure { peer: Some(p), error }) if why.len() < MAX_FAILOVERS => {
-                    tracing::warn!("server {p} failed ({error}); routing around it");
-                    why.push(format!("{p} ({error})"));
-                }
-                Err(f) => return Err(f.error),
-            }
-        }
+    /// Generate through the network (see [`Client::generate`]): this node's own blocks, if it
+    /// serves, run in-process.
+    pub async fn generate(&self, req: &GenerateRequest, on_token: impl FnMut(u32) -> bool) -> Result<Generation> {
+        Client::new(self.router.clone(), self.server().cloned()).generate(req, on_token).await
     }
 
     /// A snapshot for `/status`.
     pub async fn status(&self) -> Status {
         let peers = self.net.peers().await.map(|p| p.len()).unwrap_or(0);
-        let (coverage, servers) = match self.dir.lock() {
-            Ok(d) => (
-                d.coverage(),
-                d.entries()
-                    .into_iter()
-                    .map(|(p, e)| ServerStatus {
-                        peer: p.to_string(),
-                        blocks: [e.info.start, e.info.end],
-                        ms_per_block: e.info.ms_per_block,
-                        load: e.info.load,
-                        free_slots: e.info.free_slots,
-                        rtt_us: e.rtt.map(|r| r.as_micros() as u64),
-                        observed_ms_per_block: e.observed_us_per_block.map(|us| us / 1e3),
-                        failures: e.blamed,
-                    })
-                    .collect(),
-            ),
-            Err(_) => (Vec::new(), Vec::new()),
-        };
+        let (coverage, servers) = self.router.read(|d| (d.coverage(), server_statuses(d))).unwrap_or_default();
         Status {
             peer: self.peer_id().to_string(),
             model: self.model.to_string(),
@@ -687,5 +413,88 @@ impl Node {
             sessions: self.server().map_or(0, |s| s.load()),
             peers,
         }
+    }
+}
+
+/// What the directory knows of each server, for `/status`.
+fn server_statuses(d: &Directory) -> Vec<ServerStatus> {
+    d.entries()
+        .into_iter()
+        .map(|(p, e)| ServerStatus {
+            peer: p.to_string(),
+            blocks: [e.info.start, e.info.end],
+            ms_per_block: e.info.ms_per_block,
+            load: e.info.load,
+            free_slots: e.info.free_slots,
+            rtt_us: e.rtt.map(|r| r.as_micros() as u64),
+            observed_ms_per_block: e.observed_us_per_block.map(|us| us / 1e3),
+            failures: e.blamed,
+        })
+        .collect()
+}
+
+/// The announcement of `server` of `model`, run by `peer`.
+fn announcement(
+    peer: PeerId,
+    model: ModelId,
+    server: &Server,
+    ms_per_block: f64,
+    addrs: &[odin_net::Multiaddr],
+    auto: bool,
+) -> ServerInfo {
+    let r = server.range();
+    ServerInfo {
+        version: odin_net::wire::PROTOCOL_VERSION,
+        peer: peer.to_string(),
+        model: model.to_string(),
+        start: r.start as u32,
+        end: r.end as u32,
+        ms_per_block,
+        load: server.load() as u32,
+        // A draining server takes no new sessions, so routes stop naming it.
+        free_slots: if server.draining() { 0 } else { server.free_slots() as u32 },
+        addrs: addrs.iter().map(|a| a.to_string()).collect(),
+        at_ms: now_ms(),
+        auto,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::ServerConfig;
+    use crate::testmodel::{shard, MODEL};
+
+    #[test]
+    fn a_server_announces_its_blocks_and_no_slots_once_it_drains() {
+        let server = Server::new(shard(1..3), ServerConfig { max_sessions: 5, ..ServerConfig::default() });
+        let (peer, addr) = (PeerId::random(), "/ip4/127.0.0.1/tcp/9".parse().unwrap());
+        let info = announcement(peer, MODEL, &server, 0.25, &[addr], true);
+        assert_eq!((info.start, info.end, info.free_slots, info.load), (1, 3, 5, 0));
+        assert_eq!((&info.peer, &info.model), (&peer.to_string(), &MODEL.to_string()));
+        // What it announces is what a peer accepts.
+        assert_eq!(ServerInfo::from_bytes(&info.to_bytes()).ok().map(|i| i.end), Some(3));
+        assert_eq!((info.ms_per_block, info.auto, info.addrs), (0.25, true, vec!["/ip4/127.0.0.1/tcp/9".to_string()]));
+        server.drain();
+        assert_eq!(announcement(peer, MODEL, &server, 0.25, &[], false).free_slots, 0, "routes stop naming it");
+    }
+
+    #[test]
+    fn the_status_shows_what_the_directory_knows_and_measured() {
+        let server = Server::new(shard(0..2), ServerConfig::default());
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let mut d = Directory::new(4, Duration::from_secs(60));
+        d.update(a, announcement(a, MODEL, &server, 2.0, &[], false));
+        d.update(b, ServerInfo { start: 2, end: 4, ..announcement(b, MODEL, &server, 3.0, &[], false) });
+        d.rtt(a, Duration::from_micros(1500));
+        d.observed(&a, 4000.0);
+        d.failed(&b);
+        let s = server_statuses(&d);
+        let by = |p: PeerId| s.iter().find(|x| x.peer == p.to_string()).unwrap();
+        assert_eq!(
+            (by(a).blocks, by(a).rtt_us, by(a).observed_ms_per_block, by(a).failures),
+            ([0, 2], Some(1500), Some(4.0), 0)
+        );
+        assert_eq!((by(b).blocks, by(b).ms_per_block, by(b).rtt_us, by(b).failures), ([2, 4], 3.0, None, 1));
     }
 }

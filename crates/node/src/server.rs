@@ -21,16 +21,20 @@ use std::time::{Duration, Instant};
 
 use futures::io::{ReadHalf, WriteHalf};
 use futures::AsyncReadExt;
-use odin_engine::{Input, Logits, Sampler, SamplerConfig, Shard, State};
+use odin_engine::{Input, Logits, Sampler, Shard, State};
 use odin_format::ModelId;
 use odin_net::wire::{read_frame, write_frame, MAX_FRAME};
-use odin_net::{Dtype, Envelope, ErrorCode, HopTime, NetError, PeerId, Request, Response, StepInput, Tensor};
+use odin_net::{
+    Dtype, Envelope, ErrorCode, HopTime, NetError, PeerBytes, PeerId, Request, Response, StepInput, Tensor,
+};
 use tokio::runtime::RuntimeFlavor;
 use tokio::sync::mpsc;
 
+use crate::transport::{Conn, Transport};
+
 /// The writing half of a stream, shared: a session's client stream is written by the task
 /// reading it (answers) and by whichever task finishes a pushed step (tokens, failures).
-pub(crate) type Sink = Arc<tokio::sync::Mutex<WriteHalf<odin_net::Stream>>>;
+pub(crate) type Sink = Arc<tokio::sync::Mutex<WriteHalf<Conn>>>;
 
 /// Longest a server waits to open its stream to a session's next hop.
 const LINK_DEADLINE: Duration = Duration::from_secs(10);
@@ -73,7 +77,8 @@ struct Session {
 /// and watches for the link breaking, so a push never holds up the loop that answers the
 /// session's client (which must keep answering probes when the next hop is the one stuck).
 struct Next {
-    peer: PeerId,
+    /// The next hop, as a [`Response::NextHopDown`] names it.
+    peer: PeerBytes,
     pushes: mpsc::Sender<Vec<u8>>,
     _carrier: AbortOnDrop,
 }
@@ -123,7 +128,7 @@ pub struct Server {
     /// Steps answered, for [`ServerConfig::garbage_after`].
     steps: std::sync::atomic::AtomicU64,
     /// How this server reaches the next hops of pushed sessions.
-    net: OnceLock<odin_net::Net>,
+    net: OnceLock<Arc<dyn Transport>>,
 }
 
 /// A session that stepped this recently is still generating: the next step of another one goes to
@@ -152,9 +157,9 @@ impl Server {
         }
     }
 
-    /// Give the server the node's network, so it can pass pushed sessions on to their next hop.
-    pub fn attach_net(&self, net: odin_net::Net) {
-        let _ = self.net.set(net);
+    /// Give the server the node's transport, so it can pass pushed sessions on to their next hop.
+    pub fn attach_transport(&self, transport: Arc<dyn Transport>) {
+        let _ = self.net.set(transport);
     }
 
     /// Blocks this server holds.
@@ -260,7 +265,7 @@ impl Server {
     }
 
     /// Speak the shard protocol on `stream`, from `peer`, until the other side closes it.
-    pub async fn serve_stream(self: Arc<Self>, peer: PeerId, stream: odin_net::Stream) {
+    pub async fn serve_stream(self: Arc<Self>, peer: PeerId, stream: Conn) {
         self.streams.fetch_add(1, Ordering::SeqCst);
         let (rd, wr) = stream.split();
         let origin = Origin { peer: Some(peer), sink: Arc::new(tokio::sync::Mutex::new(wr)) };
@@ -269,7 +274,7 @@ impl Server {
         self.closed.notify_waiters();
     }
 
-    async fn converse(self: &Arc<Self>, mut rd: ReadHalf<odin_net::Stream>, origin: &Origin) {
+    async fn converse(self: &Arc<Self>, mut rd: ReadHalf<Conn>, origin: &Origin) {
         loop {
             let frame = match read_frame(&mut rd, MAX_FRAME).await {
                 Ok(f) => f,
@@ -309,7 +314,7 @@ impl Server {
 
     async fn handle(self: Arc<Self>, frame: &[u8], origin: Option<&Origin>) -> Option<Response> {
         let read = Instant::now();
-        let env = match Envelope::<Request>::from_bytes(frame) {
+        let env = match Envelope::<Request>::from_bytes(frame).map_err(NetError::from) {
             Ok(env) => env,
             Err(e) => {
                 if let Some(peer) = origin.and_then(|o| o.peer) {
@@ -408,22 +413,23 @@ impl Server {
 
     /// Open the stream to `next` for the session's pushed steps, and start the task that
     /// carries them (see [`carry`]).
-    async fn link(&self, session: u64, next: PeerId, origin: Option<&Origin>) -> Result<Response, Fail> {
+    async fn link(&self, session: u64, wire: PeerBytes, origin: Option<&Origin>) -> Result<Response, Fail> {
         self.with_session(session, |_| ())?;
+        let next = odin_net::peer_from_wire(&wire).map_err(|e| Fail(ErrorCode::Malformed, e.to_string()))?;
         let net = self
             .net
             .get()
             .ok_or_else(|| Fail(ErrorCode::Internal, "this server has no network to reach a next hop".into()))?;
-        let stream = match tokio::time::timeout(LINK_DEADLINE, net.open_stream(next)).await {
+        let stream = match tokio::time::timeout(LINK_DEADLINE, net.open(next)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(Fail(ErrorCode::NextHop, format!("cannot reach the next hop {next}: {e}"))),
             Err(_) => return Err(Fail(ErrorCode::NextHop, format!("the next hop {next} did not answer in time"))),
         };
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let client = origin.map(|o| o.sink.clone());
-        let carrier = tokio::spawn(carry(stream, rx, client, self.model, session, next));
+        let carrier = tokio::spawn(carry(stream, rx, client, self.model, session, (next, wire.clone())));
         self.with_session(session, |s| {
-            s.next = Some(Next { peer: next, pushes: tx, _carrier: AbortOnDrop(carrier) });
+            s.next = Some(Next { peer: wire, pushes: tx, _carrier: AbortOnDrop(carrier) });
             Response::Linked { session }
         })
     }
@@ -434,7 +440,7 @@ impl Server {
         &self,
         session: u64,
         input: StepInput,
-    ) -> (Option<(Option<Sink>, Option<(PeerId, mpsc::Sender<Vec<u8>>)>)>, Result<Outcome, Fail>) {
+    ) -> (Option<(Option<Sink>, Option<(PeerBytes, mpsc::Sender<Vec<u8>>)>)>, Result<Outcome, Fail>) {
         if !self.cfg.delay.is_zero() {
             tokio::time::sleep(self.cfg.delay).await;
         }
@@ -451,7 +457,7 @@ impl Server {
                 Err(_) => return (None, Err(poisoned())),
             };
             let Some(sess) = s.get_mut(&session) else { return (None, Err(unknown(session))) };
-            let links = (sess.client.clone(), sess.next.as_ref().map(|n| (n.peer, n.pushes.clone())));
+            let links = (sess.client.clone(), sess.next.as_ref().map(|n| (n.peer.clone(), n.pushes.clone())));
             let Some(state) = sess.state.take() else {
                 let busy = format!("session {session:016x} is already running a step");
                 return (Some(links), Err(Fail(ErrorCode::BadInput, busy)));
@@ -539,9 +545,9 @@ impl Server {
         }
         .map_err(|e| Fail(ErrorCode::BadInput, e.to_string()))?;
         let sampler = (blocks.end == self.layers).then(|| {
-            let mut s = Sampler::new(SamplerConfig {
+            let mut s = Sampler::new(odin_engine::Sampling {
                 temperature: sampling.temperature,
-                top_k: sampling.top_k as usize,
+                top_k: sampling.top_k,
                 top_p: sampling.top_p,
                 seed: sampling.seed,
             });
@@ -612,12 +618,12 @@ fn step(
 /// bound, see `odin_net`). Then the session's client hears [`Response::NextHopDown`] naming
 /// `next`, at once and unasked, so it blames `next` and not this server.
 async fn carry(
-    stream: odin_net::Stream,
+    stream: Conn,
     mut pushes: mpsc::Receiver<Vec<u8>>,
     client: Option<Sink>,
     model: ModelId,
     session: u64,
-    next: PeerId,
+    (next, wire): (PeerId, PeerBytes),
 ) {
     let (mut rd, mut wr) = stream.split();
     // Polled in place across the loop, never restarted: a frame half read is never lost.
@@ -645,7 +651,7 @@ async fn carry(
     };
     tracing::debug!("session {session:016x}: next hop {next} is down: {reason}");
     if let Some(sink) = client {
-        let msg = Response::NextHopDown { session, next, reason };
+        let msg = Response::NextHopDown { session, next: wire, reason };
         let _ = send(&sink, &Envelope { model, msg }.to_bytes()).await;
     }
 }
@@ -664,4 +670,138 @@ fn unknown(session: u64) -> Fail {
         ErrorCode::UnknownSession,
         format!("no session {session:016x} on this server (closed, expired or never opened); open it again"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testmodel::{shard, MODEL};
+
+    async fn ask(server: &Arc<Server>, msg: Request) -> Option<Response> {
+        server.clone().respond(&Envelope { model: MODEL, msg }.to_bytes()).await
+    }
+
+    fn open(session: u64, blocks: Range<usize>) -> Request {
+        Request::Open {
+            session,
+            start: blocks.start as u32,
+            end: blocks.end as u32,
+            sampling: odin_net::Sampling::default(),
+            drawn: 0,
+            reply: Dtype::F32,
+        }
+    }
+
+    fn tokens(session: u64, ids: &[u32]) -> Request {
+        Request::Step { session, input: StepInput::Tokens(ids.to_vec()) }
+    }
+
+    fn code(r: Option<Response>) -> ErrorCode {
+        match r {
+            Some(Response::Error { code, .. }) => code,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn sessions_open_step_and_close_within_the_servers_blocks() {
+        let server = Arc::new(Server::new(shard(0..2), ServerConfig::default()));
+        server.set_info(b"{}".to_vec());
+        assert_eq!(ask(&server, Request::Info).await, Some(Response::Info(b"{}".to_vec())));
+        assert_eq!(code(ask(&server, open(1, 1..3)).await), ErrorCode::BadBlocks);
+        assert_eq!(ask(&server, open(1, 0..2)).await, Some(Response::Opened { session: 1 }));
+        assert_eq!(server.load(), 1);
+        // Not the last blocks: hidden states come back, one row per token.
+        match ask(&server, tokens(1, &[3, 4, 5])).await {
+            Some(Response::Hidden { tensor, .. }) => assert_eq!((tensor.rows, tensor.cols), (3, 64)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            ask(&server, Request::Probe { session: 1 }).await,
+            Some(Response::Progress { steps: 1, running: false })
+        );
+        assert_eq!(code(ask(&server, tokens(2, &[3])).await), ErrorCode::UnknownSession);
+        assert_eq!(code(ask(&server, tokens(1, &[4000])).await), ErrorCode::BadInput, "a token past the vocabulary");
+        assert_eq!(
+            ask(&server, Request::Probe { session: 1 }).await,
+            Some(Response::Progress { steps: 1, running: false })
+        );
+        // A push needs a next hop, and a link needs a network.
+        let push = Request::Push { session: 1, input: StepInput::Tokens(vec![6]), hops: Vec::new() };
+        assert_eq!(code(ask(&server, push).await), ErrorCode::BadInput);
+        let link = Request::Link { session: 1, next: odin_net::peer_to_wire(&PeerId::random()).unwrap() };
+        assert_eq!(code(ask(&server, link).await), ErrorCode::Internal);
+        assert_eq!(ask(&server, Request::Close { session: 1 }).await, Some(Response::Closed));
+        assert_eq!(code(ask(&server, Request::Close { session: 1 }).await), ErrorCode::UnknownSession);
+        assert!(server.idle());
+    }
+
+    #[tokio::test]
+    async fn the_last_blocks_sample_and_a_push_ends_there() {
+        let server = Arc::new(Server::new(shard(0..4), ServerConfig::default()));
+        let want = crate::testmodel::local_tokens(&[3, 4, 5], 2, odin_net::Sampling::default());
+        assert_eq!(ask(&server, open(1, 0..4)).await, Some(Response::Opened { session: 1 }));
+        assert!(matches!(ask(&server, tokens(1, &[3, 4, 5])).await, Some(Response::Token { id, .. }) if id == want[0]));
+        let push = Request::Push { session: 1, input: StepInput::Tokens(vec![want[0]]), hops: Vec::new() };
+        match ask(&server, push).await {
+            Some(Response::Pushed { id, hops, .. }) => {
+                assert_eq!(id, want[1]);
+                assert_eq!(hops.len(), 1);
+                assert!(hops[0].elapsed_us >= hops[0].compute_us);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_envelopes_are_refused_by_name() {
+        let server = Arc::new(Server::new(shard(0..2), ServerConfig::default()));
+        let other = Envelope { model: odin_format::ModelId([1; 32]), msg: Request::Info }.to_bytes();
+        assert_eq!(code(server.clone().respond(&other).await), ErrorCode::WrongModel);
+        let mut version = Envelope { model: MODEL, msg: Request::Info }.to_bytes();
+        version[0] = 99;
+        assert_eq!(code(server.clone().respond(&version).await), ErrorCode::Version);
+        let good = Envelope { model: MODEL, msg: open(1, 0..2) }.to_bytes();
+        assert_eq!(code(server.clone().respond(&good[..good.len() - 3]).await), ErrorCode::Malformed);
+    }
+
+    #[tokio::test]
+    async fn a_full_server_refuses_and_idle_sessions_are_reaped() {
+        let cfg = ServerConfig { max_sessions: 1, session_ttl: Duration::ZERO, ..ServerConfig::default() };
+        let server = Arc::new(Server::new(shard(0..2), cfg));
+        assert_eq!(ask(&server, open(1, 0..2)).await, Some(Response::Opened { session: 1 }));
+        assert_eq!(server.free_slots(), 0);
+        assert_eq!(code(ask(&server, open(2, 0..2)).await), ErrorCode::Full);
+        assert_eq!(
+            ask(&server, open(1, 0..1)).await,
+            Some(Response::Opened { session: 1 }),
+            "reopening is no new session"
+        );
+        assert_eq!(server.reap(), 1);
+        assert_eq!((server.load(), server.free_slots()), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_leaving_server_hands_open_sessions_back_and_takes_no_new_ones() {
+        let server = Arc::new(Server::new(shard(0..2), ServerConfig::default()));
+        for s in [1, 2] {
+            assert_eq!(ask(&server, open(s, 0..2)).await, Some(Response::Opened { session: s }));
+        }
+        assert!(matches!(ask(&server, tokens(1, &[3, 4])).await, Some(Response::Hidden { .. })));
+        // Moving to other blocks: a session on the dropped ones is handed back, state and all.
+        server.replace_shard(shard(1..2));
+        match ask(&server, tokens(1, &[5])).await {
+            Some(Response::Handoff { state, input: None }) => {
+                assert_eq!(state.rows % 2, 0, "two blocks' state");
+                assert!(state.decode().is_ok());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(server.load(), 1, "the handed-back session is gone");
+        server.drain();
+        assert!(server.draining());
+        assert_eq!(code(ask(&server, open(3, 1..2)).await), ErrorCode::Draining);
+        assert!(matches!(ask(&server, tokens(2, &[3])).await, Some(Response::Handoff { .. })));
+        assert!(server.idle());
+    }
 }

@@ -1,14 +1,16 @@
 //! Real nodes on loopback, in one process: discovery, routing, generation through a
 //! chain equal to one machine's, bad input, and a 20-node network.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use odin_engine::{Input, Logits, Options, Sampler, SamplerConfig, Shard};
+use odin_engine::{Input, Logits, Options, Sampler, Shard};
 use odin_net::wire::{read_frame, write_frame, MAX_FRAME};
 use odin_net::{Dtype, Envelope, ErrorCode, Request, Response, Sampling, StepInput, Tensor};
-use odin_node::{split_blocks, GenerateRequest, Node, NodeConfig, Relay};
+use odin_node::cluster::{ClusterConfig, Join};
+use odin_node::{split_blocks, GenerateRequest, LocalCluster, Node, NodeConfig, Relay};
 
 fn tiny() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/odin-tiny")
@@ -17,12 +19,12 @@ fn tiny() -> PathBuf {
 const PROMPT: [u32; 8] = [0, 3, 40, 41, 42, 43, 44, 4];
 
 /// The same generation on one machine, with the engine alone.
-fn local(max_new: usize, sampling: SamplerConfig) -> Vec<u32> {
+fn local(max_new: usize, sampling: Sampling) -> Vec<u32> {
     local_until(max_new, sampling, Some(1))
 }
 
 /// [`local`], stopping before `stop` (or never).
-fn local_until(max_new: usize, sampling: SamplerConfig, stop: Option<u32>) -> Vec<u32> {
+fn local_until(max_new: usize, sampling: Sampling, stop: Option<u32>) -> Vec<u32> {
     let shard = Shard::load(&tiny(), None, Options::default()).unwrap();
     let mut st = shard.new_state();
     let mut s = Sampler::new(sampling);
@@ -39,33 +41,29 @@ fn local_until(max_new: usize, sampling: SamplerConfig, stop: Option<u32>) -> Ve
     out
 }
 
-/// The engine's sampler settings for the network's `sampling`.
-fn sampler_config(s: Sampling) -> SamplerConfig {
-    SamplerConfig { temperature: s.temperature, top_k: s.top_k as usize, top_p: s.top_p, seed: s.seed }
+/// A network of nodes in this process under `tmp`, announcing every 0.5 s; every node after
+/// the first joins through it.
+fn cluster(tmp: &Path) -> LocalCluster {
+    let mut cfg = ClusterConfig::in_process(&tiny(), tmp);
+    cfg.announce = Duration::from_millis(500);
+    LocalCluster::new(cfg)
 }
 
-async fn start(blocks: Option<std::ops::Range<usize>>, boot: &[odin_net::Multiaddr], tmp: &Path) -> Arc<Node> {
-    let mut cfg = NodeConfig::loopback(&tiny(), blocks, &tmp.join(format!("n{}", rand_name())));
-    cfg.net.bootstrap = boot.to_vec();
-    cfg.announce_every = Duration::from_millis(500);
-    Node::start(cfg).await.unwrap()
-}
-
-fn rand_name() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
+/// Start a node of `net` serving `blocks` (none: a client).
+async fn start(net: &mut LocalCluster, blocks: Option<Range<usize>>) -> Arc<Node> {
+    let i = net.launch_in_process(&format!("n{}", net.members().len()), blocks).await.unwrap();
+    net.node(i).unwrap().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_of_three_generates_what_one_machine_does() {
     let tmp = tempfile::tempdir().unwrap();
+    let mut net = cluster(tmp.path());
     let ranges = split_blocks(4, 3);
-    let first = start(Some(ranges[0].clone()), &[], tmp.path()).await;
-    let boot = first.net().addrs();
-    let _b = start(Some(ranges[1].clone()), &boot, tmp.path()).await;
-    let _c = start(Some(ranges[2].clone()), &boot, tmp.path()).await;
-    let client = start(None, &boot, tmp.path()).await;
+    let first = start(&mut net, Some(ranges[0].clone())).await;
+    let _b = start(&mut net, Some(ranges[1].clone())).await;
+    let _c = start(&mut net, Some(ranges[2].clone())).await;
+    let client = start(&mut net, None).await;
     let route = client.wait_for_route(3, Duration::from_secs(30)).await.unwrap();
     assert_eq!(route.len(), 3, "{route:?}");
     // A client that serves nothing, and the first server generating itself (its own blocks are
@@ -87,7 +85,7 @@ async fn a_chain_of_three_generates_what_one_machine_does() {
                     })
                     .await
                     .unwrap();
-                let want = local(24, sampler_config(sampling));
+                let want = local(24, sampling);
                 let case = format!("{who}, relay {relay:?}, wire {wire:?}, sampling {sampling:?}");
                 assert_eq!(g.tokens, streamed, "{case}");
                 assert_eq!(g.tokens, want, "{case}");
@@ -111,8 +109,9 @@ async fn call(stream: &mut odin_net::Stream, bytes: &[u8]) -> Response {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = start(Some(2..4), &[], tmp.path()).await;
-    let client = start(None, &server.net().addrs(), tmp.path()).await;
+    let mut net = cluster(tmp.path());
+    let server = start(&mut net, Some(2..4)).await;
+    let client = start(&mut net, None).await;
     let model = server.model();
     let mut s = client.net().open_stream(server.peer_id()).await.unwrap();
     let env = |msg: Request| Envelope { model, msg }.to_bytes();
@@ -184,7 +183,8 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
     let (code, _) = err(call(&mut s, &push(9)).await);
     assert_eq!(code, ErrorCode::UnknownSession);
     let nowhere = odin_net::PeerId::random();
-    let (code, msg) = err(call(&mut s, &env(Request::Link { session: 1, next: nowhere })).await);
+    let link = Request::Link { session: 1, next: odin_net::peer_to_wire(&nowhere).unwrap() };
+    let (code, msg) = err(call(&mut s, &env(link)).await);
     assert_eq!(code, ErrorCode::NextHop, "{msg}");
     assert!(msg.contains(&nowhere.to_string()), "{msg}");
     // This server holds the last blocks: a push ends here, and the token comes to the client's stream.
@@ -210,12 +210,11 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_nodes_each_find_a_full_route() {
     let tmp = tempfile::tempdir().unwrap();
-    let genesis = start(Some(0..1), &[], tmp.path()).await;
-    let boot = genesis.net().addrs();
-    let mut nodes = vec![genesis];
+    let mut net = cluster(tmp.path());
+    let mut nodes = vec![start(&mut net, Some(0..1)).await];
     for i in 1..20 {
         let r = [0..1, 1..2, 2..3, 3..4, 0..2, 2..4, 1..4][i % 7].clone();
-        nodes.push(start(Some(r), &boot, tmp.path()).await);
+        nodes.push(start(&mut net, Some(r)).await);
     }
     for n in &nodes {
         let r = n.wait_for_route(1, Duration::from_secs(60)).await.unwrap();
@@ -228,11 +227,16 @@ async fn twenty_nodes_each_find_a_full_route() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_joined_over_quic_alone_generate() {
     let tmp = tempfile::tempdir().unwrap();
-    let first = start(Some(0..2), &[], tmp.path()).await;
-    let quic: Vec<_> = first.net().addrs().into_iter().filter(|a| a.to_string().contains("/quic-v1")).collect();
-    assert_eq!(quic.len(), 1, "{:?}", first.net().addrs());
-    let _second = start(Some(2..4), &quic, tmp.path()).await;
-    let client = start(None, &quic, tmp.path()).await;
+    let mut cfg = ClusterConfig::in_process(&tiny(), tmp.path());
+    cfg.announce = Duration::from_millis(500);
+    // Everyone joins through the first node's QUIC address alone.
+    cfg.join = Join::Quic;
+    let mut net = LocalCluster::new(cfg);
+    let first = start(&mut net, Some(0..2)).await;
+    assert_eq!(net.boot().len(), 1, "{:?}", first.net().addrs());
+    assert!(net.boot()[0].to_string().contains("/quic-v1"));
+    let _second = start(&mut net, Some(2..4)).await;
+    let client = start(&mut net, None).await;
     client.wait_for_route(2, Duration::from_secs(30)).await.unwrap();
     let req = GenerateRequest {
         prompt: PROMPT.to_vec(),
@@ -243,22 +247,22 @@ async fn nodes_joined_over_quic_alone_generate() {
         relay: Relay::Chain,
     };
     let g = client.generate(&req, |_| true).await.unwrap();
-    assert_eq!(g.tokens, local(8, SamplerConfig::default()));
+    assert_eq!(g.tokens, local(8, Sampling::default()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_moving_to_other_blocks_hands_its_sessions_over() {
     let tmp = tempfile::tempdir().unwrap();
-    let first = start(Some(0..2), &[], tmp.path()).await;
-    let boot = first.net().addrs();
-    let mover = start(Some(2..4), &boot, tmp.path()).await;
-    let client = start(None, &boot, tmp.path()).await;
+    let mut net = cluster(tmp.path());
+    let _first = start(&mut net, Some(0..2)).await;
+    let mover = start(&mut net, Some(2..4)).await;
+    let client = start(&mut net, None).await;
     client.wait_for_route(2, Duration::from_secs(30)).await.unwrap();
     // The other server of 2..4 joins once the route through the mover is fixed.
-    let other = start(Some(2..4), &boot, tmp.path()).await;
+    let other = start(&mut net, Some(2..4)).await;
     client.wait_for_server(&other.peer_id(), Duration::from_secs(30)).await.unwrap();
     // No stop token: 24 tokens, so the move falls in the middle.
-    let want = local_until(24, SamplerConfig { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }, None);
+    let want = local_until(24, Sampling { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }, None);
     let req = GenerateRequest {
         prompt: PROMPT.to_vec(),
         max_new: 24,
@@ -297,16 +301,16 @@ async fn a_server_moving_to_other_blocks_hands_its_sessions_over() {
 #[tokio::test(flavor = "current_thread")]
 async fn on_one_network_thread_concurrent_sessions_generate_what_one_machine_does() {
     let tmp = tempfile::tempdir().unwrap();
-    let first = start(Some(0..2), &[], tmp.path()).await;
-    let boot = first.net().addrs();
-    let _second = start(Some(2..4), &boot, tmp.path()).await;
-    let (a, b) = (start(None, &boot, tmp.path()).await, start(None, &boot, tmp.path()).await);
+    let mut net = cluster(tmp.path());
+    let _first = start(&mut net, Some(0..2)).await;
+    let _second = start(&mut net, Some(2..4)).await;
+    let (a, b) = (start(&mut net, None).await, start(&mut net, None).await);
     for c in [&a, &b] {
         c.wait_for_route(2, Duration::from_secs(30)).await.unwrap();
     }
     let greedy = Sampling::default();
     let sampled = Sampling { temperature: 0.8, top_k: 20, top_p: 0.95, seed: 3 };
-    let want = |s: Sampling| local(32, sampler_config(s));
+    let want = |s: Sampling| local(32, s);
     let req = |sampling| GenerateRequest {
         prompt: PROMPT.to_vec(),
         max_new: 32,
@@ -350,7 +354,7 @@ async fn a_node_signs_with_the_identity_its_peer_id_names_and_keeps_it_across_re
     assert!(again.public_key().verify(msg, &sig));
     assert!(key.verify(msg, &again.sign(msg).unwrap()));
     // Another node's key does not check it.
-    let other = start(None, &[], tmp.path()).await;
+    let other = Node::start(NodeConfig::loopback(&tiny(), None, &tmp.path().join("other"))).await.unwrap();
     assert_ne!(other.peer_id(), peer);
     assert!(!other.public_key().verify(msg, &sig));
 }

@@ -1,0 +1,56 @@
+//! The unit tests' model: a tiny RWKV-6 with synthetic weights, built in memory in
+//! milliseconds, and what it generates on one machine.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use odin_engine::synthetic::{golden_config, weights};
+use odin_engine::weights::Source;
+use odin_engine::{Input, Logits, Options, Sampler, Shard};
+use odin_format::{ModelConfig, ModelId, Rwkv6Config};
+
+/// Blocks of the test model.
+pub(crate) const LAYERS: usize = 4;
+/// The test model's id.
+pub(crate) const MODEL: ModelId = ModelId([7; 32]);
+
+/// The test model: the golden RWKV-6 shape, with [`LAYERS`] blocks.
+fn model_config() -> Rwkv6Config {
+    Rwkv6Config { num_layers: LAYERS, ..golden_config() }
+}
+
+/// Blocks `range` of the test model.
+pub(crate) fn shard(range: Range<usize>) -> Shard {
+    static WEIGHTS: OnceLock<HashMap<String, Vec<f32>>> = OnceLock::new();
+    let w = WEIGHTS.get_or_init(|| weights(&model_config(), 24));
+    let cfg = ModelConfig::Rwkv6(model_config());
+    match Shard::build(&cfg, MODEL, range, &Source::Memory(w), Options::default()) {
+        Ok(s) => s,
+        Err(e) => panic!("the test model does not build: {e}"),
+    }
+}
+
+/// What the whole model generates on one machine from `prompt`: `max_new` tokens.
+pub(crate) fn local_tokens(prompt: &[u32], max_new: usize, sampling: odin_net::Sampling) -> Vec<u32> {
+    let shard = shard(0..LAYERS);
+    let mut state = shard.new_state();
+    let mut sampler = Sampler::new(odin_engine::Sampling {
+        temperature: sampling.temperature,
+        top_k: sampling.top_k,
+        top_p: sampling.top_p,
+        seed: sampling.seed,
+    });
+    let mut out = Vec::new();
+    let mut input = prompt.to_vec();
+    while out.len() < max_new {
+        let logits = match shard.forward(Input::Tokens(&input), &mut state, Logits::Last) {
+            Ok(l) => l,
+            Err(e) => panic!("the test model cannot run: {e}"),
+        };
+        let t = sampler.sample(&logits);
+        out.push(t);
+        input = vec![t];
+    }
+    out
+}
