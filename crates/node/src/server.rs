@@ -545,12 +545,7 @@ impl Server {
         }
         .map_err(|e| Fail(ErrorCode::BadInput, e.to_string()))?;
         let sampler = (blocks.end == self.layers).then(|| {
-            let mut s = Sampler::new(odin_engine::Sampling {
-                temperature: sampling.temperature,
-                top_k: sampling.top_k,
-                top_p: sampling.top_p,
-                seed: sampling.seed,
-            });
+            let mut s = Sampler::new(sampling);
             s.advance(drawn.min(1 << 32));
             s
         });
@@ -739,7 +734,7 @@ mod tests {
     #[tokio::test]
     async fn the_last_blocks_sample_and_a_push_ends_there() {
         let server = Arc::new(Server::new(shard(0..4), ServerConfig::default()));
-        let want = crate::testmodel::local_tokens(&[3, 4, 5], 2, odin_net::Sampling::default());
+        let want = crate::testmodel::local_tokens(&[3, 4, 5], 2, odin_format::Sampling::default());
         assert_eq!(ask(&server, open(1, 0..4)).await, Some(Response::Opened { session: 1 }));
         assert!(matches!(ask(&server, tokens(1, &[3, 4, 5])).await, Some(Response::Token { id, .. }) if id == want[0]));
         let push = Request::Push { session: 1, input: StepInput::Tokens(vec![want[0]]), hops: Vec::new() };

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use odin_engine::synthetic::{golden_config, weights};
 use odin_engine::weights::Source;
 use odin_engine::{Input, Logits, Options, Sampler, Shard};
-use odin_format::{ModelConfig, ModelId, Rwkv6Config};
+use odin_format::{ModelConfig, ModelId, Rwkv6Config, Sampling};
 
 /// Blocks of the test model.
 pub(crate) const LAYERS: usize = 4;
@@ -32,15 +32,10 @@ pub(crate) fn shard(range: Range<usize>) -> Shard {
 }
 
 /// What the whole model generates on one machine from `prompt`: `max_new` tokens.
-pub(crate) fn local_tokens(prompt: &[u32], max_new: usize, sampling: odin_net::Sampling) -> Vec<u32> {
+pub(crate) fn local_tokens(prompt: &[u32], max_new: usize, sampling: Sampling) -> Vec<u32> {
     let shard = shard(0..LAYERS);
     let mut state = shard.new_state();
-    let mut sampler = Sampler::new(odin_engine::Sampling {
-        temperature: sampling.temperature,
-        top_k: sampling.top_k,
-        top_p: sampling.top_p,
-        seed: sampling.seed,
-    });
+    let mut sampler = Sampler::new(sampling);
     let mut out = Vec::new();
     let mut input = prompt.to_vec();
     while out.len() < max_new {
