@@ -19,13 +19,12 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use odin_net::{Dtype, Sampling};
+use odin_format::Sampling;
+use odin_net::Dtype;
 use odin_node::{GenerateRequest, Node, Relay};
-use odin_train::data::{prompt_ids, special};
-use odin_train::generate::TextStream;
+use odin_text::{prompt_ids, special, TextStream, Tokenizer};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
 /// Most tokens one request may ask for.
@@ -125,7 +124,7 @@ struct Body {
     max_completion_tokens: Option<usize>,
     temperature: Option<f64>,
     top_p: Option<f64>,
-    top_k: Option<usize>,
+    top_k: Option<u32>,
     seed: Option<u64>,
     stream: Option<bool>,
     n: Option<usize>,
@@ -190,12 +189,12 @@ fn parse(api: &Api, raw: &[u8], chat: bool) -> Result<Job, Refusal> {
     // Greedy unless asked: the bundled model is a task solver, and greedy answers are the verified ones.
     let temperature = b.temperature.unwrap_or(0.0);
     let top_p = b.top_p.unwrap_or(1.0);
+    // OpenAI's own range; the sampler itself takes any finite temperature.
     if !(temperature.is_finite() && (0.0..=2.0).contains(&temperature)) {
         return Err(bad("temperature must be within [0, 2]".into()));
     }
-    if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(bad("top_p must be within (0, 1]".into()));
-    }
+    let sampling = Sampling { temperature, top_k: b.top_k.unwrap_or(0), top_p, seed: b.seed.unwrap_or(0) };
+    sampling.check().map_err(bad)?;
     let ids = prompt_ids(&api.tokenizer, &prompt).map_err(|e| bad(e.to_string()))?;
     let stop = match b.stop {
         None => Vec::new(),
@@ -208,7 +207,7 @@ fn parse(api: &Api, raw: &[u8], chat: bool) -> Result<Job, Refusal> {
         req: GenerateRequest {
             prompt: ids,
             max_new,
-            sampling: Sampling { temperature, top_k: b.top_k.unwrap_or(0) as u32, top_p, seed: b.seed.unwrap_or(0) },
+            sampling,
             wire: api.wire,
             relay: api.relay,
             stop: Some(special::EOS),

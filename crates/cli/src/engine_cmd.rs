@@ -2,42 +2,28 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use odin_engine::{Decoder, Model, Options, Sampler, SamplerConfig, Shard};
-use odin_train::data::{prompt_ids, special};
-use odin_train::generate::{load_tokenizer, TextStream};
+use odin_engine::{Decoder, Model, Options, Sampler, Sampling, Shard};
+use odin_text::{load_tokenizer, prompt_ids, special, TextStream, Tokenizer};
 
-/// The int8 engine as an evaluation backend (the train layer does not import the engine).
-pub struct Int8(pub Model);
-
-impl Int8 {
-    /// Load the whole model in `dir` (either architecture) with `threads` threads per product.
-    pub fn load(dir: &Path, threads: usize) -> Result<Self> {
-        let model = Model::load(dir, Options::threads(threads))
-            .with_context(|| format!("cannot load {} into the int8 engine", dir.display()))?;
-        Ok(Self(model))
-    }
+/// Load the whole model in `dir` (either architecture) into the int8 engine, `threads` threads per product.
+pub fn load_int8(dir: &Path, threads: usize) -> Result<Model> {
+    Model::load(dir, Options::threads(threads))
+        .with_context(|| format!("cannot load {} into the int8 engine", dir.display()))
 }
 
 /// Load the RWKV-6 model in `dir` whole, for the exports (llama.cpp's and web-rwkv's RWKV-6 layouts).
 fn load_rwkv6(dir: &Path) -> Result<Shard> {
-    match Int8::load(dir, 1)?.0 {
+    match load_int8(dir, 1)? {
         Model::Rwkv6(s) => Ok(s),
         other => bail!(
             "{} is a {} model; `odin export` and llama.cpp comparisons cover RWKV-6 models only",
             dir.display(),
             other.architecture()
         ),
-    }
-}
-
-impl odin_train::eval::Greedy for Int8 {
-    fn greedy(&self, prompts: &[Vec<u32>], max_new: usize) -> odin_train::Result<Vec<Vec<u32>>> {
-        odin_engine::greedy_many(&self.0, prompts, max_new, special::EOS)
-            .map_err(|e| odin_train::TrainError::Data(format!("int8 engine: {e}")))
     }
 }
 
@@ -76,7 +62,7 @@ pub struct SamplingArgs {
     pub temperature: f64,
     /// Keep only the k most likely tokens (0: all).
     #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
+    pub top_k: u32,
     /// Nucleus sampling threshold (1: off).
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f64,
@@ -86,12 +72,11 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    /// The engine's sampler settings, after checking the ranges.
-    pub fn config(&self) -> Result<SamplerConfig> {
-        if !(self.temperature >= 0.0 && self.temperature.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0) {
-            bail!("--temperature must be >= 0 and --top-p within (0, 1]");
-        }
-        Ok(SamplerConfig { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed })
+    /// The sampling settings, after checking the ranges.
+    pub fn config(&self) -> Result<Sampling> {
+        let s = Sampling { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed };
+        s.check().map_err(|e| anyhow::anyhow!("--{}", e.replace('_', "-")))?;
+        Ok(s)
     }
 }
 
@@ -126,84 +111,98 @@ pub struct GenerateArgs {
 /// Run `odin generate`, streaming text to stdout and speed to stderr.
 pub fn generate(a: GenerateArgs) -> Result<()> {
     let sampling = a.sampling.config()?;
-    let mut stdout = std::io::stdout();
-    let json = a.json;
-    let mut emit = |piece: &str| {
-        if !json {
-            let _ = stdout.write_all(piece.as_bytes());
-            let _ = stdout.flush();
-        }
-    };
+    let tk = load_tokenizer(&a.model)?;
+    let ids = prompt_ids(&tk, &a.prompt)?;
     if a.engine == "f32" {
         if a.json {
             bail!("--json is available with --engine int8");
         }
         let m = odin_train::generate::load_model(&a.model)
             .with_context(|| format!("cannot load model directory {}", a.model.display()))?;
-        let s = odin_train::generate::Sampling {
-            temperature: sampling.temperature,
-            top_k: sampling.top_k,
-            top_p: sampling.top_p,
-            seed: sampling.seed,
-        };
         let t = Instant::now();
-        odin_train::generate::generate(&m.shard, &m.tokenizer, &a.prompt, a.max_tokens, &s, &mut emit)?;
-        println!();
+        decode(&m.reference(), &tk, &ids, a.max_tokens, sampling, true)?;
         if !a.quiet {
             eprintln!("[f32 model layer] {:.2}s", t.elapsed().as_secs_f64());
         }
         return Ok(());
     }
-    let tk = load_tokenizer(&a.model)?;
-    let shard = Int8::load(&a.model, a.threads)?.0;
-    let ids = prompt_ids(&tk, &a.prompt)?;
-    let mut sampler = Sampler::new(sampling);
-    let mut state = shard.start();
-    let t0 = Instant::now();
-    let mut logits = shard.next_logits(&ids, &mut state)?;
-    let prefill = t0.elapsed();
-    let t1 = Instant::now();
-    let mut stream = TextStream::new(&tk);
-    let mut steps = 0usize;
-    for _ in 0..a.max_tokens {
-        let tok = sampler.sample(&logits);
-        if tok == special::EOS {
-            break;
-        }
-        if let Some(piece) = stream.push(tok)? {
-            emit(&piece);
-        }
-        logits = shard.next_logits(&[tok], &mut state)?;
-        steps += 1;
-    }
-    let decode = t1.elapsed();
-    let generated = stream.ids().to_vec();
-    let (rest, text) = stream.finish()?;
+    let shard = load_int8(&a.model, a.threads)?;
+    let run = decode(&shard, &tk, &ids, a.max_tokens, sampling, !a.json)?;
     let rate = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
     if a.json {
         let v = serde_json::json!({
             "model_id": shard.model_id().to_string(), "architecture": shard.architecture(), "engine": "int8",
             "kernel": shard.exec().kernel().name(),
-            "threads": shard.exec().threads(), "prompt_ids": ids, "ids": generated, "text": text,
-            "prefill_tok_s": rate(ids.len(), prefill), "decode_tok_s": rate(steps, decode),
+            "threads": shard.exec().threads(), "prompt_ids": ids, "ids": run.ids, "text": run.text,
+            "prefill_tok_s": rate(ids.len(), run.prefill), "decode_tok_s": rate(run.ids.len(), run.decode),
         });
         println!("{v}");
         return Ok(());
     }
-    emit(&rest);
-    println!();
     if !a.quiet {
         eprintln!(
             "[int8 {}, {} thread(s)] prefill {} tokens at {:.0} tok/s; decode {} tokens at {:.0} tok/s",
             shard.exec().kernel().name(),
             shard.exec().threads(),
             ids.len(),
-            rate(ids.len(), prefill),
-            steps,
-            rate(steps, decode)
+            rate(ids.len(), run.prefill),
+            run.ids.len(),
+            rate(run.ids.len(), run.decode)
         );
     }
     Ok(())
+}
+
+/// What one `odin generate` produced, and how long its two phases took.
+struct Decoded {
+    ids: Vec<u32>,
+    text: String,
+    /// Until the first token was chosen (the prompt's forward pass).
+    prefill: Duration,
+    /// From then to the end (one forward pass per generated token).
+    decode: Duration,
+}
+
+/// The engine's decode loop on `model` until `<|eos|>`, the text streamed to stdout when `print`.
+fn decode<D: Decoder>(model: &D, tk: &Tokenizer, ids: &[u32], max: usize, s: Sampling, print: bool) -> Result<Decoded>
+where
+    D::Error: std::error::Error + Send + Sync + 'static,
+{
+    let mut stdout = std::io::stdout();
+    let mut emit = |piece: &str| {
+        if print {
+            // A closed stdout (a pipe to `head`) ends the output, not the run.
+            let _ = stdout.write_all(piece.as_bytes()).and_then(|()| stdout.flush());
+        }
+    };
+    let mut stream = TextStream::new(tk);
+    let mut failed = None;
+    let t0 = Instant::now();
+    let mut first = None;
+    let (ids, _) = odin_engine::generate(model, ids, max, &mut Sampler::new(s), Some(special::EOS), |tok| {
+        first.get_or_insert_with(Instant::now);
+        match stream.push(tok) {
+            Ok(piece) => {
+                emit(piece.as_deref().unwrap_or(""));
+                true
+            }
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    let end = Instant::now();
+    let first = first.unwrap_or(end);
+    let (rest, text) = stream.finish()?;
+    emit(&rest);
+    if print {
+        println!();
+    }
+    Ok(Decoded { ids, text, prefill: first - t0, decode: end - first })
 }
 
 /// `odin export` formats.
@@ -294,27 +293,8 @@ pub struct BenchF32Args {
 
 /// Run `odin bench-f32`: print `{"prefill_tok_s":..,"decode_tok_s":..}`.
 pub fn bench_f32(a: BenchF32Args) -> Result<()> {
-    use candle_core::{Device, Tensor};
-    let m = odin_model::ModelDir::load(&a.model, &Device::Cpu)?;
-    let shard = odin_model::Shard::full(&m.config, &m.weights)?;
-    let ids = odin_engine::bench::prompt(a.prompt_tokens.max(1), m.config.vocab_size());
-    let (mut pre, mut dec) = (Vec::new(), Vec::new());
-    for _ in 0..a.runs.max(1) {
-        let mut st = shard.new_state(1)?;
-        let t = Instant::now();
-        let x = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu)?;
-        let logits = shard.forward(&x, Some(&mut st))?;
-        let mut tok = logits.squeeze(0)?.get(ids.len() - 1)?.argmax(0)?.to_scalar::<u32>()?;
-        pre.push(ids.len() as f64 / t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        for _ in 0..a.decode_tokens {
-            let l = shard.step(&Tensor::new(&[tok], &Device::Cpu)?, &mut st)?;
-            tok = l.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
-        }
-        dec.push(a.decode_tokens as f64 / t.elapsed().as_secs_f64());
-    }
-    let med = odin_engine::bench::median;
-    println!("{}", serde_json::json!({"prefill_tok_s": med(pre), "decode_tok_s": med(dec)}));
+    let speed = odin_train::generate::measure(&a.model, a.prompt_tokens, a.decode_tokens, a.runs)?;
+    println!("{}", serde_json::to_string(&speed)?);
     Ok(())
 }
 
@@ -369,7 +349,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let t_load = Instant::now();
     let mut load_s = 0.0;
     for &t in &a.threads {
-        let shard = Int8::load(&a.model, t)?.0;
+        let shard = load_int8(&a.model, t)?;
         if load_s == 0.0 {
             load_s = t_load.elapsed().as_secs_f64();
         }

@@ -164,9 +164,9 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let opts = odin_train::eval::EvalOptions { per_task: a.per_task, tasks: a.tasks, batch: a.batch, seed: a.seed };
     let sandbox = odin_data::sandbox::Sandbox::detect();
     let (report, id) = if a.engine == "int8" {
-        let tk = odin_train::generate::load_tokenizer(&a.model)?;
-        let engine = crate::engine_cmd::Int8::load(&a.model, 1)?;
-        let id = engine.0.model_id();
+        let tk = odin_text::load_tokenizer(&a.model)?;
+        let engine = crate::engine_cmd::load_int8(&a.model, 1)?;
+        let id = engine.model_id();
         (odin_train::eval::evaluate(&engine, &tk, &a.split, &records, &opts, sandbox.as_ref())?, id)
     } else {
         let m = load_model(&a.model)?;

@@ -15,8 +15,7 @@ use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
 use crate::error::{DataError, Result};
 use crate::record::Record;
 
-/// Special tokens, in id order: beginning, end, padding, prompt and answer markers.
-pub const SPECIAL_TOKENS: [&str; 5] = ["<|bos|>", "<|eos|>", "<|pad|>", "<|prompt|>", "<|answer|>"];
+pub use odin_text::SPECIAL_TOKENS;
 
 fn tok_err(e: impl std::fmt::Display) -> DataError {
     DataError::Tokenizer(e.to_string())
@@ -62,11 +61,6 @@ pub fn train(records: &[Record], vocab: usize) -> Result<Tokenizer> {
 /// Write the tokenizer as `tokenizer.json`.
 pub fn save(tk: &Tokenizer, path: &Path) -> Result<()> {
     tk.save(path, true).map_err(tok_err)
-}
-
-/// Load a `tokenizer.json`.
-pub fn load(path: &Path) -> Result<Tokenizer> {
-    Tokenizer::from_file(path).map_err(|e| DataError::Tokenizer(format!("{}: {e}", path.display())))
 }
 
 /// decode(encode(text)) == text, for a check over a whole dataset.

@@ -228,7 +228,7 @@ fn tokenizer_round_trips_every_record_and_splits_digits() {
     let tk = odin_data::tokenizer::train(&train, 400).unwrap();
     let path = dir.path().join("tok-test.json");
     odin_data::tokenizer::save(&tk, &path).unwrap();
-    let tk = odin_data::tokenizer::load(&path).unwrap();
+    let tk = odin_text::tokenizer_from_file(&path).unwrap();
     for split in m.splits.keys() {
         for r in all(dir.path(), m, split) {
             for t in [&r.prompt, &r.completion] {

@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-use crate::error::Result;
 use crate::model::Decoder;
 
 /// Speed of one shard configuration, medians over runs.
@@ -27,11 +26,17 @@ pub fn prompt(n: usize, vocab: usize) -> Vec<u32> {
 }
 
 /// Time prefill of `prompt_len` tokens and decode of `decode_len` tokens, `runs` times each.
-pub fn measure<D: Decoder>(model: &D, prompt_len: usize, decode_len: usize, runs: usize) -> Result<Speed> {
+/// Any [`Decoder`] can be measured: the int8 engine, and the trainer's f32 reference beside it.
+pub fn measure<D: Decoder>(
+    model: &D,
+    prompt_len: usize,
+    decode_len: usize,
+    runs: usize,
+) -> std::result::Result<Speed, D::Error> {
     let ids = prompt(prompt_len.max(1), model.vocab_size());
     let (mut pre, mut dec) = (Vec::new(), Vec::new());
     for _ in 0..runs.max(1) {
-        let mut st = model.start();
+        let mut st = model.start()?;
         let t = Instant::now();
         let mut logits = model.next_logits(&ids, &mut st)?;
         pre.push(ids.len() as f64 / t.elapsed().as_secs_f64());

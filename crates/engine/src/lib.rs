@@ -20,9 +20,12 @@
 
 pub mod bench;
 pub mod error;
+pub mod exec;
 pub mod export;
+pub mod input;
 pub mod kernels;
 pub mod llama;
+mod load;
 pub mod math;
 pub mod model;
 pub mod pages;
@@ -35,11 +38,14 @@ pub mod team;
 pub mod weights;
 
 pub use error::{EngineError, Result};
+pub use exec::{Exec, Options};
+pub use input::{Input, Logits};
 pub use kernels::Kernel;
 pub use llama::{KvLayer, KvState, LlamaShard};
 pub use model::{Decoder, Model, ModelState};
-pub use sample::{generate, greedy_many, Sampler, SamplerConfig};
-pub use shard::{state_rows_per_block, Input, LayerState, Logits, Options, Shard, State};
+pub use odin_format::Sampling;
+pub use sample::{generate, greedy_many, Sampler};
+pub use shard::{state_rows_per_block, LayerState, Shard, State};
 pub use weights::ENGINE_FILE;
 
 /// blake3 of logits as little-endian f32 bytes: the value verifiers compare.

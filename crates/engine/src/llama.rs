@@ -16,9 +16,11 @@ use std::path::Path;
 use odin_format::{LlamaConfig, ModelConfig, ModelId, TensorSpec};
 
 use crate::error::{EngineError, Result};
+use crate::exec::{Exec, Options};
+use crate::input::{input_rows, Input, Logits};
+use crate::load::{block_name, open_model};
 use crate::math::exp;
 use crate::quant::{QMatrix, QRows, BLOCK};
-use crate::shard::{block_name, input_rows, open_model, Exec, Input, Logits, Options};
 use crate::weights::{is_quantized, shard_specs, write_engine_file, OutTensor, Source, ENGINE_FILE};
 
 struct Layer {

@@ -6,26 +6,31 @@ use std::path::{Path, PathBuf};
 use odin_format::{ModelConfig, ModelId};
 
 use crate::error::Result;
+use crate::exec::{Exec, Options};
+use crate::input::{Input, Logits};
 use crate::llama::{KvState, LlamaShard};
-use crate::shard::{Exec, Input, Logits, Options, Shard, State};
+use crate::shard::{Shard, State};
 
 /// Something that turns tokens into next-token logits through a session state:
 /// a whole-model shard of either architecture.
 pub trait Decoder: Sync {
     /// A session's state (RWKV's recurrent state, Llama's KV cache).
     type State: Send;
+    /// What a step can fail with ([`crate::EngineError`] here; the trainer's f32 reference has its own).
+    type Error: Send;
     /// A fresh session.
-    fn start(&self) -> Self::State;
+    fn start(&self) -> std::result::Result<Self::State, Self::Error>;
     /// Feed `tokens` (a prompt, or one sampled token) and return the last one's logits.
-    fn next_logits(&self, tokens: &[u32], state: &mut Self::State) -> Result<Vec<f32>>;
+    fn next_logits(&self, tokens: &[u32], state: &mut Self::State) -> std::result::Result<Vec<f32>, Self::Error>;
     /// Vocabulary size.
     fn vocab_size(&self) -> usize;
 }
 
 impl Decoder for Shard {
     type State = State;
-    fn start(&self) -> State {
-        self.new_state()
+    type Error = crate::EngineError;
+    fn start(&self) -> Result<State> {
+        Ok(self.new_state())
     }
     fn next_logits(&self, tokens: &[u32], state: &mut State) -> Result<Vec<f32>> {
         self.forward(Input::Tokens(tokens), state, Logits::Last)
@@ -37,8 +42,9 @@ impl Decoder for Shard {
 
 impl Decoder for LlamaShard {
     type State = KvState;
-    fn start(&self) -> KvState {
-        self.new_state()
+    type Error = crate::EngineError;
+    fn start(&self) -> Result<KvState> {
+        Ok(self.new_state())
     }
     fn next_logits(&self, tokens: &[u32], state: &mut KvState) -> Result<Vec<f32>> {
         self.forward(Input::Tokens(tokens), state, Logits::Last)
@@ -117,11 +123,12 @@ impl Model {
 
 impl Decoder for Model {
     type State = ModelState;
-    fn start(&self) -> ModelState {
-        match self {
+    type Error = crate::EngineError;
+    fn start(&self) -> Result<ModelState> {
+        Ok(match self {
             Model::Rwkv6(s) => ModelState::Rwkv6(s.new_state()),
             Model::Llama(s) => ModelState::Llama(s.new_state()),
-        }
+        })
     }
     fn next_logits(&self, tokens: &[u32], state: &mut ModelState) -> Result<Vec<f32>> {
         match (self, state) {

@@ -7,8 +7,10 @@ use std::collections::HashMap;
 use odin_format::{LlamaConfig, ModelConfig, ModelId, Rwkv6Config};
 
 use crate::error::Result;
+use crate::exec::Options;
+use crate::input::{Input, Logits};
 use crate::llama::LlamaShard;
-use crate::shard::{Input, Logits, Options, Shard};
+use crate::shard::Shard;
 use crate::weights::Source;
 
 /// SplitMix64: tiny, portable and good enough for weights.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use odin_engine::synthetic::{golden_config, golden_hash, weights, GOLDEN_HASH as GOLDEN, GOLDEN_SEED};
 use odin_engine::weights::Source;
-use odin_engine::{generate, EngineError, Input, Kernel, Logits, Options, Sampler, SamplerConfig, Shard};
+use odin_engine::{generate, EngineError, Input, Kernel, Logits, Options, Sampler, Sampling, Shard};
 use odin_format::{ModelConfig, ModelId};
 
 fn bundled() -> PathBuf {
@@ -104,7 +104,7 @@ fn bad_input_gets_clear_errors() {
 fn sampling_is_deterministic_per_seed() {
     let s = golden_shard(0..2, Options::default());
     let run = |seed| {
-        let mut sm = Sampler::new(SamplerConfig { temperature: 1.0, top_k: 20, top_p: 0.95, seed });
+        let mut sm = Sampler::new(Sampling { temperature: 1.0, top_k: 20, top_p: 0.95, seed });
         generate(&s, &[3, 1, 4, 1, 5], 24, &mut sm, None, |_| true).unwrap().0
     };
     assert_eq!(run(7), run(7));
@@ -181,13 +181,13 @@ fn int8_next_token_agrees_with_f32_on_held_out_records() {
     let m = odin_model::ModelDir::load(&dir, &Device::Cpu).unwrap();
     let f32_shard = odin_model::Shard::full(&m.config, &m.weights).unwrap();
     let engine = Shard::load(&dir, None, Options::default()).unwrap();
-    let tk = odin_train::generate::load_tokenizer(&dir).unwrap();
+    let tk = odin_text::load_tokenizer(&dir).unwrap();
     let v = m.config.vocab_size();
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/odin-tiny-test-sample.jsonl");
     let (mut agree, mut total) = (0usize, 0usize);
     for line in std::fs::read_to_string(sample).unwrap().lines() {
         let r: serde_json::Value = serde_json::from_str(line).unwrap();
-        let mut ids = odin_train::data::prompt_ids(&tk, r["prompt"].as_str().unwrap()).unwrap();
+        let mut ids = odin_text::prompt_ids(&tk, r["prompt"].as_str().unwrap()).unwrap();
         let answer_at = ids.len() - 1;
         ids.extend(tk.encode(r["completion"].as_str().unwrap(), false).unwrap().get_ids());
         let x = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu).unwrap();

@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use odin_engine::synthetic::{llama_golden_config, llama_weights, GOLDEN_SEED};
 use odin_engine::weights::Source;
 use odin_engine::{
-    generate, Decoder, EngineError, Input, Kernel, KvState, LlamaShard, Logits, Model, Options, Sampler, SamplerConfig,
+    generate, Decoder, EngineError, Input, Kernel, KvState, LlamaShard, Logits, Model, Options, Sampler, Sampling,
 };
 use odin_format::{LlamaConfig, ModelConfig, ModelId};
 
@@ -132,7 +132,7 @@ fn the_engine_file_round_trips_with_padded_columns() {
     assert!(odin_engine::Shard::has_engine_file(dir).unwrap());
     let prompt = [10u32, 20, 30, 40, 50];
     let run = |m: &Model| {
-        let mut st = m.start();
+        let mut st = m.start().unwrap();
         let mut out = m.next_logits(&prompt, &mut st).unwrap();
         out.extend(m.next_logits(&[3], &mut st).unwrap());
         out
@@ -191,13 +191,13 @@ fn generation_through_model_is_seeded_and_greedy_is_argmax() {
     model_dir(tmp.path());
     let m = Model::load(tmp.path(), Options::default()).unwrap();
     let prompt = [5u32, 6, 7, 8];
-    let run = |cfg: SamplerConfig| generate(&m, &prompt, 12, &mut Sampler::new(cfg), None, |_| true).unwrap().0;
-    let sampled = SamplerConfig { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 7 };
+    let run = |cfg: Sampling| generate(&m, &prompt, 12, &mut Sampler::new(cfg), None, |_| true).unwrap().0;
+    let sampled = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 7 };
     assert_eq!(run(sampled), run(sampled));
-    assert_ne!(run(sampled), run(SamplerConfig { seed: 8, ..sampled }));
-    let greedy = run(SamplerConfig::default());
+    assert_ne!(run(sampled), run(Sampling { seed: 8, ..sampled }));
+    let greedy = run(Sampling::GREEDY);
     assert_eq!(greedy.len(), 12);
-    let mut st = m.start();
+    let mut st = m.start().unwrap();
     let mut logits = m.next_logits(&prompt, &mut st).unwrap();
     for &tok in &greedy {
         assert_eq!(tok, odin_engine::math::argmax(&logits) as u32);

@@ -12,44 +12,9 @@ use candle_core::{Device, Tensor};
 use odin_data::Record;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tokenizers::Tokenizer;
+use odin_text::{check_tokenizer, special, Tokenizer};
 
 use crate::error::{Result, TrainError};
-
-/// Special token ids, fixed by `odin tokenizer train`.
-pub mod special {
-    /// Beginning of a record.
-    pub const BOS: u32 = 0;
-    /// End of a completion.
-    pub const EOS: u32 = 1;
-    /// Padding.
-    pub const PAD: u32 = 2;
-    /// Start of the prompt.
-    pub const PROMPT: u32 = 3;
-    /// Start of the answer.
-    pub const ANSWER: u32 = 4;
-}
-
-/// Check that `tk` has ODIN's special tokens at the ids the trainer uses.
-pub fn check_tokenizer(tk: &Tokenizer) -> Result<()> {
-    for (i, s) in odin_data::tokenizer::SPECIAL_TOKENS.iter().enumerate() {
-        if tk.token_to_id(s) != Some(i as u32) {
-            return Err(TrainError::Data(format!(
-                "tokenizer has no {s} at id {i}; make it with `odin tokenizer train`"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Token ids of a prompt as the model sees it before answering: `<|bos|> <|prompt|> PROMPT <|answer|>`.
-pub fn prompt_ids(tk: &Tokenizer, prompt: &str) -> Result<Vec<u32>> {
-    let enc = tk.encode(prompt, false).map_err(|e| TrainError::Data(format!("cannot tokenize a prompt: {e}")))?;
-    let mut ids = vec![special::BOS, special::PROMPT];
-    ids.extend_from_slice(enc.get_ids());
-    ids.push(special::ANSWER);
-    Ok(ids)
-}
 
 /// All training examples, tokenised once, grouped by task and sorted by difficulty.
 pub struct TokenData {
@@ -71,7 +36,7 @@ impl TokenData {
         if tk.get_vocab_size(true) > usize::from(u16::MAX) + 1 {
             return Err(TrainError::Data("tokenizer vocab exceeds 65536; the trainer stores ids as u16".into()));
         }
-        let err = |e: tokenizers::Error| TrainError::Data(format!("cannot tokenize the data: {e}"));
+        let err = |e: Box<dyn std::error::Error + Send + Sync>| TrainError::Data(format!("cannot tokenize the data: {e}"));
         let mut tokens = Vec::new();
         let mut spans = Vec::new();
         let mut groups: BTreeMap<String, Vec<(u8, usize)>> = BTreeMap::new();

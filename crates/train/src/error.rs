@@ -42,6 +42,12 @@ pub enum TrainError {
     /// An error from the data layer.
     #[error(transparent)]
     DataLayer(#[from] odin_data::DataError),
+    /// A tokenizer that cannot be loaded, or text it cannot encode or decode.
+    #[error(transparent)]
+    Text(#[from] odin_text::TextError),
+    /// An error from the int8 engine (evaluating or generating on it).
+    #[error("int8 engine: {0}")]
+    Engine(#[from] odin_engine::EngineError),
 }
 
 /// Result with [`TrainError`].

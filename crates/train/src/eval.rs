@@ -14,9 +14,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tokenizers::Tokenizer;
+use odin_text::{decode, prompt_ids, special, Tokenizer};
 
-use crate::data::{prompt_ids, special};
 use crate::error::{Result, TrainError};
 
 /// What to evaluate and how.
@@ -148,8 +147,8 @@ pub fn judge_code(records: &[&Record], outputs: &[String], sandbox: Option<&Sand
     Ok(out)
 }
 
-/// A model that can continue prompts greedily: the f32 model layer here, the
-/// int8 engine through an adapter in the binary (the train layer does not import the engine).
+/// A model that can continue prompts greedily: the f32 model layer (decoded in
+/// batches) or the int8 engine (each prompt alone, in parallel).
 pub trait Greedy {
     /// Continue each prompt (all of one length) until `<|eos|>` or `max_new`
     /// tokens; return the generated ids without the `<|eos|>`.
@@ -159,6 +158,12 @@ pub trait Greedy {
 impl Greedy for Shard {
     fn greedy(&self, prompts: &[Vec<u32>], max_new: usize) -> Result<Vec<Vec<u32>>> {
         greedy_batch(self, prompts, max_new, &Device::Cpu)
+    }
+}
+
+impl Greedy for odin_engine::Model {
+    fn greedy(&self, prompts: &[Vec<u32>], max_new: usize) -> Result<Vec<Vec<u32>>> {
+        Ok(odin_engine::greedy_many(self, prompts, max_new, special::EOS)?)
     }
 }
 
@@ -247,7 +252,7 @@ pub fn evaluate(
             let max_new = part.iter().map(|m| 2 * m.2 + 16).max().unwrap_or(16);
             let gen = model.greedy(&prompts, max_new)?;
             for (m, g) in part.iter().zip(gen) {
-                outputs[m.0] = tk.decode(&g, false).map_err(|e| TrainError::Data(format!("cannot decode: {e}")))?;
+                outputs[m.0] = decode(tk, &g)?;
             }
         }
     }

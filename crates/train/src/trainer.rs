@@ -10,7 +10,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, D};
 use odin_model::{init_weights, ModelConfig, Shard, VarStore, Weights};
 use serde::{Deserialize, Serialize};
-use tokenizers::Tokenizer;
+use odin_text::Tokenizer;
 
 use crate::config::TrainConfig;
 use crate::data::{batch_rng, Batch, TokenData};
@@ -150,7 +150,7 @@ impl Trainer {
     }
 
     fn with_weights(cfg: TrainConfig, model_cfg: ModelConfig, weights: &Weights, device: Device) -> Result<Self> {
-        let tokenizer = odin_data::tokenizer::load(&cfg.data.tokenizer)?;
+        let tokenizer = odin_text::tokenizer_from_file(&cfg.data.tokenizer)?;
         if tokenizer.get_vocab_size(true) > model_cfg.vocab_size() {
             return Err(TrainError::Config(format!(
                 "the tokenizer has {} tokens but the model's vocab_size is {}",

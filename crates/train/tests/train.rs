@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
 use odin_train::config::{BatchSection, Curriculum, DataSection, ModelSection, OptimSection, RunSection};
-use odin_train::data::{special, TokenData};
+use odin_text::special;
+use odin_train::data::TokenData;
 use odin_train::trainer::masked_cross_entropy;
 use odin_train::{RunEnd, TrainConfig, Trainer};
 
@@ -115,7 +116,7 @@ fn training_n_then_resuming_n_equals_training_2n() {
 #[test]
 fn the_loss_covers_exactly_the_answer_tokens() {
     let (_, data, tok, _) = fixture();
-    let tk = odin_data::tokenizer::load(tok).unwrap();
+    let tk = odin_text::tokenizer_from_file(tok).unwrap();
     let m = odin_data::read_manifest(data).unwrap();
     let recs = odin_data::read_split(data, &m, "train").unwrap();
     let td = TokenData::new(&tk, &recs, 128).unwrap();
@@ -163,7 +164,7 @@ fn the_loss_covers_exactly_the_answer_tokens() {
 #[test]
 fn evaluation_scores_a_seeded_sample_of_every_task_reproducibly() {
     let (_, data, tok, model) = fixture();
-    let tk = odin_data::tokenizer::load(tok).unwrap();
+    let tk = odin_text::tokenizer_from_file(tok).unwrap();
     let cfg = odin_model::ModelConfig::from_file(model).unwrap();
     let w = odin_model::init_weights(&cfg, 4, &Device::Cpu).unwrap();
     let shard = odin_model::Shard::full(&cfg, &w).unwrap();

@@ -1,4 +1,5 @@
-//! wasm32 exports of the int8 engine.
+//! wasm32 exports of the int8 engine. The crate also carries the text layer
+//! (`odin-text`) and the protocol (`odin-proto`), which the chat page will use.
 //!
 //! Plain C-ABI functions, so any WebAssembly host (a browser, node,
 //! wasmtime) can call them without generated glue. `golden` recomputes the
@@ -6,7 +7,11 @@
 //! node and compare it with the native value.
 //!
 //! Build: `cargo build -p odin-web --release --target wasm32-unknown-unknown`
-//! (add `RUSTFLAGS="-C target-feature=+simd128"` for the simd128 kernel).
+//! (for the simd128 kernel, `RUSTFLAGS='-C target-feature=+simd128 --cfg getrandom_backend="custom"'`:
+//! RUSTFLAGS replaces the cfg that .cargo/config.toml sets).
+//!
+//! Imports: `odin.entropy(ptr, len)` must fill `len` random bytes at `ptr`
+//! (`crypto.getRandomValues` in a page), used only to seed hash maps.
 
 #![warn(missing_docs)]
 
@@ -31,4 +36,25 @@ pub unsafe extern "C" fn golden(out: *mut u8) -> u32 {
 #[no_mangle]
 pub extern "C" fn buffer() -> *mut u8 {
     Box::leak(Box::new([0u8; 96])).as_mut_ptr()
+}
+
+/// getrandom's custom backend for wasm32: random bytes come from the host's
+/// `odin.entropy` import, so the module needs no generated JavaScript glue.
+#[cfg(target_arch = "wasm32")]
+mod entropy {
+    #[link(wasm_import_module = "odin")]
+    extern "C" {
+        fn entropy(dest: *mut u8, len: usize);
+    }
+
+    /// Called by getrandom when built with `--cfg getrandom_backend="custom"`.
+    ///
+    /// # Safety
+    /// getrandom passes `len` writable bytes at `dest`.
+    #[no_mangle]
+    unsafe extern "Rust" fn __getrandom_v03_custom(dest: *mut u8, len: usize) -> Result<(), getrandom::Error> {
+        // SAFETY: the host writes exactly `len` bytes at `dest`, which getrandom owns.
+        unsafe { entropy(dest, len) };
+        Ok(())
+    }
 }

@@ -3,7 +3,8 @@
 import { readFileSync } from "node:fs";
 
 const bytes = readFileSync(process.argv[2]);
-const { instance } = await WebAssembly.instantiate(bytes, {});
+const imports = { odin: { entropy: (ptr, len) => crypto.getRandomValues(new Uint8Array(instance.exports.memory.buffer, ptr, len)) } };
+const { instance } = await WebAssembly.instantiate(bytes, imports);
 const { golden, buffer, memory } = instance.exports;
 const ptr = buffer();
 const n = golden(ptr);

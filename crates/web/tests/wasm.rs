@@ -7,7 +7,9 @@ use std::process::Command;
 fn build_and_run(simd: bool) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let target_dir = root.join(if simd { "target/wasm-simd" } else { "target/wasm-scalar" });
-    let flags = if simd { "-C target-feature=+simd128" } else { "" };
+    // RUSTFLAGS replaces .cargo/config.toml's flags, so the getrandom cfg is repeated here.
+    let getrandom = r#"--cfg getrandom_backend="custom""#;
+    let flags = if simd { format!("-C target-feature=+simd128 {getrandom}") } else { getrandom.to_string() };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .args(["build", "-p", "odin-web", "--release", "--target", "wasm32-unknown-unknown"])
