@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use odin_net::{Dtype, Multiaddr};
+use odin_net::Multiaddr;
 use odin_node::cluster::{ClusterConfig, Join};
 use odin_node::{GenerateRequest, LocalCluster, Node, NodeOptions, Relay};
+use odin_proto::Dtype;
 use odin_text::{load_tokenizer, prompt_ids, special, TextStream};
 use serde_json::json;
 

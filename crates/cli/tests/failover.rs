@@ -122,8 +122,8 @@ async fn kill_runs(t: Transport, runs: usize) {
     let mut pool: Vec<usize> =
         ["2..4", "1..4"].iter().enumerate().map(|(i, b)| net.launch(&format!("s{i}"), b, &[]).unwrap()).collect();
     let client = client(t, &net, &tmp.path().join("client")).await;
-    let greedy = odin_net::Sampling::default();
-    let sampled = odin_net::Sampling { temperature: 0.9, top_k: 30, top_p: 1.0, seed: 11 };
+    let greedy = odin_format::Sampling::default();
+    let sampled = odin_format::Sampling { temperature: 0.9, top_k: 30, top_p: 1.0, seed: 11 };
     let want_greedy: Vec<u32> = serde_json::from_value(generate(&["--max-tokens", "48"])["ids"].clone()).unwrap();
     let want_sampled: Vec<u32> = serde_json::from_value(
         generate(&["--max-tokens", "48", "--temperature", "0.9", "--top-k", "30", "--seed", "11"])["ids"].clone(),
@@ -225,8 +225,8 @@ fn greedy_request() -> GenerateRequest {
     GenerateRequest {
         prompt: prompt_ids(),
         max_new: 48,
-        sampling: odin_net::Sampling::default(),
-        wire: odin_net::Dtype::Q8,
+        sampling: odin_format::Sampling::default(),
+        wire: odin_proto::Dtype::Q8,
         stop: Some(1),
         relay: Relay::Chain,
     }
@@ -434,11 +434,15 @@ async fn a_chain_routes_around_a_middle_hop_that_dies_or_freezes() {
 }
 
 /// One request on a raw shard-protocol stream, and its answer.
-async fn call(s: &mut odin_net::Stream, model: odin_format::ModelId, msg: odin_net::Request) -> odin_net::Response {
-    use odin_net::wire::{read_frame, write_frame, MAX_FRAME};
-    write_frame(s, &odin_net::Envelope { model, msg }.to_bytes()).await.unwrap();
+async fn call(
+    s: &mut odin_net::Stream,
+    model: odin_format::ModelId,
+    msg: odin_proto::infer::Request,
+) -> odin_proto::infer::Response {
+    use odin_proto::{read_frame, write_frame, MAX_FRAME};
+    write_frame(s, &odin_proto::Envelope { model, msg }.to_bytes()).await.unwrap();
     let frame = read_frame(s, MAX_FRAME).await.unwrap();
-    odin_net::Envelope::<odin_net::Response>::from_bytes(&frame).unwrap().msg
+    odin_proto::Envelope::<odin_proto::infer::Response>::from_bytes(&frame).unwrap().msg
 }
 
 /// The server before a dead hop, seen on the protocol: it names the dead hop to its client unasked,
@@ -446,8 +450,9 @@ async fn call(s: &mut odin_net::Stream, model: odin_format::ModelId, msg: odin_n
 /// answering that client's probes and pushes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hop_whose_next_hop_dies_names_it_and_keeps_answering() {
-    use odin_net::wire::{read_frame, write_frame, MAX_FRAME};
-    use odin_net::{Envelope, Request, Response, StepInput};
+    use odin_proto::infer::{Request, Response, StepInput};
+    use odin_proto::Envelope;
+    use odin_proto::{read_frame, write_frame, MAX_FRAME};
     let _one_at_a_time = SERIAL.lock().await;
     // The bounds, with room for a busy machine's scheduling: a TCP peer's kernel resets its
     // connections as it dies; a QUIC peer is given up QUIC_IDLE after the last keep-alive.
@@ -468,9 +473,9 @@ async fn a_hop_whose_next_hop_dies_names_it_and_keeps_answering() {
             session,
             start,
             end,
-            sampling: odin_net::Sampling::default(),
+            sampling: odin_format::Sampling::default(),
             drawn: 0,
-            reply: odin_net::Dtype::Q8,
+            reply: odin_proto::Dtype::Q8,
         };
         assert_eq!(call(&mut to_first, model, open(0, 2)).await, Response::Opened { session });
         assert_eq!(call(&mut to_next, model, open(2, 4)).await, Response::Opened { session });

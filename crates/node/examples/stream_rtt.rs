@@ -6,9 +6,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use odin_net::wire::{read_frame, write_frame, MAX_FRAME};
-use odin_net::{Envelope, Request};
 use odin_node::{Node, NodeConfig};
+use odin_proto::infer::Request;
+use odin_proto::Envelope;
+use odin_proto::{read_frame, write_frame, MAX_FRAME};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

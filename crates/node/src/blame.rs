@@ -1,7 +1,9 @@
 //! Which server a failed step is the fault of: a failover routes around that server, and only
 //! that one, so a healthy server is never set aside for another's death.
 
-use odin_net::{PeerBytes, PeerId, Response};
+use odin_net::PeerId;
+use odin_proto::infer::Response;
+use odin_proto::PeerBytes;
 
 use crate::error::NodeError;
 use crate::router::Router;
@@ -24,7 +26,7 @@ impl From<NodeError> for Failure {
 /// Whether another server could do better than `peer` did: transport failures, deadlines,
 /// garbage and server-side refusals; not our own bad input.
 pub(crate) fn blame(error: NodeError, peer: PeerId) -> Failure {
-    use odin_net::ErrorCode::{BadInput, Malformed};
+    use odin_proto::infer::ErrorCode::{BadInput, Malformed};
     let server_side = match &error {
         NodeError::Remote { code, .. } => !matches!(code, BadInput | Malformed),
         NodeError::Net(_) | NodeError::Timeout(_) | NodeError::Protocol { .. } | NodeError::HopDown { .. } => true,
@@ -86,7 +88,7 @@ pub(crate) fn next_hop_down(
 
 #[cfg(test)]
 mod tests {
-    use odin_net::ErrorCode;
+    use odin_proto::infer::ErrorCode;
 
     use super::*;
     use crate::fake::World;

@@ -75,7 +75,10 @@ impl Client {
 /// the server at fault. Time is paused, so the stall deadlines pass at once.
 #[cfg(test)]
 mod tests {
-    use odin_net::{Dtype, Envelope, PeerId, Response, Sampling};
+    use odin_format::Sampling;
+    use odin_net::PeerId;
+    use odin_proto::infer::Response;
+    use odin_proto::{Dtype, Envelope};
 
     use super::*;
     use crate::fake::World;

@@ -254,7 +254,7 @@ impl Directory {
 #[cfg(test)]
 pub(crate) fn test_info(start: u32, end: u32, ms: f64, auto: bool) -> ServerInfo {
     ServerInfo {
-        version: odin_net::wire::PROTOCOL_VERSION,
+        version: odin_proto::infer::PROTOCOL_VERSION,
         peer: String::new(),
         model: String::new(),
         start,

@@ -23,7 +23,7 @@ pub enum NodeError {
         /// The server.
         peer: String,
         /// Its error code.
-        code: odin_net::ErrorCode,
+        code: odin_proto::infer::ErrorCode,
         /// What it said.
         message: String,
     },
@@ -69,3 +69,11 @@ pub enum NodeError {
 
 /// Result with [`NodeError`].
 pub type Result<T> = std::result::Result<T, NodeError>;
+
+/// A frame or message that failed is the network's failure: the peer that sent it is at fault
+/// the same way whether the bytes broke in the codec or in the swarm.
+impl From<odin_proto::ProtoError> for NodeError {
+    fn from(e: odin_proto::ProtoError) -> Self {
+        NodeError::Net(e.into())
+    }
+}

@@ -350,7 +350,7 @@ impl World {
 fn info(id: PeerId, server: &Server, ms_per_block: f64) -> ServerInfo {
     let r = server.range();
     ServerInfo {
-        version: odin_net::wire::PROTOCOL_VERSION,
+        version: odin_proto::infer::PROTOCOL_VERSION,
         peer: id.to_string(),
         model: MODEL.to_string(),
         start: r.start as u32,

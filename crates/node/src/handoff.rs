@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use odin_net::{Dtype, Request, Tensor};
+use odin_proto::infer::Request;
+use odin_proto::{Dtype, Tensor};
 
 use crate::blame::Failure;
 use crate::directory::Hop;

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use odin_net::{PeerBytes, Request, Response};
+use odin_proto::infer::{Request, Response};
+use odin_proto::PeerBytes;
 
 use crate::blame::{blame, fault, unexpected, Failure};
 use crate::directory::Hop;

@@ -7,8 +7,10 @@ use std::time::Duration;
 use futures::io::WriteHalf;
 use futures::AsyncReadExt;
 use odin_format::ModelId;
-use odin_net::wire::{read_frame, write_frame, MAX_FRAME};
-use odin_net::{Envelope, PeerBytes, PeerId, Request, Response, ServerInfo};
+use odin_net::{PeerId, ServerInfo};
+use odin_proto::infer::{Request, Response};
+use odin_proto::{read_frame, write_frame, MAX_FRAME};
+use odin_proto::{Envelope, PeerBytes};
 use tokio::sync::mpsc;
 
 use crate::error::{NodeError, Result};
@@ -33,7 +35,7 @@ pub(crate) struct Remote {
     /// The session this stream serves: an answer naming another is out of protocol.
     session: Option<u64>,
     out: WriteHalf<Conn>,
-    frames: mpsc::Receiver<odin_net::Result<Vec<u8>>>,
+    frames: mpsc::Receiver<odin_proto::Result<Vec<u8>>>,
     reader: tokio::task::JoinHandle<()>,
     /// The next hop this hop said was down, unasked ([`Response::NextHopDown`]), and why. Kept
     /// when it arrives during a request, which it does not answer.
@@ -72,10 +74,10 @@ impl Remote {
     }
 
     /// The next frame from the server (cancel-safe: a frame is never half taken).
-    pub(crate) async fn recv(&mut self) -> odin_net::Result<Vec<u8>> {
+    pub(crate) async fn recv(&mut self) -> odin_proto::Result<Vec<u8>> {
         match self.frames.recv().await {
             Some(f) => f,
-            None => Err(odin_net::NetError::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))),
+            None => Err(odin_proto::ProtoError::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))),
         }
     }
 

@@ -444,7 +444,7 @@ fn announcement(
 ) -> ServerInfo {
     let r = server.range();
     ServerInfo {
-        version: odin_net::wire::PROTOCOL_VERSION,
+        version: odin_proto::infer::PROTOCOL_VERSION,
         peer: peer.to_string(),
         model: model.to_string(),
         start: r.start as u32,

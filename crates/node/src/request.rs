@@ -2,7 +2,8 @@
 
 use std::time::Instant;
 
-use odin_net::{Dtype, Sampling};
+use odin_format::Sampling;
+use odin_proto::Dtype;
 use serde::Serialize;
 
 use crate::directory::Hop;

@@ -23,10 +23,10 @@ use futures::io::{ReadHalf, WriteHalf};
 use futures::AsyncReadExt;
 use odin_engine::{Input, Logits, Sampler, Shard, State};
 use odin_format::ModelId;
-use odin_net::wire::{read_frame, write_frame, MAX_FRAME};
-use odin_net::{
-    Dtype, Envelope, ErrorCode, HopTime, NetError, PeerBytes, PeerId, Request, Response, StepInput, Tensor,
-};
+use odin_net::PeerId;
+use odin_proto::infer::{ErrorCode, HopTime, Request, Response, StepInput};
+use odin_proto::{read_frame, write_frame, ProtoError, MAX_FRAME};
+use odin_proto::{Dtype, Envelope, PeerBytes, Tensor};
 use tokio::runtime::RuntimeFlavor;
 use tokio::sync::mpsc;
 
@@ -278,7 +278,7 @@ impl Server {
         loop {
             let frame = match read_frame(&mut rd, MAX_FRAME).await {
                 Ok(f) => f,
-                Err(NetError::Io(_)) => return,
+                Err(ProtoError::Io(_)) => return,
                 Err(e) => {
                     // The frame's bytes were not read, so the stream is out of step: say why and hang up.
                     let msg = Response::Error { code: ErrorCode::Malformed, message: e.to_string() };
@@ -314,14 +314,14 @@ impl Server {
 
     async fn handle(self: Arc<Self>, frame: &[u8], origin: Option<&Origin>) -> Option<Response> {
         let read = Instant::now();
-        let env = match Envelope::<Request>::from_bytes(frame).map_err(NetError::from) {
+        let env = match Envelope::<Request>::from_bytes(frame) {
             Ok(env) => env,
             Err(e) => {
                 if let Some(peer) = origin.and_then(|o| o.peer) {
                     tracing::debug!("malformed request from {peer}: {e}");
                 }
                 let code =
-                    if matches!(e, NetError::Version { .. }) { ErrorCode::Version } else { ErrorCode::Malformed };
+                    if matches!(e, ProtoError::Version { .. }) { ErrorCode::Version } else { ErrorCode::Malformed };
                 return Some(Response::Error { code, message: e.to_string() });
             }
         };
@@ -519,7 +519,7 @@ impl Server {
         &self,
         session: u64,
         blocks: Range<usize>,
-        sampling: odin_net::Sampling,
+        sampling: odin_format::Sampling,
         drawn: u64,
         reply: Dtype,
         from: Option<Tensor>,
@@ -652,7 +652,7 @@ async fn carry(
 }
 
 /// Write one frame on a shared stream.
-async fn send(sink: &Sink, bytes: &[u8]) -> odin_net::Result<()> {
+async fn send(sink: &Sink, bytes: &[u8]) -> odin_proto::Result<()> {
     write_frame(&mut *sink.lock().await, bytes).await
 }
 
@@ -681,7 +681,7 @@ mod tests {
             session,
             start: blocks.start as u32,
             end: blocks.end as u32,
-            sampling: odin_net::Sampling::default(),
+            sampling: odin_format::Sampling::default(),
             drawn: 0,
             reply: Dtype::F32,
         }

@@ -12,7 +12,7 @@
 
 use std::time::Instant;
 
-use odin_net::{Request, Response, StepInput};
+use odin_proto::infer::{Request, Response, StepInput};
 
 use crate::blame::{blame, kind, Failure};
 use crate::directory::Hop;

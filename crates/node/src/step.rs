@@ -4,7 +4,8 @@
 
 use std::time::Instant;
 
-use odin_net::{Envelope, HopTime, Request, Response, StepInput, Tensor};
+use odin_proto::infer::{HopTime, Request, Response, StepInput};
+use odin_proto::{Envelope, Tensor};
 
 use crate::blame::{blame, fault, next_hop_down, Failure};
 use crate::error::NodeError;
@@ -130,7 +131,7 @@ fn refusal(router: &Router, hops: &[HopRun], i: usize, r: Response) -> Failure {
 }
 
 /// The first frame any remote hop sends, and which hop sent it.
-async fn next_frame(hops: &mut [HopRun]) -> (usize, odin_net::Result<Vec<u8>>) {
+async fn next_frame(hops: &mut [HopRun]) -> (usize, odin_proto::Result<Vec<u8>>) {
     let waits: Vec<_> = hops
         .iter_mut()
         .enumerate()

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use odin_engine::{Input, Logits, Options, Sampler, Shard};
-use odin_net::wire::{read_frame, write_frame, MAX_FRAME};
-use odin_net::{Dtype, Envelope, ErrorCode, Request, Response, Sampling, StepInput, Tensor};
+use odin_format::Sampling;
 use odin_node::cluster::{ClusterConfig, Join};
 use odin_node::{split_blocks, GenerateRequest, LocalCluster, Node, NodeConfig, Relay};
+use odin_proto::infer::{ErrorCode, Request, Response, StepInput};
+use odin_proto::{read_frame, write_frame, MAX_FRAME};
+use odin_proto::{Dtype, Envelope, Tensor};
 
 fn tiny() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/odin-tiny")

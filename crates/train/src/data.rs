@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
 use odin_data::Record;
+use odin_text::{check_tokenizer, special, Tokenizer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use odin_text::{check_tokenizer, special, Tokenizer};
 
 use crate::error::{Result, TrainError};
 
@@ -36,7 +36,8 @@ impl TokenData {
         if tk.get_vocab_size(true) > usize::from(u16::MAX) + 1 {
             return Err(TrainError::Data("tokenizer vocab exceeds 65536; the trainer stores ids as u16".into()));
         }
-        let err = |e: Box<dyn std::error::Error + Send + Sync>| TrainError::Data(format!("cannot tokenize the data: {e}"));
+        let err =
+            |e: Box<dyn std::error::Error + Send + Sync>| TrainError::Data(format!("cannot tokenize the data: {e}"));
         let mut tokens = Vec::new();
         let mut spans = Vec::new();
         let mut groups: BTreeMap<String, Vec<(u8, usize)>> = BTreeMap::new();

@@ -10,11 +10,11 @@ use odin_data::code;
 use odin_data::sandbox::Sandbox;
 use odin_data::{extract_answer, Record};
 use odin_model::{Shard, ShardState};
+use odin_text::{decode, prompt_ids, special, Tokenizer};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use odin_text::{decode, prompt_ids, special, Tokenizer};
 
 use crate::error::{Result, TrainError};
 

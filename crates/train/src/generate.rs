@@ -122,7 +122,8 @@ mod tests {
     fn the_engine_decode_loop_runs_on_the_reference() {
         let shard = tiny();
         let r = Reference::new(&shard, VOCAB);
-        let run = |s: Sampling| odin_engine::generate(&r, &[1, 2, 3], 6, &mut Sampler::new(s), None, |_| true).unwrap().0;
+        let run =
+            |s: Sampling| odin_engine::generate(&r, &[1, 2, 3], 6, &mut Sampler::new(s), None, |_| true).unwrap().0;
         let greedy = run(Sampling::GREEDY);
         assert_eq!(greedy.len(), 6);
         assert_eq!(greedy, run(Sampling::GREEDY));

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, D};
 use odin_model::{init_weights, ModelConfig, Shard, VarStore, Weights};
-use serde::{Deserialize, Serialize};
 use odin_text::Tokenizer;
+use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::data::{batch_rng, Batch, TokenData};

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
-use odin_train::config::{BatchSection, Curriculum, DataSection, ModelSection, OptimSection, RunSection};
 use odin_text::special;
+use odin_train::config::{BatchSection, Curriculum, DataSection, ModelSection, OptimSection, RunSection};
 use odin_train::data::TokenData;
 use odin_train::trainer::masked_cross_entropy;
 use odin_train::{RunEnd, TrainConfig, Trainer};
