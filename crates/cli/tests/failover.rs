@@ -337,7 +337,7 @@ async fn auto_nodes_cover_the_model_and_re_cover_it_when_one_dies() {
     let dead_peer = peer(&net, dead);
     // The stated bound (README): a dead server's announcements expire after three announce
     // intervals, and a survivor moves at its next rebalancing check; 20 s leaves CI room.
-    client.wait_for_route_avoiding(1, &[dead_peer], Duration::from_secs(20)).await.unwrap();
+    client.router().wait_for_route_avoiding(1, &[dead_peer], Duration::from_secs(20)).await.unwrap();
     let recovered = killed.elapsed();
     eprintln!("blocks re-covered {:.0} ms after the kill", recovered.as_secs_f64() * 1e3);
     let g = client.generate(&greedy_request(), |_| true).await.unwrap();

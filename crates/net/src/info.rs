@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{NetError, Result};
 use odin_proto::infer::PROTOCOL_VERSION;
+use odin_proto::ProtoError;
 
 /// Largest announcement accepted (gossipsub caps messages at 64 KiB; ours stay far below);
 /// the inference service's `Info` answer has the same cap.
@@ -50,18 +51,25 @@ impl ServerInfo {
     /// Decode and check an announcement from the network.
     pub fn from_bytes(b: &[u8]) -> Result<Self> {
         if b.len() > MAX_INFO {
-            return Err(NetError::TooLarge { what: "server info".into(), size: b.len(), cap: MAX_INFO });
+            return Err(NetError::Proto(ProtoError::TooLarge {
+                what: "server info".into(),
+                size: b.len(),
+                cap: MAX_INFO,
+            }));
         }
-        let info: ServerInfo =
-            serde_json::from_slice(b).map_err(|e| NetError::Malformed(format!("server info: {e}")))?;
+        let info: ServerInfo = serde_json::from_slice(b)
+            .map_err(|e| NetError::Proto(ProtoError::Malformed(format!("server info: {e}"))))?;
         if info.version != PROTOCOL_VERSION {
-            return Err(NetError::Version { ours: PROTOCOL_VERSION, theirs: info.version });
+            return Err(NetError::Proto(ProtoError::Version { ours: PROTOCOL_VERSION, theirs: info.version }));
         }
         if info.start >= info.end {
-            return Err(NetError::Malformed(format!("server info has empty blocks {}..{}", info.start, info.end)));
+            return Err(NetError::Proto(ProtoError::Malformed(format!(
+                "server info has empty blocks {}..{}",
+                info.start, info.end
+            ))));
         }
         if !(info.ms_per_block.is_finite() && info.ms_per_block >= 0.0) {
-            return Err(NetError::Malformed("server info has a bad ms_per_block".into()));
+            return Err(NetError::Proto(ProtoError::Malformed("server info has a bad ms_per_block".into())));
         }
         Ok(info)
     }
@@ -97,7 +105,7 @@ mod tests {
         assert_eq!(ServerInfo::from_bytes(&info().to_bytes()).unwrap(), info());
         let mut bad = info();
         bad.version = 99;
-        assert!(matches!(ServerInfo::from_bytes(&bad.to_bytes()), Err(NetError::Version { .. })));
+        assert!(matches!(ServerInfo::from_bytes(&bad.to_bytes()), Err(NetError::Proto(ProtoError::Version { .. }))));
         let mut bad = info();
         bad.end = 0;
         assert!(ServerInfo::from_bytes(&bad.to_bytes()).is_err());

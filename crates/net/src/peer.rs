@@ -2,7 +2,7 @@
 //! ([`PeerBytes`]) so that it needs no libp2p; these convert them to and from libp2p's.
 
 use libp2p::PeerId;
-use odin_proto::PeerBytes;
+use odin_proto::{PeerBytes, ProtoError};
 
 use crate::error::{NetError, Result};
 
@@ -17,7 +17,8 @@ pub fn peer_to_wire(peer: &PeerId) -> Result<PeerBytes> {
 /// The libp2p id the protocol's bytes name. Bytes the protocol decoded always convert: it
 /// checks the shape libp2p's `PeerId::from_bytes` accepts.
 pub fn peer_from_wire(peer: &PeerBytes) -> Result<PeerId> {
-    PeerId::from_bytes(peer.as_bytes()).map_err(|e| NetError::Malformed(format!("not a peer id: {e}")))
+    PeerId::from_bytes(peer.as_bytes())
+        .map_err(|e| NetError::Proto(ProtoError::Malformed(format!("not a peer id: {e}"))))
 }
 
 #[cfg(test)]
@@ -41,7 +42,7 @@ mod tests {
         }
         // A sha2-256 id with a 64-byte digest is a libp2p id, but over the protocol's cap.
         let long = PeerId::from_bytes(&[[0x12, 64].as_slice(), &[5; 64]].concat()).unwrap();
-        assert!(matches!(peer_to_wire(&long), Err(NetError::TooLarge { .. })));
+        assert!(matches!(peer_to_wire(&long), Err(NetError::Proto(ProtoError::TooLarge { .. }))));
     }
 
     proptest! {

@@ -20,7 +20,7 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{autonat, dcutr, identify, mdns, noise, ping, relay, tcp, upnp, yamux, Multiaddr, PeerId, StreamProtocol};
 use odin_format::ModelId;
 use odin_proto::infer::Inference;
-use odin_proto::Service;
+use odin_proto::{ProtoError, Service};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{NetError, Result};
@@ -510,12 +510,15 @@ impl EventLoop {
     /// An announcement is valid when it parses, names our model, and is signed by the peer it describes.
     fn check_info(&self, m: &gossipsub::Message) -> Result<(PeerId, ServerInfo)> {
         let info = ServerInfo::from_bytes(&m.data)?;
-        let src = m.source.ok_or_else(|| NetError::Malformed("unsigned announcement".into()))?;
+        let src = m.source.ok_or_else(|| NetError::Proto(ProtoError::Malformed("unsigned announcement".into())))?;
         if info.peer != src.to_string() {
-            return Err(NetError::Malformed(format!("announcement for {} signed by {src}", info.peer)));
+            return Err(NetError::Proto(ProtoError::Malformed(format!(
+                "announcement for {} signed by {src}",
+                info.peer
+            ))));
         }
         if info.model != self.model.to_string() {
-            return Err(NetError::Malformed(format!("announcement for model {}", info.model)));
+            return Err(NetError::Proto(ProtoError::Malformed(format!("announcement for model {}", info.model))));
         }
         Ok((src, info))
     }

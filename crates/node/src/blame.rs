@@ -105,7 +105,7 @@ mod tests {
             remote(ErrorCode::UnknownSession),
             NodeError::Timeout("p".into()),
             NodeError::Protocol { peer: "p".into(), what: "junk".into() },
-            NodeError::Net(odin_net::NetError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            NodeError::Net(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
         ] {
             assert_eq!(blame(e, p).peer, Some(p));
         }

@@ -21,7 +21,7 @@ use odin_format::ModelId;
 use odin_net::{NetError, PeerId, ServerInfo};
 
 use crate::server::{Server, ServerConfig};
-use crate::testmodel::{shard, MODEL};
+use crate::testmodel::shard;
 use crate::transport::{Conn, Transport};
 
 /// Rewrites each frame a peer sends.
@@ -218,7 +218,7 @@ impl Transport for FakeTransport {
 }
 
 fn refused(why: &str) -> NetError {
-    NetError::Io(io::Error::new(io::ErrorKind::ConnectionRefused, why.to_string()))
+    NetError::from(io::Error::new(io::ErrorKind::ConnectionRefused, why.to_string()))
 }
 
 impl World {
@@ -268,7 +268,7 @@ impl World {
         let server = Arc::new(Server::new(shard(range), cfg));
         let id = self.add(Some(server.clone()));
         server.attach_transport(self.transport(id));
-        server.set_info(info(id, &server, 1.0).to_bytes());
+        server.set_info(server.announcement(id, 1.0, &[], false).to_bytes());
         id
     }
 
@@ -289,7 +289,7 @@ impl World {
     /// routes prefer the others.
     pub(crate) fn announcements(&self, slow: &[PeerId]) -> Vec<(PeerId, ServerInfo)> {
         let speed = |id: &PeerId| if slow.contains(id) { 10.0 } else { 1.0 };
-        self.servers().into_iter().map(|(id, server)| (id, info(id, &server, speed(&id)))).collect()
+        self.servers().into_iter().map(|(id, server)| (id, server.announcement(id, speed(&id), &[], false))).collect()
     }
 
     fn connect(&self, from: PeerId, to: PeerId) -> odin_net::Result<Conn> {
@@ -343,23 +343,5 @@ impl World {
                 *t = Some(Box::new(f));
             }
         }
-    }
-}
-
-/// The announcement of `server` as peer `id`, at `ms_per_block`.
-fn info(id: PeerId, server: &Server, ms_per_block: f64) -> ServerInfo {
-    let r = server.range();
-    ServerInfo {
-        version: odin_proto::infer::PROTOCOL_VERSION,
-        peer: id.to_string(),
-        model: MODEL.to_string(),
-        start: r.start as u32,
-        end: r.end as u32,
-        ms_per_block,
-        load: 0,
-        free_slots: 64,
-        addrs: Vec::new(),
-        at_ms: odin_net::now_ms(),
-        auto: false,
     }
 }

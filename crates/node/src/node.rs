@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use odin_engine::{Options, Shard};
 use odin_format::{ModelConfig, ModelId};
-use odin_net::{block_key, now_ms, Net, NetEvent, PeerId, ServerInfo};
+use odin_net::{block_key, Net, NetEvent, PeerId, ServerInfo};
 use serde::Serialize;
 
 use crate::alloc;
@@ -301,7 +301,7 @@ impl Node {
     pub fn info(&self) -> Option<ServerInfo> {
         let ms_per_block = self.ms_per_block.get().copied().unwrap_or(1.0);
         let addrs = self.net.addrs();
-        Some(announcement(self.peer_id(), self.model, self.server()?, ms_per_block, &addrs, self.auto.is_some()))
+        Some(self.server()?.announcement(self.peer_id(), ms_per_block, &addrs, self.auto.is_some()))
     }
 
     async fn announce(&self) {
@@ -373,19 +373,9 @@ impl Node {
     }
 
     /// Wait until every block is covered (and at least `min_servers` servers are known), for
-    /// at most `timeout` (see [`Router::wait_for_route_avoiding`]).
+    /// at most `timeout` (see [`Router::wait_for_route_avoiding`], which can also avoid servers).
     pub async fn wait_for_route(&self, min_servers: usize, timeout: Duration) -> Result<Vec<Hop>> {
         self.router.wait_for_route_avoiding(min_servers, &[], timeout).await
-    }
-
-    /// [`Node::wait_for_route`], never through the servers in `avoid`.
-    pub async fn wait_for_route_avoiding(
-        &self,
-        min_servers: usize,
-        avoid: &[PeerId],
-        timeout: Duration,
-    ) -> Result<Vec<Hop>> {
-        self.router.wait_for_route_avoiding(min_servers, avoid, timeout).await
     }
 
     /// Wait until the directory knows `peer` as a server, for at most `timeout`.
@@ -433,32 +423,6 @@ fn server_statuses(d: &Directory) -> Vec<ServerStatus> {
         .collect()
 }
 
-/// The announcement of `server` of `model`, run by `peer`.
-fn announcement(
-    peer: PeerId,
-    model: ModelId,
-    server: &Server,
-    ms_per_block: f64,
-    addrs: &[odin_net::Multiaddr],
-    auto: bool,
-) -> ServerInfo {
-    let r = server.range();
-    ServerInfo {
-        version: odin_proto::infer::PROTOCOL_VERSION,
-        peer: peer.to_string(),
-        model: model.to_string(),
-        start: r.start as u32,
-        end: r.end as u32,
-        ms_per_block,
-        load: server.load() as u32,
-        // A draining server takes no new sessions, so routes stop naming it.
-        free_slots: if server.draining() { 0 } else { server.free_slots() as u32 },
-        addrs: addrs.iter().map(|a| a.to_string()).collect(),
-        at_ms: now_ms(),
-        auto,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,14 +433,14 @@ mod tests {
     fn a_server_announces_its_blocks_and_no_slots_once_it_drains() {
         let server = Server::new(shard(1..3), ServerConfig { max_sessions: 5, ..ServerConfig::default() });
         let (peer, addr) = (PeerId::random(), "/ip4/127.0.0.1/tcp/9".parse().unwrap());
-        let info = announcement(peer, MODEL, &server, 0.25, &[addr], true);
+        let info = server.announcement(peer, 0.25, &[addr], true);
         assert_eq!((info.start, info.end, info.free_slots, info.load), (1, 3, 5, 0));
         assert_eq!((&info.peer, &info.model), (&peer.to_string(), &MODEL.to_string()));
         // What it announces is what a peer accepts.
         assert_eq!(ServerInfo::from_bytes(&info.to_bytes()).ok().map(|i| i.end), Some(3));
         assert_eq!((info.ms_per_block, info.auto, info.addrs), (0.25, true, vec!["/ip4/127.0.0.1/tcp/9".to_string()]));
         server.drain();
-        assert_eq!(announcement(peer, MODEL, &server, 0.25, &[], false).free_slots, 0, "routes stop naming it");
+        assert_eq!(server.announcement(peer, 0.25, &[], false).free_slots, 0, "routes stop naming it");
     }
 
     #[test]
@@ -484,8 +448,8 @@ mod tests {
         let server = Server::new(shard(0..2), ServerConfig::default());
         let (a, b) = (PeerId::random(), PeerId::random());
         let mut d = Directory::new(4, Duration::from_secs(60));
-        d.update(a, announcement(a, MODEL, &server, 2.0, &[], false));
-        d.update(b, ServerInfo { start: 2, end: 4, ..announcement(b, MODEL, &server, 3.0, &[], false) });
+        d.update(a, server.announcement(a, 2.0, &[], false));
+        d.update(b, ServerInfo { start: 2, end: 4, ..server.announcement(b, 3.0, &[], false) });
         d.rtt(a, Duration::from_micros(1500));
         d.observed(&a, 4000.0);
         d.failed(&b);

@@ -23,7 +23,7 @@ use futures::io::{ReadHalf, WriteHalf};
 use futures::AsyncReadExt;
 use odin_engine::{Input, Logits, Sampler, Shard, State};
 use odin_format::ModelId;
-use odin_net::PeerId;
+use odin_net::{now_ms, PeerId, ServerInfo};
 use odin_proto::infer::{ErrorCode, HopTime, Request, Response, StepInput};
 use odin_proto::{read_frame, write_frame, ProtoError, MAX_FRAME};
 use odin_proto::{Dtype, Envelope, PeerBytes, Tensor};
@@ -199,6 +199,31 @@ impl Server {
     /// The model it serves.
     pub fn model(&self) -> ModelId {
         self.model
+    }
+
+    /// What it announces to the network as run by `peer`, reachable at `addrs`.
+    pub fn announcement(
+        &self,
+        peer: PeerId,
+        ms_per_block: f64,
+        addrs: &[odin_net::Multiaddr],
+        auto: bool,
+    ) -> ServerInfo {
+        let r = self.range();
+        ServerInfo {
+            version: odin_proto::infer::PROTOCOL_VERSION,
+            peer: peer.to_string(),
+            model: self.model.to_string(),
+            start: r.start as u32,
+            end: r.end as u32,
+            ms_per_block,
+            load: self.load() as u32,
+            // A draining server takes no new sessions, so routes stop naming it.
+            free_slots: if self.draining() { 0 } else { self.free_slots() as u32 },
+            addrs: addrs.iter().map(|a| a.to_string()).collect(),
+            at_ms: now_ms(),
+            auto,
+        }
     }
 
     /// The shard new sessions open on.
