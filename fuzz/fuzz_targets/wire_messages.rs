@@ -32,6 +32,8 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(p) = PeerBytes::new(data) {
         assert_eq!(p.as_bytes(), data);
+        // odin_net promises that every id the protocol accepts converts to a libp2p PeerId.
+        assert!(odin_net::peer_from_wire(&p).is_ok());
     }
     let _ = futures::executor::block_on(read_frame(&mut futures::io::Cursor::new(data), 1 << 16));
 });

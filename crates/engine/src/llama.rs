@@ -62,8 +62,8 @@ impl KvState {
         h.update(&(self.first_block as u64).to_le_bytes());
         h.update(&(self.pos as u64).to_le_bytes());
         for l in &self.layers {
-            crate::hash_f32s(&mut h, &l.k);
-            crate::hash_f32s(&mut h, &l.v);
+            crate::digest::hash_f32s(&mut h, &l.k);
+            crate::digest::hash_f32s(&mut h, &l.v);
         }
         h.finalize()
     }

@@ -80,7 +80,7 @@ impl State {
         h.update(&(self.first_block as u64).to_le_bytes());
         for l in &self.layers {
             for v in [&l.att_shift, &l.wkv, &l.ffn_shift] {
-                crate::hash_f32s(&mut h, v);
+                crate::digest::hash_f32s(&mut h, v);
             }
         }
         h.finalize()

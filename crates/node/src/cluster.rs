@@ -205,7 +205,7 @@ pub fn split_model(model: &Path, nodes: usize) -> Result<Vec<Range<usize>>> {
             "{nodes} nodes cannot split {layers} blocks; use --nodes {layers} or fewer"
         )));
     }
-    Ok(crate::split_blocks(layers, nodes))
+    Ok(crate::blocks::split_blocks(layers, nodes))
 }
 
 impl LocalCluster {
@@ -355,10 +355,10 @@ impl LocalCluster {
     }
 
     /// Start a node in this process with `cfg` (see [`LocalCluster::client_config`]), and wait
-    /// at most `timeout` until it knows a route and every live member.
+    /// at most `timeout` until it knows a route and every live member that serves blocks.
     pub async fn join(&self, cfg: NodeConfig, timeout: Duration) -> Result<Arc<Node>> {
         let node = Node::start(cfg).await?;
-        let live = self.members.iter().filter(|m| m.alive()).count();
+        let live = self.members.iter().filter(|m| m.alive() && m.blocks != "none").count();
         node.wait_for_route(live, timeout).await?;
         Ok(node)
     }

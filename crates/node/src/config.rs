@@ -131,7 +131,7 @@ impl NodeOptions {
         let auto = self.blocks.as_deref() == Some("auto");
         let blocks = match self.blocks.as_deref() {
             Some("auto") | None => None,
-            Some(b) => Some(crate::parse_blocks(b, layers).map_err(NodeError::Config)?),
+            Some(b) => Some(crate::blocks::parse_blocks(b, layers).map_err(NodeError::Config)?),
         };
         let rebalance = seconds("--rebalance-secs", self.rebalance_secs, MIN_REBALANCE_SECS)?;
         self.grace()?;

@@ -48,11 +48,15 @@ pub(crate) struct Reach<'a> {
 pub(crate) struct HopRun {
     /// The server and the blocks it runs.
     pub(crate) hop: Hop,
+    /// The stream to it (or its in-process server).
     pub(crate) link: Link,
-    /// Decode steps run, and their round trip, compute and bytes in all.
+    /// Decode steps run.
     pub(crate) steps: u64,
+    /// Their round trips in all, µs.
     pub(crate) rtt_us: f64,
+    /// The server's compute time in all, µs.
     pub(crate) compute_us: f64,
+    /// Bytes sent and received in all.
     pub(crate) bytes: f64,
     /// Round trip of the prefill step, µs: the first decode step costs no more.
     pub(crate) prefill_us: f64,

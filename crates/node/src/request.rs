@@ -103,19 +103,26 @@ pub struct Generation {
 /// What a generation has produced so far; it outlives a failed route.
 #[derive(Default)]
 pub(crate) struct Progress {
+    /// Tokens generated.
     pub(crate) tokens: Vec<u32>,
+    /// The hash of each step's logits, as the last hop reported it.
     pub(crate) hashes: Vec<String>,
+    /// The first route's prompt processing, ms.
     pub(crate) prefill_ms: Option<f64>,
+    /// When the first decode step started.
     pub(crate) decode_start: Option<Instant>,
+    /// Decode steps run, on every route.
     pub(crate) decode_steps: u64,
+    /// Times a leaving server handed its part over.
     pub(crate) handoffs: u32,
+    /// The answer ended (stop token, the token budget, or the caller).
     pub(crate) done: bool,
 }
 
 impl Progress {
     /// Random draws the last hop's sampler has made so far: one per sampled token (none when greedy).
     pub(crate) fn draws(&self, req: &GenerateRequest) -> u64 {
-        u64::from(req.sampling.temperature > 0.0) * self.tokens.len() as u64
+        u64::from(req.sampling.draws()) * self.tokens.len() as u64
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use odin_engine::synthetic::{golden_config, weights};
 use odin_engine::weights::Source;
-use odin_engine::{Input, Logits, Options, Sampler, Shard};
+use odin_engine::{Options, Sampler, Shard};
 use odin_format::{ModelConfig, ModelId, Rwkv6Config, Sampling};
 
 /// Blocks of the test model.
@@ -34,18 +34,8 @@ pub(crate) fn shard(range: Range<usize>) -> Shard {
 /// What the whole model generates on one machine from `prompt`: `max_new` tokens.
 pub(crate) fn local_tokens(prompt: &[u32], max_new: usize, sampling: Sampling) -> Vec<u32> {
     let shard = shard(0..LAYERS);
-    let mut state = shard.new_state();
-    let mut sampler = Sampler::new(sampling);
-    let mut out = Vec::new();
-    let mut input = prompt.to_vec();
-    while out.len() < max_new {
-        let logits = match shard.forward(Input::Tokens(&input), &mut state, Logits::Last) {
-            Ok(l) => l,
-            Err(e) => panic!("the test model cannot run: {e}"),
-        };
-        let t = sampler.sample(&logits);
-        out.push(t);
-        input = vec![t];
+    match odin_engine::generate(&shard, prompt, max_new, &mut Sampler::new(sampling), None, |_| true) {
+        Ok((tokens, _)) => tokens,
+        Err(e) => panic!("the test model cannot run: {e}"),
     }
-    out
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use odin_engine::{Input, Logits, Options, Sampler, Shard};
+use odin_engine::{Options, Sampler, Shard};
 use odin_format::Sampling;
 use odin_node::cluster::{ClusterConfig, Join};
 use odin_node::{split_blocks, GenerateRequest, LocalCluster, Node, NodeConfig, Relay};
@@ -28,19 +28,7 @@ fn local(max_new: usize, sampling: Sampling) -> Vec<u32> {
 /// [`local`], stopping before `stop` (or never).
 fn local_until(max_new: usize, sampling: Sampling, stop: Option<u32>) -> Vec<u32> {
     let shard = Shard::load(&tiny(), None, Options::default()).unwrap();
-    let mut st = shard.new_state();
-    let mut s = Sampler::new(sampling);
-    let mut logits = shard.forward(Input::Tokens(&PROMPT), &mut st, Logits::Last).unwrap();
-    let mut out = Vec::new();
-    for _ in 0..max_new {
-        let t = s.sample(&logits);
-        if Some(t) == stop {
-            break;
-        }
-        out.push(t);
-        logits = shard.forward(Input::Tokens(&[t]), &mut st, Logits::Last).unwrap();
-    }
-    out
+    odin_engine::generate(&shard, &PROMPT, max_new, &mut Sampler::new(sampling), stop, |_| true).unwrap().0
 }
 
 /// A network of nodes in this process under `tmp`, announcing every 0.5 s; every node after

@@ -1,7 +1,8 @@
 //! Frames: a little-endian `u32` length, then that many payload bytes.
 //!
-//! The length is checked against a cap before the buffer is allocated, so a peer cannot make
-//! a reader reserve more than the cap by lying about a frame's size.
+//! The length is checked against a cap before anything is allocated, and the buffer then grows
+//! only as the bytes arrive, so a peer that announces a large frame and sends little makes a
+//! reader hold what it sent, not what it announced.
 
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_util::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,7 +13,10 @@ use crate::error::{ProtoError, Result};
 /// fit with room).
 pub const MAX_FRAME: usize = 64 << 20;
 
-/// Read one frame: the length is checked against `cap` before the buffer is allocated.
+/// What a frame's buffer starts at; it grows as more bytes arrive.
+const FIRST_READ: usize = 64 << 10;
+
+/// Read one frame: the length is checked against `cap` before anything is allocated.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, cap: usize) -> Result<Vec<u8>> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
@@ -20,8 +24,12 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, cap: usize) -> Result<V
     if n > cap {
         return Err(ProtoError::TooLarge { what: "frame".into(), size: n, cap });
     }
-    let mut buf = vec![0u8; n];
-    r.read_exact(&mut buf).await?;
+    let mut buf = Vec::with_capacity(n.min(FIRST_READ));
+    r.take(n as u64).read_to_end(&mut buf).await?;
+    if buf.len() < n {
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("frame of {n} bytes ended early"));
+        return Err(ProtoError::Io(eof));
+    }
     Ok(buf)
 }
 
@@ -55,6 +63,14 @@ mod tests {
         block_on(write_frame(&mut Cursor::new(&mut out), b"hello")).unwrap();
         let back = block_on(read_frame(&mut Cursor::new(out), 16)).unwrap();
         assert_eq!(back, b"hello");
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_first_read_arrives_whole() {
+        let payload: Vec<u8> = (0..3 * FIRST_READ + 7).map(|i| (i % 251) as u8).collect();
+        let mut out = Vec::new();
+        block_on(write_frame(&mut Cursor::new(&mut out), &payload)).unwrap();
+        assert_eq!(block_on(read_frame(&mut Cursor::new(out), MAX_FRAME)).unwrap(), payload);
     }
 
     #[test]

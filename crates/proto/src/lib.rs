@@ -18,8 +18,9 @@
 //!   change to one service's messages never refuses another's peers.
 //!
 //! Written by hand rather than with serde: every length read from the network is checked
-//! against a cap and against the bytes actually present *before* anything is allocated, and
-//! a tensor's values are checked for NaN and infinity on the way in.
+//! against a cap *before* anything is allocated (inside a message, also against the bytes
+//! actually present; a frame's buffer grows only as its bytes arrive), and a tensor's values
+//! are checked for NaN and infinity on the way in.
 //!
 //! # Versions
 //!

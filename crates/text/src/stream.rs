@@ -2,7 +2,8 @@
 
 use tokenizers::Tokenizer;
 
-use crate::{decode, Result};
+use crate::error::Result;
+use crate::tokenizer::decode;
 
 /// Turns generated token ids into text pieces as they arrive. A byte-level
 /// token may complete a character only later, so the whole answer is decoded
@@ -49,7 +50,7 @@ impl<'a> TextStream<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing;
+    use crate::tokenizer::testing;
 
     #[test]
     fn pieces_joined_are_the_whole_answer() {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
 use odin_data::Record;
-use odin_text::{check_tokenizer, special, Tokenizer};
+use odin_text::{check_tokenizer, record_ids, special, Tokenizer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -49,19 +49,14 @@ impl TokenData {
             let prompts = tk.encode_batch(chunk.iter().map(|r| r.prompt.as_str()).collect(), false).map_err(err)?;
             let comps = tk.encode_batch(chunk.iter().map(|r| r.completion.as_str()).collect(), false).map_err(err)?;
             for ((r, p), c) in chunk.iter().zip(&prompts).zip(&comps) {
-                let (p, c) = (p.get_ids(), c.get_ids());
-                let n = 4 + p.len() + c.len();
-                if n > seq_len + 1 {
+                let (ids, answer) = record_ids(p.get_ids(), c.get_ids());
+                if ids.len() > seq_len + 1 {
                     too_long += 1;
                     continue;
                 }
                 let start = tokens.len();
-                tokens.extend([special::BOS, special::PROMPT].iter().map(|&t| t as u16));
-                tokens.extend(p.iter().map(|&t| t as u16));
-                tokens.push(special::ANSWER as u16);
-                tokens.extend(c.iter().map(|&t| t as u16));
-                tokens.push(special::EOS as u16);
-                let answer_start = start + 3 + p.len();
+                tokens.extend(ids.iter().map(|&t| t as u16));
+                let answer_start = start + answer;
                 groups.entry(r.task.clone()).or_default().push((r.difficulty, spans.len()));
                 spans.push((start, answer_start, tokens.len()));
                 levels = levels.max(r.difficulty);

@@ -64,13 +64,18 @@ impl Decoder for Reference<'_> {
         Ok(self.shard.new_state(1)?)
     }
 
+    /// A prompt runs in the parallel form, one token at a time in the recurrent form (as a
+    /// served model decodes).
     fn next_logits(&self, tokens: &[u32], state: &mut ShardState) -> Result<Vec<f32>> {
-        let Some(last) = tokens.len().checked_sub(1) else {
-            return Err(TrainError::Data("next_logits needs at least one token".into()));
-        };
-        let x = Tensor::from_vec(tokens.to_vec(), (1, tokens.len()), &Device::Cpu)?;
-        let logits = self.shard.forward(&x, Some(state))?;
-        Ok(logits.i((0, last, ..))?.to_vec1::<f32>()?)
+        match tokens {
+            [] => Err(TrainError::Data("next_logits needs at least one token".into())),
+            [tok] => Ok(self.shard.step(&Tensor::new(&[*tok], &Device::Cpu)?, state)?.squeeze(0)?.to_vec1::<f32>()?),
+            _ => {
+                let x = Tensor::from_vec(tokens.to_vec(), (1, tokens.len()), &Device::Cpu)?;
+                let logits = self.shard.forward(&x, Some(state))?;
+                Ok(logits.i((0, tokens.len() - 1, ..))?.to_vec1::<f32>()?)
+            }
+        }
     }
 
     fn vocab_size(&self) -> usize {
@@ -113,7 +118,7 @@ mod tests {
         let eos = Some(odin_text::special::EOS);
         let run = |s: Sampling| odin_engine::generate(&r, &prompt, 12, &mut Sampler::new(s), eos, |_| true).unwrap().0;
         // The batched greedy decoder evaluation uses is written apart from the decode loop.
-        let batched = crate::eval::greedy_batch(&m.shard, &[prompt.clone()], 12, &Device::Cpu).unwrap();
+        let batched = crate::eval::greedy_batch(&m.shard, std::slice::from_ref(&prompt), 12, &Device::Cpu).unwrap();
         assert_eq!(run(Sampling::GREEDY), batched[0]);
         assert!(!batched[0].is_empty());
         let hot = Sampling { temperature: 1.0, seed: 4, ..Sampling::GREEDY };
