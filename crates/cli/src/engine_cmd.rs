@@ -111,21 +111,22 @@ pub struct GenerateArgs {
 /// Run `odin generate`, streaming text to stdout and speed to stderr.
 pub fn generate(a: GenerateArgs) -> Result<()> {
     let sampling = a.sampling.config()?;
-    let tk = load_tokenizer(&a.model)?;
-    let ids = prompt_ids(&tk, &a.prompt)?;
     if a.engine == "f32" {
         if a.json {
             bail!("--json is available with --engine int8");
         }
         let m = odin_train::generate::load_model(&a.model)
             .with_context(|| format!("cannot load model directory {}", a.model.display()))?;
+        let ids = prompt_ids(&m.tokenizer, &a.prompt)?;
         let t = Instant::now();
-        decode(&m.reference(), &tk, &ids, a.max_tokens, sampling, true)?;
+        decode(&m.reference(), &m.tokenizer, &ids, a.max_tokens, sampling, true)?;
         if !a.quiet {
             eprintln!("[f32 model layer] {:.2}s", t.elapsed().as_secs_f64());
         }
         return Ok(());
     }
+    let tk = load_tokenizer(&a.model)?;
+    let ids = prompt_ids(&tk, &a.prompt)?;
     let shard = load_int8(&a.model, a.threads)?;
     let run = decode(&shard, &tk, &ids, a.max_tokens, sampling, !a.json)?;
     let rate = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
