@@ -12,7 +12,11 @@
 //!   - [`infer`]: inference sessions, steps, pushes and handoffs ([`infer::Inference`]:
 //!     `/odin/shard/1`, version [`infer::PROTOCOL_VERSION`] = 4).
 //!
-//!   Training rounds, verification and the ledger get sibling modules the same way: a unit
+//!   - [`train`]: training rounds: commitments, votes and state announcements on gossip,
+//!     updates and content-addressed weight chunks on streams ([`train::Training`]:
+//!     `/odin/train/1`, version [`train::PROTOCOL_VERSION`] = 1).
+//!
+//!   Verification and the ledger get sibling modules the same way: a unit
 //!   struct implementing [`Service`] with its own `PROTOCOL_ID` and `VERSION`, and `Request`
 //!   and `Response` enums implementing [`Message`]. Their versions move independently, so a
 //!   change to one service's messages never refuses another's peers.
@@ -42,6 +46,7 @@ pub mod frame;
 pub mod infer;
 pub mod peer;
 pub mod tensor;
+pub mod train;
 
 pub use codec::{Reader, Writer, MAX_MESSAGE};
 pub use envelope::{Envelope, Message, Service};
