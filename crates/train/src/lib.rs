@@ -1,8 +1,10 @@
 //! ODIN's `train` layer: the local trainer (`odin train`) and held-out
-//! evaluation (`odin eval`), on the model and data layers.
+//! evaluation (`odin eval`), on the model and data layers, and the math of training
+//! together over the network ([`collab`]).
 
 #![warn(missing_docs)]
 
+pub mod collab;
 pub mod config;
 pub mod data;
 pub mod error;

@@ -95,6 +95,9 @@ pub struct Trainer {
     pub train_seconds: f64,
     /// blake3 of the dataset manifest.
     pub data_hash: String,
+    /// Seed of the batch sampler: the run seed, unless a node training with others draws
+    /// its own batches ([`Trainer::set_weights`]'s callers set it per node).
+    pub batch_seed: u64,
     device: Device,
 }
 
@@ -172,6 +175,7 @@ impl Trainer {
         }
         let vars = VarStore::from_weights(weights)?;
         let opt = AdamW::new(cfg.adamw(), vars.iter())?;
+        let cfg_seed = cfg.seed;
         Ok(Self {
             cfg,
             model_cfg,
@@ -183,6 +187,7 @@ impl Trainer {
             tokens_seen: 0,
             train_seconds: 0.0,
             data_hash: blake3::hash(&manifest_bytes).to_hex().to_string(),
+            batch_seed: cfg_seed,
             device,
         })
     }
@@ -234,6 +239,21 @@ impl Trainer {
         self.vars.weights().detached()
     }
 
+    /// Overwrite the trainable weights with `w` (same names and shapes); the optimizer's
+    /// moments stay, as a DiLoCo node's inner AdamW does from round to round.
+    pub fn set_weights(&mut self, w: &Weights) -> Result<()> {
+        for (name, var) in self.vars.iter() {
+            let t = w.get(name, var.as_tensor().dims())?;
+            var.set(&t.to_device(&self.device)?)?;
+        }
+        Ok(())
+    }
+
+    /// The device it trains on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// One optimizer step over `accumulation` micro-batches.
     pub fn train_step(&mut self) -> Result<StepStats> {
         let started = Instant::now();
@@ -246,7 +266,7 @@ impl Trainer {
         let mut loss_sum = 0.0;
         let mut tokens = 0;
         for m in 0..micro {
-            let mut rng = batch_rng(cfg.seed, self.step, m);
+            let mut rng = batch_rng(self.batch_seed, self.step, m);
             let batch: Batch =
                 self.data.batch(&mut rng, cfg.batch.rows, cfg.batch.seq_len, &cfg.data.weights, max_level)?;
             tokens += batch.real_tokens;
