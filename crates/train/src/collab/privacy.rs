@@ -30,7 +30,7 @@ fn delta() -> f64 {
 impl Privacy {
     /// Check its parameters.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.clip > 0.0 && self.clip.is_finite()) || !(self.noise > 0.0 && self.noise.is_finite()) {
+        if !(self.clip > 0.0 && self.clip.is_finite() && self.noise > 0.0 && self.noise.is_finite()) {
             return Err(format!("privacy needs clip > 0 and noise > 0 (got {} and {})", self.clip, self.noise));
         }
         if !(self.delta > 0.0 && self.delta < 1.0) {

@@ -75,7 +75,7 @@ impl Rule {
                 }
                 acc.iter().map(|a| (a / n as f64) as f32).collect()
             }
-            Rule::Median => per_coordinate(updates, |col| median(col)),
+            Rule::Median => per_coordinate(updates, median),
             Rule::TrimmedMean { trim } => {
                 let k = ((n as f64) * f64::from(trim)).floor() as usize;
                 let k = k.min((n - 1) / 2);
