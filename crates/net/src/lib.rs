@@ -17,6 +17,6 @@ pub mod swarm;
 pub use error::{NetError, Result};
 pub use info::{now_ms, ServerInfo};
 pub use libp2p::identity::{Keypair, PublicKey};
-pub use libp2p::{Multiaddr, PeerId, Stream};
-pub use peer::{peer_from_wire, peer_to_wire};
+pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+pub use peer::{peer_from_wire, peer_to_wire, verify_signed_by};
 pub use swarm::{block_key, info_topic, load_or_create_identity, Net, NetConfig, NetEvent};

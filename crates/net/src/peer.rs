@@ -21,6 +21,19 @@ pub fn peer_from_wire(peer: &PeerBytes) -> Result<PeerId> {
         .map_err(|e| NetError::Proto(ProtoError::Malformed(format!("not a peer id: {e}"))))
 }
 
+/// Whether `sig` is `peer`'s signature over `msg`: the key is the one an inlined peer id
+/// carries (every ed25519 id does); an id that only hashes its key cannot be checked, so no.
+pub fn verify_signed_by(peer: &PeerId, msg: &[u8], sig: &[u8]) -> bool {
+    let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    if mh.code() != 0x00 {
+        return false;
+    }
+    match libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()) {
+        Ok(key) => key.verify(msg, sig),
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -29,6 +42,18 @@ mod tests {
 
     fn ed25519(key: [u8; 32]) -> PeerId {
         Keypair::ed25519_from_bytes(key).unwrap().public().to_peer_id()
+    }
+
+    #[test]
+    fn a_signature_verifies_only_under_the_id_of_its_key_and_for_its_message() {
+        let k = Keypair::ed25519_from_bytes([3; 32]).unwrap();
+        let sig = k.sign(b"round 4").unwrap();
+        let me = k.public().to_peer_id();
+        assert!(verify_signed_by(&me, b"round 4", &sig));
+        assert!(!verify_signed_by(&me, b"round 5", &sig));
+        assert!(!verify_signed_by(&ed25519([4; 32]), b"round 4", &sig));
+        assert!(!verify_signed_by(&PeerId::random(), b"round 4", &sig));
+        assert!(!verify_signed_by(&me, b"round 4", &sig[1..]));
     }
 
     #[test]

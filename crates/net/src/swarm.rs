@@ -97,6 +97,16 @@ pub enum NetEvent {
     Rtt(PeerId, Duration),
     /// The last connection to a peer closed.
     Disconnected(PeerId),
+    /// A message on a topic joined with [`Net::subscribe`], signed by `source` (gossipsub
+    /// checked the signature); what it says is for the subscriber to check.
+    Gossip {
+        /// The topic's name.
+        topic: String,
+        /// The peer that signed and first published it.
+        source: PeerId,
+        /// Its bytes.
+        data: Vec<u8>,
+    },
 }
 
 enum Command {
@@ -104,6 +114,8 @@ enum Command {
     Withdraw(Vec<kad::RecordKey>),
     Providers(kad::RecordKey, oneshot::Sender<HashSet<PeerId>>),
     Publish(Vec<u8>),
+    Subscribe(String),
+    PublishOn(String, Vec<u8>, oneshot::Sender<Result<()>>),
     Dial(Multiaddr),
     Peers(oneshot::Sender<Vec<PeerId>>),
 }
@@ -306,6 +318,19 @@ impl Net {
         self.send(Command::Publish(info.to_bytes())).await
     }
 
+    /// Follow gossip on `topic`: its messages arrive as [`NetEvent::Gossip`].
+    pub async fn subscribe(&self, topic: &str) -> Result<()> {
+        self.send(Command::Subscribe(topic.to_string())).await
+    }
+
+    /// Publish `data` on `topic`, signed with this node's key. Fails when no peer on the
+    /// topic is known yet (nobody would hear it).
+    pub async fn publish_on(&self, topic: &str, data: Vec<u8>) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::PublishOn(topic.to_string(), data, tx)).await?;
+        rx.await.map_err(|_| NetError::Swarm("the swarm task has stopped".into()))?
+    }
+
     /// Connect to a peer's address.
     pub async fn dial(&self, addr: Multiaddr) -> Result<()> {
         self.send(Command::Dial(addr)).await
@@ -327,11 +352,16 @@ impl Net {
     /// connection that never comes. A second attempt finds the connection at once. An attempt
     /// that was only slow is harmless to repeat: its stream is opened and dropped.
     pub async fn open_stream(&self, peer: PeerId) -> Result<libp2p::Stream> {
+        self.open_stream_for(peer, SHARD_PROTOCOL).await
+    }
+
+    /// Open a stream of another service's `protocol` to `peer`, as [`Net::open_stream`] does.
+    pub async fn open_stream_for(&self, peer: PeerId, protocol: StreamProtocol) -> Result<libp2p::Stream> {
         let mut c = self.control.clone();
         let (mut wait, mut retries) = (Duration::from_millis(20), 0);
         let mut attempt = OPEN_ATTEMPT;
         loop {
-            match tokio::time::timeout(attempt, c.open_stream(peer, SHARD_PROTOCOL)).await {
+            match tokio::time::timeout(attempt, c.open_stream(peer, protocol.clone())).await {
                 Ok(Ok(s)) => return Ok(s),
                 Err(_) => {
                     tracing::debug!("opening a stream to {peer} took over {attempt:?}; asking again");
@@ -351,8 +381,13 @@ impl Net {
 
     /// Incoming shard-protocol streams (call once, on a serving node).
     pub fn accept(&self) -> Result<libp2p_stream::IncomingStreams> {
+        self.accept_for(SHARD_PROTOCOL)
+    }
+
+    /// Incoming streams of another service's `protocol` (call once per protocol).
+    pub fn accept_for(&self, protocol: StreamProtocol) -> Result<libp2p_stream::IncomingStreams> {
         let mut c = self.control.clone();
-        c.accept(SHARD_PROTOCOL).map_err(|e| NetError::Swarm(format!("shard protocol: {e}")))
+        c.accept(protocol.clone()).map_err(|e| NetError::Swarm(format!("{protocol}: {e}")))
     }
 }
 
@@ -400,6 +435,15 @@ impl EventLoop {
                 if let Err(e) = b.gossipsub.publish(self.topic.clone(), bytes) {
                     tracing::debug!("announcement not published: {e}");
                 }
+            }
+            Command::Subscribe(topic) => {
+                if let Err(e) = b.gossipsub.subscribe(&IdentTopic::new(topic.clone())) {
+                    tracing::warn!("cannot follow gossip topic {topic}: {e}");
+                }
+            }
+            Command::PublishOn(topic, data, tx) => {
+                let r = b.gossipsub.publish(IdentTopic::new(topic.clone()), data);
+                let _ = tx.send(r.map(|_| ()).map_err(|e| NetError::Swarm(format!("cannot publish on {topic}: {e}"))));
             }
             Command::Dial(addr) => {
                 if let Some(libp2p::multiaddr::Protocol::P2p(p)) = addr.iter().last() {
@@ -458,6 +502,34 @@ impl EventLoop {
             })) => {
                 tracing::debug!("{peer} left a ping unanswered for {PING_TIMEOUT:?}; closing that connection");
                 self.swarm.close_connection(connection);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) if message.topic != self.topic.hash() => {
+                // Another service's topic: gossipsub has checked the signature; the content is
+                // checked by the subscriber, which logs what it refuses. Passing it on first is
+                // safe, as every receiver checks it the same way.
+                let verdict =
+                    if message.source.is_some() { MessageAcceptance::Accept } else { MessageAcceptance::Reject };
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    verdict,
+                );
+                if let Some(source) = message.source {
+                    let topic = message.topic.into_string();
+                    // Unlike announcements, a lost training message costs a round an update:
+                    // when the node is busy the event waits in a task rather than being dropped.
+                    let ev = NetEvent::Gossip { topic, source, data: message.data };
+                    if let Err(mpsc::error::TrySendError::Full(ev)) = self.events.try_send(ev) {
+                        let events = self.events.clone();
+                        tokio::spawn(async move {
+                            let _ = events.send(ev).await;
+                        });
+                    }
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,

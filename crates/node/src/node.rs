@@ -289,6 +289,8 @@ impl Node {
             NetEvent::Rtt(peer, rtt) => self.router.rtt(peer, rtt),
             NetEvent::Subscribed(_) => self.announce().await,
             NetEvent::Disconnected(peer) => self.router.gone(&peer),
+            // A serving node follows no other service's topic.
+            NetEvent::Gossip { topic, source, .. } => tracing::debug!("ignored gossip on {topic} from {source}"),
         }
     }
 
