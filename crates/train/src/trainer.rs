@@ -33,6 +33,9 @@ pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) ->
     Ok(((picked * m)?.sum_all()?.neg()? / n)?)
 }
 
+/// The seed of the held-out batches ([`Trainer::heldout_loss`]), apart from any run's.
+const HELDOUT_SEED: u64 = 0x0d1e_4e1d;
+
 /// What one optimizer step did.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StepStats {
@@ -112,7 +115,7 @@ pub enum RunEnd {
 
 /// Hash of everything that shapes the run's trajectory. Paths are left out (a run can
 /// move with its repository); files are hashed by content instead.
-fn config_hash(cfg: &TrainConfig) -> Result<String> {
+pub fn config_hash(cfg: &TrainConfig) -> Result<String> {
     let read = |p: &Path| std::fs::read(p).map_err(io_err(p));
     let mut what = serde_json::json!({
         "seed": cfg.seed,
@@ -247,6 +250,29 @@ impl Trainer {
             var.set(&t.to_device(&self.device)?)?;
         }
         Ok(())
+    }
+
+    /// Mean answer-token loss of the current weights on `batches` fixed batches of the
+    /// dataset's `test` split: the same batches on every call and every node (their sampler's
+    /// seed is fixed), so runs compare on equal terms.
+    pub fn heldout_loss(&self, batches: usize) -> Result<f64> {
+        let cfg = &self.cfg;
+        let manifest = odin_data::read_manifest(&cfg.data.dir)?;
+        let records = odin_data::read_split(&cfg.data.dir, &manifest, "test")?;
+        let data = TokenData::new(&self.tokenizer, &records, cfg.batch.seq_len)?;
+        if data.is_empty() || batches == 0 {
+            return Err(TrainError::Data("the test split has no record that fits in batch.seq_len tokens".into()));
+        }
+        let shard = Shard::full(&self.model_cfg, &self.vars.weights().detached())?;
+        let mut sum = 0.0;
+        for b in 0..batches {
+            let mut rng = batch_rng(HELDOUT_SEED, 0, b);
+            let batch = data.batch(&mut rng, cfg.batch.rows, cfg.batch.seq_len, &BTreeMap::new(), u8::MAX)?;
+            let (x, y, mask) = batch.tensors(&self.device)?;
+            let logits = shard.forward(&x, None)?;
+            sum += f64::from(masked_cross_entropy(&logits, &y, &mask)?.to_scalar::<f32>()?);
+        }
+        Ok(sum / batches as f64)
     }
 
     /// The device it trains on.
