@@ -650,7 +650,7 @@ impl Member {
     fn on_commit(&mut self, source: PeerId, c: Commit) {
         let r = self.round;
         if c.round < r {
-            return self.refuse(&c.node, &format!("a commitment for round {}, which is over (now {r})", c.round));
+            return self.refuse(&c.node, &format!("late: a commitment for round {}, which is over (now {r})", c.round));
         }
         if c.round > r {
             if self.ahead.len() < 1024 {

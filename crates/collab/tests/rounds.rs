@@ -37,3 +37,79 @@ fn members_agree_bit_for_bit_and_the_held_out_loss_falls() {
     assert!(l3 < l0, "held-out loss went from {l0} to {l3}");
     assert!(tmp.path().join("a/model/model.safetensors").is_file());
 }
+
+/// Five members: one never sends, one is slower than the deadline every round, one is killed
+/// in the middle of round 1. The other two go through every round, agree, and the slow one
+/// ends on their weights too (it catches up by fetching them).
+#[test]
+fn the_run_goes_on_through_a_silent_a_slow_and_a_killed_member() {
+    logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_config(tmp.path(), "rounds = 3\ninner_steps = 2\nquorum = 2\ndeadline_ms = 2500\nvote_ms = 1500");
+    let a = launch(Start::new(&run, tmp.path().join("a"), 4));
+    let start = |name: &str, b: Behaviour| {
+        let mut s = Start::new(&run, tmp.path().join(name), 4);
+        s.bootstrap = a.addrs.clone();
+        s.behaviour = b;
+        launch(s)
+    };
+    let b = start("b", Behaviour::Honest);
+    let silent = start("silent", Behaviour::Silent);
+    let slow = start("slow", Behaviour::Slow(4000));
+    let mut victim = start("victim", Behaviour::Slow(1000));
+    // Killed once round 0 is over, while it is still training round 1.
+    victim.reports.recv_timeout(std::time::Duration::from_secs(120)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    victim.kill();
+    assert!(matches!(victim.join(), Outcome::Killed(_)));
+
+    let (sa, ra) = a.finished();
+    let (sb, _) = b.finished();
+    let (ss, _) = silent.finished();
+    let (sl, rl) = slow.finished();
+    assert_eq!(sa.state, sb.state);
+    assert_eq!(sa.state, ss.state, "the silent member still follows the run");
+    assert_eq!(sa.state, sl.state, "the slow member did not end on the others' weights");
+    assert_eq!(ra.len(), 3);
+    for r in &ra {
+        assert!(!r.skipped && r.accepted >= 2, "{r:?}");
+    }
+    // Round 0: a, b and the victim count; the silent member sends nothing, the slow one is late.
+    assert_eq!(ra[0].accepted, 3, "{:?}", ra[0]);
+    assert!(
+        ra.iter().any(|r| r.refused.iter().any(|w| w.contains("late"))),
+        "the slow member's updates were never late: {ra:?}"
+    );
+    // Rounds 1 and 2: the victim is gone.
+    assert_eq!(ra[2].accepted, 2, "{:?}", ra[2]);
+    assert!(rl.iter().all(|r| r.loss.is_some() || r.fetched_state));
+}
+
+/// Two members start; a third joins after round 0, fetches the state in chunks from both,
+/// and from then on all three agree.
+#[test]
+fn a_member_joining_mid_run_fetches_the_state_from_several_peers_and_agrees() {
+    logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_config(
+        tmp.path(),
+        "rounds = 4\ninner_steps = 3\nquorum = 2\ndeadline_ms = 4000\nvote_ms = 1500\nchunk_bytes = 16384",
+    );
+    let a = launch(Start::new(&run, tmp.path().join("a"), 1));
+    let mut sb = Start::new(&run, tmp.path().join("b"), 1);
+    sb.bootstrap = a.addrs.clone();
+    let b = launch(sb);
+    a.reports.recv_timeout(std::time::Duration::from_secs(120)).unwrap();
+    let mut sc = Start::new(&run, tmp.path().join("c"), 1);
+    sc.bootstrap = a.addrs.clone();
+    sc.join = true;
+    let c = launch(sc);
+    let (sa, ra) = a.finished();
+    let (sb, _) = b.finished();
+    let (scs, rc) = c.finished();
+    assert_eq!(sa.state, sb.state);
+    assert_eq!(sa.state, scs.state, "the newcomer ended on other weights");
+    assert!(rc.len() < 4 && !rc.is_empty(), "the newcomer ran {} rounds", rc.len());
+    assert!(rc[0].received > 0);
+    assert_eq!(ra.last().unwrap().accepted, 3, "{:?}", ra.last());
+}
