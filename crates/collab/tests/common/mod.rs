@@ -63,6 +63,8 @@ pub enum Outcome {
 pub struct Running {
     /// Its addresses.
     pub addrs: Vec<Multiaddr>,
+    /// The run's id.
+    pub run: odin_format::ModelId,
     /// Its reports as they come.
     pub reports: std_mpsc::Receiver<RoundReport>,
     kill: Option<tokio::sync::oneshot::Sender<()>>,
@@ -118,11 +120,11 @@ pub fn launch(s: Start<'_>) -> Running {
             let m = match Member::start(Keypair::generate_ed25519(), net, opts).await {
                 Ok(m) => m,
                 Err(e) => {
-                    let _ = addr_tx.send(Vec::new());
+                    let _ = addr_tx.send((Vec::new(), odin_format::ModelId([0; 32])));
                     return Outcome::Failed(e.to_string());
                 }
             };
-            let _ = addr_tx.send(m.addrs());
+            let _ = addr_tx.send((m.addrs(), m.run_id()));
             let mut seen = Vec::new();
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             let run = m.run(move |r| {
@@ -149,8 +151,8 @@ pub fn launch(s: Start<'_>) -> Running {
         rt.shutdown_background();
         out
     });
-    let addrs = addr_rx.recv_timeout(Duration::from_secs(60)).unwrap();
-    Running { addrs, reports: rep_rx, kill: Some(kill_tx), thread: Some(thread) }
+    let (addrs, run) = addr_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    Running { addrs, run, reports: rep_rx, kill: Some(kill_tx), thread: Some(thread) }
 }
 
 impl Running {
