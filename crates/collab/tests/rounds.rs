@@ -113,3 +113,41 @@ fn a_member_joining_mid_run_fetches_the_state_from_several_peers_and_agrees() {
     assert!(rc[0].received > 0);
     assert_eq!(ra.last().unwrap().accepted, 3, "{:?}", ra.last());
 }
+
+/// Four members, one of which sends its update ×100: the plain mean is thrown off, centered
+/// clipping (the default) is not.
+#[test]
+fn a_member_scaling_its_update_is_contained_by_centered_clipping_but_not_by_the_mean() {
+    logs();
+    let heldout_after = |rule: &str| {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = run_config(
+            tmp.path(),
+            &format!("rounds = 3\ninner_steps = 3\nquorum = 3\ndeadline_ms = 20000\nvote_ms = 3000\naggregator = {{ rule = \"{rule}\" }}"),
+        );
+        let mut first = Start::new(&run, tmp.path().join("a"), 3);
+        first.heldout_batches = 2;
+        let a = launch(first);
+        let others: Vec<Running> = [Behaviour::Honest, Behaviour::Honest, Behaviour::Scale(100.0)]
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let mut s = Start::new(&run, tmp.path().join(i.to_string()), 3);
+                s.bootstrap = a.addrs.clone();
+                s.behaviour = b;
+                launch(s)
+            })
+            .collect();
+        let (sa, ra) = a.finished();
+        for o in others {
+            assert_eq!(o.finished().0.state, sa.state);
+        }
+        assert!(ra.iter().all(|r| r.accepted == 4), "{ra:?}");
+        (ra[0].heldout.unwrap(), sa.heldout.unwrap())
+    };
+    let (first, robust) = heldout_after("centered_clip");
+    let (_, mean) = heldout_after("mean");
+    eprintln!("held-out loss: {first} after round 0; at the end {robust} with centered clipping, {mean} with the mean");
+    assert!(robust < first, "centered clipping did not learn: {first} then {robust}");
+    assert!(!(mean < 2.0 * robust), "the mean was not thrown off: {mean} against {robust}");
+}
