@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use odin_model::{init_weights, model_id, ModelConfig, ModelDir};
 
+mod collab_cmd;
 mod engine_cmd;
 mod net_cmd;
 mod train_cmd;

@@ -19,8 +19,23 @@ use serde_json::json;
 #[derive(Args)]
 pub struct NodeArgs {
     /// Model directory (config.json, model.safetensors, tokenizer.json).
-    #[arg(long)]
-    model: PathBuf,
+    #[arg(long, required_unless_present = "train")]
+    model: Option<PathBuf>,
+    /// Train together instead of serving: the run config (the trainer's TOML plus [rounds]).
+    #[arg(long, conflicts_with_all = ["model", "blocks", "api"])]
+    train: Option<PathBuf>,
+    /// With --train: join a run in progress (wait for the next round and fetch its state).
+    #[arg(long, requires = "train")]
+    join: bool,
+    /// With --train: other members to wait for before round 0.
+    #[arg(long, default_value_t = 0, requires = "train")]
+    expect_peers: usize,
+    /// With --train: held-out batches scored after each round (0: none).
+    #[arg(long, default_value_t = 0, requires = "train")]
+    heldout_batches: usize,
+    /// With --train, for fault tests and benchmarks: honest, silent, slow:MS, scale:F, flip or alie:Z.
+    #[arg(long, default_value = "honest", requires = "train", hide = true)]
+    behave: String,
     /// Blocks to serve: `A..B` (end exclusive), or `auto` to take those the network needs most
     /// (as many as fit in memory) and move when coverage changes; leave out to serve nothing.
     #[arg(long)]
@@ -122,10 +137,25 @@ async fn start_api(
 
 /// Run `odin node` until Ctrl-C. Prints one JSON line (`"event":"ready"`) on stdout once serving.
 pub fn node(a: NodeArgs) -> Result<()> {
+    if let Some(config) = a.train {
+        return crate::collab_cmd::train_node(crate::collab_cmd::TrainNode {
+            config,
+            data_dir: a.data_dir,
+            listen: a.listen,
+            bootstrap: a.bootstrap,
+            mdns: a.mdns,
+            upnp: !a.no_upnp,
+            behave: a.behave,
+            join: a.join,
+            expect_peers: a.expect_peers,
+            heldout_batches: a.heldout_batches,
+        });
+    }
+    let Some(model) = a.model.clone() else { bail!("odin node needs --model (to serve) or --train (to train)") };
     let wire = Dtype::parse(&a.wire)?;
     let relay = Relay::parse(&a.relay)?;
     let options = NodeOptions {
-        model: a.model.clone(),
+        model: model.clone(),
         blocks: a.blocks.clone(),
         max_blocks: a.max_blocks,
         memory_mib: a.memory_mib,
@@ -146,7 +176,7 @@ pub fn node(a: NodeArgs) -> Result<()> {
     let cfg = options.config()?;
     let grace = options.grace()?;
     runtime()?.block_on(async move {
-        let node = Node::start(cfg).await.with_context(|| format!("cannot start a node on {}", a.model.display()))?;
+        let node = Node::start(cfg).await.with_context(|| format!("cannot start a node on {}", model.display()))?;
         let api = match a.api {
             Some(addr) => Some(start_api(node.clone(), addr, wire, relay).await?),
             None => None,
@@ -216,10 +246,18 @@ pub struct SwarmArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Train together instead of answering a prompt (see --config).
+    #[arg(long)]
+    train: bool,
+    #[command(flatten)]
+    training: crate::collab_cmd::SwarmTrainArgs,
 }
 
 /// Run `odin swarm`: N node processes on loopback, one prompt through them (or an API with --serve).
 pub fn swarm(a: SwarmArgs) -> Result<()> {
+    if a.train {
+        return crate::collab_cmd::swarm_train(a.nodes, a.training, a.json);
+    }
     let wire = Dtype::parse(&a.wire)?;
     let relay = Relay::parse(&a.relay)?;
     let sampling = a.sampling.config()?;

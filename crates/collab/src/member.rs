@@ -25,7 +25,7 @@ use odin_net::{peer_from_wire, peer_to_wire, verify_signed_by, Keypair, Multiadd
 use odin_proto::train::{Announce, Commit, Gossip, Manifest, Update, Vote};
 use odin_proto::{Envelope, PeerBytes};
 use odin_train::collab::{Compressor, Sparsity, StateBlob};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::adversary::Behaviour;
@@ -39,8 +39,11 @@ use crate::wire::{fetch_state, fetch_update, hex, serve};
 /// How long publishing waits for a peer on the topic before giving up on a message.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(5);
 
+/// How long a member lets the gossip mesh form before its first round.
+const MESH_SETTLE: Duration = Duration::from_millis(1200);
+
 /// What one member did in one round: a line of the per-round table.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RoundReport {
     /// The round.
     pub round: u64,
@@ -51,7 +54,7 @@ pub struct RoundReport {
     /// Commitments and updates refused (late, bad, outside the run, replayed, …).
     pub rejected: usize,
     /// Why each was refused.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<String>,
     /// This node's mean inner loss (none when it sat the round out).
     pub loss: Option<f64>,
@@ -95,7 +98,7 @@ pub struct MemberOptions {
 }
 
 /// How a run ended for this member.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     /// The run id.
     pub run: String,
@@ -146,11 +149,11 @@ pub struct Member {
     // This round's.
     collecting: bool,
     commits: BTreeMap<PeerBytes, [u8; 32]>,
-    pending: Vec<(PeerId, Commit)>,
     ahead: Vec<(PeerId, Commit)>,
     held: BTreeMap<PeerBytes, ([u8; 32], Vec<f32>)>,
     gone: BTreeSet<PeerBytes>,
     refused: Vec<String>,
+    adopted: bool,
     subscribed: BTreeSet<PeerId>,
 }
 
@@ -210,11 +213,11 @@ impl Member {
             fetched_rx,
             collecting: false,
             commits: BTreeMap::new(),
-            pending: Vec::new(),
             ahead: Vec::new(),
             held: BTreeMap::new(),
             gone: BTreeSet::new(),
             refused: Vec::new(),
+            adopted: false,
             subscribed: BTreeSet::new(),
         })
     }
@@ -241,6 +244,9 @@ impl Member {
         let started = Instant::now() + self.opts.start_wait;
         let expect = self.opts.expect_peers;
         self.pump(started, |m| m.subscribed.len() >= expect).await;
+        // Let the gossip mesh form (gossipsub grafts peers at its heartbeat, every 0.5 s), so
+        // round 0's first messages are not published into a mesh still empty.
+        self.pump(Instant::now() + MESH_SETTLE, |_| false).await;
         if self.opts.join {
             self.join().await?;
         }
@@ -280,15 +286,20 @@ impl Member {
         Ok(Some(self.learner_mut()?.heldout_loss(&theta, n)?))
     }
 
-    /// Wait for a round boundary announced by a quorum, then fetch that state.
+    /// Wait for a round boundary, then fetch the state most of its announcers name.
+    ///
+    /// A newcomer trusts the newest round anyone announces (a run that lost members may have
+    /// fewer than a quorum left, waiting for it). A liar can thereby send a newcomer to
+    /// weights of its own, but not make the run count the newcomer's updates: those name
+    /// their base state, and the members refuse any other than theirs.
     async fn join(&mut self) -> Result<()> {
-        let min = self.cfg.quorum.max(1);
+        let min = 1;
         let until = Instant::now() + Duration::from_millis(2 * self.cfg.deadline_ms + self.cfg.vote_ms);
         self.pump(until, |m| m.book.newest_backed(0, min).is_some()).await;
         if !self.catch_up(min).await? {
-            return Err(CollabError::Run(format!(
-                "no round of this run was announced by {min} peers in time; is the run going, and is this the same run config?"
-            )));
+            return Err(CollabError::Run(
+                "no round of this run was announced in time; is the run going, and is this the same run config?".into(),
+            ));
         }
         Ok(())
     }
@@ -322,6 +333,7 @@ impl Member {
         }
         let s = StateBlob::from_bytes(&blob, self.params)?;
         (self.theta, self.momentum, self.round, self.state) = (s.theta, s.momentum, round, id);
+        self.adopted = true;
         if let Ok(mut st) = self.store.lock() {
             st.put_state(m, Arc::new(blob));
         }
@@ -331,11 +343,17 @@ impl Member {
     async fn one_round(&mut self) -> Result<RoundReport> {
         let t0 = Instant::now();
         let (sent0, recv0) = self.traffic.totals();
-        let mut fetched_state = self.catch_up(self.cfg.quorum.max(1)).await?;
+        if let Err(e) = self.catch_up(self.cfg.quorum.max(1)).await {
+            tracing::warn!("round {}: {e}; going on from this node's own state", self.round);
+        }
         let r = self.round;
         self.begin_round();
         self.announce(r, self.state).await;
         let deadline = t0 + Duration::from_millis(self.cfg.deadline_ms);
+        // A round needs a quorum: wait for enough members to start it from our state, so a
+        // run that lost members waits for newcomers instead of racing through empty rounds.
+        let quorum = self.cfg.quorum;
+        self.pump(deadline, |m| m.expected().len() >= quorum).await;
 
         let inner = self.train_inner(r).await?;
         if let Behaviour::Slow(ms) = self.opts.behaviour {
@@ -351,9 +369,12 @@ impl Member {
                     "round {r}: {n} of {total} members start from state {}, not ours; fetching it",
                     hex(&id)
                 );
-                self.adopt(r, id, &peers).await?;
-                fetched_state = true;
-                self.announce(r, id).await;
+                // If the majority has moved on and no longer holds it, the next round's
+                // catch-up fetches their newer state instead.
+                match self.adopt(r, id, &peers).await {
+                    Ok(()) => self.announce(r, id).await,
+                    Err(e) => tracing::warn!("round {r}: {e}; sitting this round out"),
+                }
             } else if let Some(inner) = inner {
                 (loss, update_bytes) = self.commit(r, inner, deadline).await;
             }
@@ -364,9 +385,6 @@ impl Member {
         // Collect until every member's update is in, or the deadline.
         self.pump(deadline, |m| m.all_held()).await;
         self.collecting = false;
-        for (_, c) in std::mem::take(&mut self.pending) {
-            self.refuse(&c.node, "from a peer outside the run: it never announced this round's state");
-        }
         let held: Vec<(PeerBytes, [u8; 32])> = self.held.iter().map(|(p, (h, _))| (p.clone(), *h)).collect();
         let vote = Vote { round: r, node: self.me.clone(), held, sig: vec![] };
         self.book.vote(&vote);
@@ -393,6 +411,7 @@ impl Member {
             }
         }
         let members = self.book.members(r, &self.state).len().max(1);
+        let fetched_state = std::mem::take(&mut self.adopted);
         self.old_updates.extend(self.commits.values().copied());
         self.finish_round(r + 1);
         let heldout = self.heldout()?;
@@ -421,7 +440,6 @@ impl Member {
         self.held.clear();
         self.gone.clear();
         self.refused.clear();
-        self.pending.clear();
         // Commitments that arrived while this node was still in the previous round.
         let r = self.round;
         let (now, later): (Vec<_>, Vec<_>) =
@@ -439,7 +457,8 @@ impl Member {
         let m = Manifest::of(next, self.params as u64, self.cfg.chunk_bytes, &blob);
         if let Ok(mut st) = self.store.lock() {
             self.state = st.put_state(m, Arc::new(blob));
-            st.prune(next.saturating_sub(1));
+            // Two rounds back, for members that fall behind while the others go on.
+            st.prune(next.saturating_sub(2));
         }
         self.book.prune(next.saturating_sub(1));
     }
@@ -505,6 +524,7 @@ impl Member {
         let c = Commit {
             round: r,
             node: self.me.clone(),
+            base: self.state,
             update: hash,
             samples: inner.samples,
             loss: inner.loss,
@@ -627,16 +647,8 @@ impl Member {
         }
         match g {
             Gossip::Announce(a) => {
-                let node = a.node.clone();
+                self.gone.remove(&a.node);
                 self.book.announce(&a);
-                self.gone.remove(&node);
-                // Commitments that came before their author's announcement.
-                let (now, rest): (Vec<_>, Vec<_>) =
-                    std::mem::take(&mut self.pending).into_iter().partition(|(_, c)| c.node == node);
-                self.pending = rest;
-                for (s, c) in now {
-                    self.on_commit(s, c);
-                }
             }
             Gossip::Vote(v) => {
                 if v.round + 1 >= self.round {
@@ -667,12 +679,19 @@ impl Member {
         if !c.loss.is_finite() {
             return self.refuse(&c.node, "a commitment with a non-finite loss");
         }
-        if !self.book.members(r, &self.state).contains(&c.node) {
-            if self.pending.len() < 1024 {
-                self.pending.push((source, c));
-            }
-            return;
+        if c.base != self.state {
+            return self.refuse(
+                &c.node,
+                &format!(
+                    "from outside the run: its update starts from state {}, and this round from {}",
+                    hex(&c.base),
+                    hex(&self.state)
+                ),
+            );
         }
+        // A commitment says which state its author started from: it announces as well, so a
+        // lost announcement costs nothing.
+        self.book.announce(&Announce { round: r, node: c.node.clone(), state: c.base, sig: Vec::new() });
         if let Some(h) = self.commits.get(&c.node) {
             if *h != c.update {
                 self.refuse(&c.node, "a second, different commitment for the same round");

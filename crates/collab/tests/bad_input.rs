@@ -126,7 +126,7 @@ fn every_kind_of_bad_input_is_refused_with_its_reason_and_the_run_goes_on() {
         }
         let (old_hash, state1) = (old_hash.unwrap(), state1.unwrap());
         let commit = |l: &Liar, round: u64, update: [u8; 32]| {
-            Gossip::Commit(Commit { round, node: l.me(), update, samples: 4, loss: 1.0, sig: vec![] })
+            Gossip::Commit(Commit { round, node: l.me(), base: state1, update, samples: 4, loss: 1.0, sig: vec![] })
         };
         let announce = |l: &Liar| Gossip::Announce(Announce { round: 1, node: l.me(), state: state1, sig: vec![] });
 
@@ -134,7 +134,11 @@ fn every_kind_of_bad_input_is_refused_with_its_reason_and_the_run_goes_on() {
         outsider.publish(run, ModelId([7; 32]), commit(&outsider, 1, [1; 32]), true).await;
         outsider.publish(run, run, commit(&outsider, 1, [2; 32]), false).await;
         outsider.publish(run, run, commit(&outsider, 0, [3; 32]), true).await;
-        outsider.publish(run, run, commit(&outsider, 1, [4; 32]), true).await;
+        let mut other_base = commit(&outsider, 1, [4; 32]);
+        if let Gossip::Commit(c) = &mut other_base {
+            c.base = [5; 32];
+        }
+        outsider.publish(run, run, other_base, true).await;
         // Members of round 1 whose updates are bad.
         for l in [&mismatch, &nan_liar, &cut, &big, &replayer] {
             l.publish(run, run, announce(l), true).await;

@@ -56,6 +56,9 @@ pub struct Commit {
     pub round: u64,
     /// The node that computed it (and signed this).
     pub node: PeerBytes,
+    /// The id of the state the update was computed from ([`Manifest::id`]): an update
+    /// counts only in a round that starts from that state.
+    pub base: [u8; 32],
     /// blake3 of the update's bytes ([`Update::to_bytes`]).
     pub update: [u8; 32],
     /// Training samples (rows) behind it.
@@ -164,6 +167,7 @@ impl Message for Gossip {
             Gossip::Commit(c) => {
                 w.u64(c.round);
                 w.peer(&c.node);
+                w.raw(&c.base);
                 w.raw(&c.update);
                 w.u64(c.samples);
                 w.f64(c.loss);
@@ -193,11 +197,12 @@ impl Message for Gossip {
             1 => {
                 let round = r.u64("round")?;
                 let node = r.peer("committer")?;
+                let base = r.array("base state id")?;
                 let update = r.array("update hash")?;
                 let samples = r.u64("samples")?;
                 let loss = r.f64("loss")?;
                 let sig = r.bytes(MAX_SIG, "signature")?.to_vec();
-                Gossip::Commit(Commit { round, node, update, samples, loss, sig })
+                Gossip::Commit(Commit { round, node, base, update, samples, loss, sig })
             }
             2 => {
                 let round = r.u64("round")?;
@@ -589,6 +594,7 @@ mod tests {
         roundtrip(Gossip::Commit(Commit {
             round: 3,
             node: peer(1),
+            base: [6; 32],
             update: [4; 32],
             samples: 64,
             loss: 1.25,
@@ -613,7 +619,15 @@ mod tests {
 
     #[test]
     fn the_signature_covers_run_round_and_kind_but_not_itself() {
-        let c = Gossip::Commit(Commit { round: 3, node: peer(1), update: [4; 32], samples: 1, loss: 0.5, sig: vec![] });
+        let c = Gossip::Commit(Commit {
+            round: 3,
+            node: peer(1),
+            base: [6; 32],
+            update: [4; 32],
+            samples: 1,
+            loss: 0.5,
+            sig: vec![],
+        });
         let mut signed = c.clone();
         signed.set_sig(vec![8; 64]);
         assert_eq!(c.signing_bytes(&RUN), signed.signing_bytes(&RUN));
