@@ -154,5 +154,6 @@ fn a_member_scaling_its_update_is_contained_by_centered_clipping_but_not_by_the_
     let (_, mean) = heldout_after("mean");
     eprintln!("held-out loss: {first} after round 0; at the end {robust} with centered clipping, {mean} with the mean");
     assert!(robust < first, "centered clipping did not learn: {first} then {robust}");
-    assert!(!(mean < 2.0 * robust), "the mean was not thrown off: {mean} against {robust}");
+    // A NaN mean (a run thrown off completely) counts as thrown off.
+    assert!(mean.is_nan() || mean >= 2.0 * robust, "the mean was not thrown off: {mean} against {robust}");
 }
