@@ -13,6 +13,9 @@
 //! - [`store`]: the content-addressed blobs a member serves, and its traffic counters.
 //! - [`learner`]: the local trainer a member runs its inner steps with.
 //! - [`adversary`]: faults and attacks the tests and benchmarks inject.
+//! - [`stage`] and [`relay`]: the backward relay: a model none of the nodes holds whole,
+//!   trained through a chain of stages (activations down, gradients up, each stage stepping
+//!   its own blocks' optimizer).
 
 #![warn(missing_docs)]
 
@@ -22,6 +25,8 @@ pub mod config;
 pub mod error;
 pub mod learner;
 pub mod member;
+pub mod relay;
+pub mod stage;
 pub mod store;
 pub mod wire;
 

@@ -16,6 +16,10 @@
 //!     updates and content-addressed weight chunks on streams ([`train::Training`]:
 //!     `/odin/train/1`, version [`train::PROTOCOL_VERSION`] = 1).
 //!
+//!   - [`pipeline`]: the backward relay: forward, loss, backward and apply between the
+//!     stages of a model split over nodes ([`pipeline::Pipeline`]: `/odin/pipeline/1`,
+//!     version 1).
+//!
 //!   Verification and the ledger get sibling modules the same way: a unit
 //!   struct implementing [`Service`] with its own `PROTOCOL_ID` and `VERSION`, and `Request`
 //!   and `Response` enums implementing [`Message`]. Their versions move independently, so a
@@ -45,6 +49,7 @@ pub mod error;
 pub mod frame;
 pub mod infer;
 pub mod peer;
+pub mod pipeline;
 pub mod tensor;
 pub mod train;
 
