@@ -91,16 +91,16 @@ impl Stage {
         let b = batch as usize;
         match (input, shard_takes_ids) {
             (Input::Tokens(ids), true) => {
-                if b == 0 || ids.len() % b != 0 {
+                if b == 0 || !ids.len().is_multiple_of(b) {
                     return Err(run_err(format!("{} token ids do not split into {b} sequences", ids.len())));
                 }
                 let t = ids.len() / b;
                 Ok(Tensor::from_vec(ids, (b, t), &self.device)?)
             }
             (Input::Hidden(h), false) => {
-                let c = h.cols as usize;
-                let rows = h.rows as usize;
-                if b == 0 || rows % b != 0 {
+                let c = h.cols;
+                let rows = h.rows;
+                if b == 0 || !rows.is_multiple_of(b) {
                     return Err(run_err(format!("{rows} hidden rows do not split into {b} sequences")));
                 }
                 let v = h.decode().map_err(|e| run_err(e.to_string()))?;
