@@ -270,7 +270,7 @@ pub fn swarm_train(nodes: usize, a: SwarmTrainArgs, json_out: bool) -> Result<()
     if json_out {
         println!(
             "{}",
-            json!({"event": "summary", "members": done.len(), "agree": states.len() == 1, "state": first.state,
+            json!({"event": "summary", "inner_steps": run.rounds.inner_steps, "members": done.len(), "agree": states.len() == 1, "state": first.state,
                    "model": first.model, "heldout": first.heldout, "killed": kills, "seconds": secs,
                    "rounds": rows.iter().map(|(r, v)| json!({"round": r, "reports": v.iter().map(|(i, x)| json!({"member": i, "report": x})).collect::<Vec<_>>()})).collect::<Vec<_>>()})
         );
@@ -290,9 +290,77 @@ pub fn swarm_train(nodes: usize, a: SwarmTrainArgs, json_out: bool) -> Result<()
             eprintln!("killed along the way: {}", kills.join(", "));
         }
     }
+    let png = a.out.join("loss.png");
+    let h = run.rounds.inner_steps as f64;
+    let inner: Vec<(f64, f64)> = rows.iter().filter_map(|(r, v)| Some(((r + 1) as f64 * h, mean_loss(v)?))).collect();
+    let held: Vec<(f64, f64)> = rows
+        .iter()
+        .filter_map(|(r, v)| Some(((r + 1) as f64 * h, v.iter().find(|(i, _)| *i == 0)?.1.heldout?)))
+        .collect();
+    let title = format!("{} members, {}", nodes, run.name);
+    let series =
+        vec![("inner loss (mean of members)".to_string(), inner), ("held-out loss (member 0)".to_string(), held)];
+    if let Err(e) = odin_train::curves::curves_png(&png, &title, "inner steps per member", &series) {
+        eprintln!("no loss curve: {e}");
+    }
     if states.len() != 1 {
         bail!("the members ended on {} different weights", states.len());
     }
+    Ok(())
+}
+
+fn mean_loss(v: &[(usize, RoundReport)]) -> Option<f64> {
+    let l: Vec<f64> = v.iter().filter_map(|(_, r)| r.loss).collect();
+    (!l.is_empty()).then(|| l.iter().sum::<f64>() / l.len() as f64)
+}
+
+/// `odin curves` arguments.
+#[derive(Args)]
+pub struct CurvesArgs {
+    /// The PNG to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// The title.
+    #[arg(long, default_value = "training loss")]
+    title: String,
+    /// NAME=FILE: an `odin swarm --train --json` summary (the members' mean inner loss per
+    /// round) or an `odin train` metrics.jsonl (the loss per logged step).
+    #[arg(required = true)]
+    series: Vec<String>,
+}
+
+/// Draw `odin curves`.
+pub fn curves(a: CurvesArgs) -> Result<()> {
+    let mut series = Vec::new();
+    for s in &a.series {
+        let (name, file) = s.split_once('=').with_context(|| format!("{s:?} is not NAME=FILE"))?;
+        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?;
+        let points: Vec<(f64, f64)> = if file.ends_with(".jsonl") {
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter_map(|v| Some((v["step"].as_f64()?, v["loss"].as_f64()?)))
+                .collect()
+        } else {
+            let v: Value = serde_json::from_str(text.lines().last().unwrap_or_default())
+                .with_context(|| format!("{file} is not a swarm summary"))?;
+            let h = v["inner_steps"].as_f64().context("the summary has no inner_steps")?;
+            v["rounds"]
+                .as_array()
+                .context("the summary has no rounds")?
+                .iter()
+                .filter_map(|r| {
+                    let losses: Vec<f64> =
+                        r["reports"].as_array()?.iter().filter_map(|x| x["report"]["loss"].as_f64()).collect();
+                    let round = r["round"].as_f64()?;
+                    (!losses.is_empty()).then(|| ((round + 1.0) * h, losses.iter().sum::<f64>() / losses.len() as f64))
+                })
+                .collect()
+        };
+        series.push((name.to_string(), points));
+    }
+    odin_train::curves::curves_png(&a.out, &a.title, "optimizer steps (per member)", &series)
+        .map_err(anyhow::Error::msg)?;
+    eprintln!("wrote {}", a.out.display());
     Ok(())
 }
 

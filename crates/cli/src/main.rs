@@ -45,12 +45,16 @@ enum Command {
     Export(engine_cmd::ExportCmd),
     /// Decode and prefill speed of the int8 engine, side by side with f32 and llama.cpp.
     Bench(engine_cmd::BenchArgs),
-    /// Join or start a network and serve a range of the model's blocks.
+    /// Join or start a network and serve a range of the model's blocks (or train with --train).
     Node(net_cmd::NodeArgs),
-    /// A local network of N node processes answering a prompt (the demo), or serving an API with --serve.
+    /// A local network of N node processes answering a prompt (the demo), serving an API with
+    /// --serve, or training together with --train.
     Swarm(net_cmd::SwarmArgs),
     /// Chat with a node's API from the terminal (--prompt for one shot).
     Chat(net_cmd::ChatArgs),
+    /// Loss curves of several runs on one PNG (`odin swarm --train --json` summaries or
+    /// `odin train` metrics.jsonl files).
+    Curves(collab_cmd::CurvesArgs),
     /// The f32 path's speed for `odin bench` (runs in a child process).
     #[command(hide = true)]
     BenchF32(engine_cmd::BenchF32Args),
@@ -221,6 +225,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Node(a) => net_cmd::node(a),
         Command::Swarm(a) => net_cmd::swarm(a),
         Command::Chat(a) => net_cmd::chat(a),
+        Command::Curves(a) => collab_cmd::curves(a),
         Command::Model(ModelCmd::Id { dir }) => {
             println!("{}", model_id(&dir).with_context(|| format!("cannot hash model directory {}", dir.display()))?);
             Ok(())

@@ -27,6 +27,10 @@ pub struct TrainArgs {
     /// Where to train: `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// At the end, print the mean loss on this many fixed batches of the test split (the
+    /// held-out loss `odin swarm --train` reports, for comparing runs).
+    #[arg(long, default_value_t = 0)]
+    heldout_batches: usize,
 }
 
 /// The device named by `--device`.
@@ -107,6 +111,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 eprintln!("evaluating {} records per task on the test split", t.cfg.run.eval_per_task);
             }
             let (id, _) = odin_train::report::finish_run(&t, &config_text)?;
+            if a.heldout_batches > 0 {
+                println!("held-out loss: {:.6}", t.heldout_loss(a.heldout_batches)?);
+            }
             eprintln!(
                 "finished {} steps; model {id} in {}; report in {}",
                 t.step,

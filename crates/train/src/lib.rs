@@ -6,6 +6,7 @@
 
 pub mod collab;
 pub mod config;
+pub mod curves;
 pub mod data;
 pub mod error;
 pub mod eval;

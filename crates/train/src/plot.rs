@@ -20,7 +20,7 @@ const SIZE: (u32, u32) = (900, 500);
 /// as much as a short one's and the average does not lag far behind a fast early drop.
 const EMA_SPAN_FRACTION: f64 = 1.0 / 40.0;
 /// Family name the embedded font is registered under; plotters' own defaults (mesh labels) ask for it.
-const FONT_FAMILY: &str = "sans-serif";
+pub(crate) const FONT_FAMILY: &str = "sans-serif";
 /// Runs with at most this many points also get a marker per point.
 const MARKER_MAX_POINTS: usize = 50;
 /// Smallest max/min loss ratio that gets a log axis; below a decade the log ticks are too sparse to help.
@@ -213,7 +213,7 @@ fn check_bounds(lo: f64, hi: f64) -> Result<(), String> {
 }
 
 /// Register the embedded font with plotters once per process.
-fn ensure_font() -> Result<(), String> {
+pub(crate) fn ensure_font() -> Result<(), String> {
     static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {
