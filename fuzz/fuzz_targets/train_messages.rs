@@ -1,15 +1,19 @@
-//! The training service's messages (gossip from any peer of a run, stream answers from any
+//! The training and pipeline services' messages (gossip from any peer of a run, stream answers from any
 //! peer asked for an update or a chunk): refused or accepted, never a panic, and what is
 //! accepted is what its checks promise.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use odin_proto::pipeline;
 use odin_proto::train::{Gossip, Request, Response, Update};
 use odin_proto::Envelope;
 
 fuzz_target!(|data: &[u8]| {
     let _ = Envelope::<Gossip>::from_bytes(data);
     let _ = Envelope::<Request>::from_bytes(data);
+    // The backward relay's messages, from a driver or a stage.
+    let _ = Envelope::<pipeline::Request>::from_bytes(data);
+    let _ = Envelope::<pipeline::Response>::from_bytes(data);
     if let Ok(Envelope { msg: Response::Manifest(m), .. }) = Envelope::<Response>::from_bytes(data) {
         assert!(m.check().is_ok());
     }

@@ -271,7 +271,7 @@ pub fn swarm_train(nodes: usize, a: SwarmTrainArgs, json_out: bool) -> Result<()
         println!(
             "{}",
             json!({"event": "summary", "inner_steps": run.rounds.inner_steps, "members": done.len(), "agree": states.len() == 1, "state": first.state,
-                   "model": first.model, "heldout": first.heldout, "killed": kills, "seconds": secs,
+                   "model": first.model, "heldout": first.heldout, "privacy": first.privacy, "killed": kills, "seconds": secs,
                    "rounds": rows.iter().map(|(r, v)| json!({"round": r, "reports": v.iter().map(|(i, x)| json!({"member": i, "report": x})).collect::<Vec<_>>()})).collect::<Vec<_>>()})
         );
     } else {
@@ -285,6 +285,9 @@ pub fn swarm_train(nodes: usize, a: SwarmTrainArgs, json_out: bool) -> Result<()
         );
         if let Some(h) = first.heldout {
             eprintln!("held-out loss of the final weights: {h:.4}");
+        }
+        if let Some((eps, delta)) = first.privacy {
+            eprintln!("privacy of member 0's data over the run: ({eps:.3}, {delta:e})-DP (RDP accountant)");
         }
         if !kills.is_empty() {
             eprintln!("killed along the way: {}", kills.join(", "));

@@ -114,6 +114,10 @@ pub struct Summary {
     pub sent: u64,
     /// Bytes received over the run.
     pub received: u64,
+    /// With `privacy` set: (ε, δ) of this member's data over the run, by the RDP accountant
+    /// (`odin_train::collab::epsilon`), one Gaussian release per update it sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<(f64, f64)>,
 }
 
 /// The topic a run's gossip travels on.
@@ -154,6 +158,7 @@ pub struct Member {
     gone: BTreeSet<PeerBytes>,
     refused: Vec<String>,
     adopted: bool,
+    released: u64,
     subscribed: BTreeSet<PeerId>,
 }
 
@@ -218,6 +223,7 @@ impl Member {
             gone: BTreeSet::new(),
             refused: Vec::new(),
             adopted: false,
+            released: 0,
             subscribed: BTreeSet::new(),
         })
     }
@@ -263,6 +269,10 @@ impl Member {
         let theta = self.theta.clone();
         let model = self.learner_mut()?.export(&theta, &model_dir)?;
         let (sent, received) = self.traffic.totals();
+        let privacy = self
+            .cfg
+            .privacy
+            .map(|p| (odin_train::collab::epsilon(f64::from(p.noise), self.released, p.delta).0, p.delta));
         Ok(Summary {
             run: self.run.to_string(),
             rounds: self.round,
@@ -271,6 +281,7 @@ impl Member {
             heldout,
             sent,
             received,
+            privacy,
         })
     }
 
@@ -531,6 +542,7 @@ impl Member {
             sig: vec![],
         };
         self.publish(Gossip::Commit(c)).await;
+        self.released += 1;
         (Some(inner.loss), bytes)
     }
 

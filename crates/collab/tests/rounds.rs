@@ -157,3 +157,26 @@ fn a_member_scaling_its_update_is_contained_by_centered_clipping_but_not_by_the_
     // A NaN mean (a run thrown off completely) counts as thrown off.
     assert!(mean.is_nan() || mean >= 2.0 * robust, "the mean was not thrown off: {mean} against {robust}");
 }
+
+/// With privacy on, every update is clipped and noised before it leaves its member, the run
+/// still agrees, and each member reports its (ε, δ) from the accountant.
+#[test]
+fn a_private_run_reports_its_epsilon_and_still_agrees() {
+    logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_config(
+        tmp.path(),
+        "rounds = 2\ninner_steps = 2\nquorum = 2\ndeadline_ms = 20000\nvote_ms = 3000\nprivacy = { clip = 1.0, noise = 0.8 }",
+    );
+    let a = launch(Start::new(&run, tmp.path().join("a"), 1));
+    let mut sb = Start::new(&run, tmp.path().join("b"), 1);
+    sb.bootstrap = a.addrs.clone();
+    let b = launch(sb);
+    let (sa, ra) = a.finished();
+    let (sb, _) = b.finished();
+    assert_eq!(sa.state, sb.state);
+    assert!(ra.iter().all(|r| r.accepted == 2));
+    let (eps, delta) = sa.privacy.unwrap();
+    assert_eq!(delta, 1e-5);
+    assert!((eps - odin_train::collab::epsilon(0.8, 2, 1e-5).0).abs() < 1e-6, "ε = {eps}");
+}
