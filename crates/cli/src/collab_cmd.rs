@@ -214,7 +214,9 @@ pub fn swarm_train(nodes: usize, a: SwarmTrainArgs, json_out: bool) -> Result<()
     let mut rng_state = 0x9e37_79b9_7f4a_7c15u64;
     let mut kills = Vec::new();
     let mut joiners = std::collections::BTreeSet::new();
-    while done.len() < procs.iter().filter(|p| p.is_some()).count() {
+    // Until every member still running has finished (one killed after it finished counts for
+    // nothing: its weights are not there to compare).
+    while procs.iter().enumerate().any(|(i, p)| p.is_some() && !done.iter().any(|(k, _)| *k == i)) {
         let said = rx.recv_timeout(Duration::from_secs(600)).context("no member said anything for 10 minutes")?;
         match said {
             Said::Line(i, v) if v["event"] == "round" => {
@@ -251,7 +253,10 @@ pub fn swarm_train(nodes: usize, a: SwarmTrainArgs, json_out: bool) -> Result<()
                 let killed = procs.get(i).is_none_or(|p| p.is_none());
                 if !killed && !done.iter().any(|(k, _)| *k == i) && joiners.contains(&i) {
                     // A newcomer that found no round to join (the run ended first) is no failure.
-                    eprintln!("member-{i} joined too late to take part");
+                    eprintln!(
+                        "member-{i} joined too late to take part (done: {:?})",
+                        done.iter().map(|(k, _)| *k).collect::<Vec<_>>()
+                    );
                     procs[i] = None;
                 } else if !killed && !done.iter().any(|(k, _)| *k == i) {
                     bail!(
@@ -263,6 +268,7 @@ pub fn swarm_train(nodes: usize, a: SwarmTrainArgs, json_out: bool) -> Result<()
         }
     }
     let _ = printed;
+    done.retain(|(i, _)| procs.get(*i).is_some_and(|p| p.is_some()));
     let states: std::collections::BTreeSet<&str> = done.iter().map(|(_, s)| s.state.as_str()).collect();
     let first = done.iter().find(|(i, _)| *i == 0).map(|(_, s)| s.clone());
     let Some(first) = first else { bail!("the first member did not finish") };

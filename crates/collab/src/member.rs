@@ -558,8 +558,10 @@ impl Member {
         m
     }
 
+    /// Every expected update is in, and they make a quorum: a round that lost a member after
+    /// it started waits (until the deadline) for a newcomer to make up the number.
     fn all_held(&self) -> bool {
-        self.expected().iter().all(|p| self.held.contains_key(p))
+        self.held.len() >= self.cfg.quorum && self.expected().iter().all(|p| self.held.contains_key(p))
     }
 
     fn all_voted(&self) -> bool {

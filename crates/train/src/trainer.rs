@@ -35,6 +35,8 @@ pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) ->
 
 /// The seed of the held-out batches ([`Trainer::heldout_loss`]), apart from any run's.
 const HELDOUT_SEED: u64 = 0x0d1e_4e1d;
+/// Rows per held-out batch, whatever the run's own batches.
+pub const HELDOUT_ROWS: usize = 8;
 
 /// What one optimizer step did.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -252,9 +254,10 @@ impl Trainer {
         Ok(())
     }
 
-    /// Mean answer-token loss of the current weights on `batches` fixed batches of the
-    /// dataset's `test` split: the same batches on every call and every node (their sampler's
-    /// seed is fixed), so runs compare on equal terms.
+    /// Mean answer-token loss of the current weights on `batches` fixed batches of
+    /// [`HELDOUT_ROWS`] rows of the dataset's `test` split: the same batches on every call,
+    /// every node and every batch size of the run (their sampler's seed and shape are fixed),
+    /// so runs compare on equal terms.
     pub fn heldout_loss(&self, batches: usize) -> Result<f64> {
         let cfg = &self.cfg;
         let manifest = odin_data::read_manifest(&cfg.data.dir)?;
@@ -267,7 +270,7 @@ impl Trainer {
         let mut sum = 0.0;
         for b in 0..batches {
             let mut rng = batch_rng(HELDOUT_SEED, 0, b);
-            let batch = data.batch(&mut rng, cfg.batch.rows, cfg.batch.seq_len, &BTreeMap::new(), u8::MAX)?;
+            let batch = data.batch(&mut rng, HELDOUT_ROWS, cfg.batch.seq_len, &BTreeMap::new(), u8::MAX)?;
             let (x, y, mask) = batch.tensors(&self.device)?;
             let logits = shard.forward(&x, None)?;
             sum += f64::from(masked_cross_entropy(&logits, &y, &mask)?.to_scalar::<f32>()?);
