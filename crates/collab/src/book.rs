@@ -46,6 +46,11 @@ impl Book {
             .unwrap_or_default()
     }
 
+    /// Every peer that announced `round`, whatever its state.
+    pub fn announcers(&self, round: u64) -> BTreeSet<PeerBytes> {
+        self.announces.get(&round).map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    }
+
     /// The state most announcers of `round` name, how many name it, and how many announced.
     pub fn majority(&self, round: u64) -> Option<([u8; 32], usize, usize)> {
         let m = self.announces.get(&round)?;

@@ -260,10 +260,39 @@ impl Member {
             let report = self.one_round().await?;
             on_round(&report);
         }
+        // The end is a round boundary like any other: announce the final state, and a member
+        // whose last round went another way than the majority's fetches theirs. Then stay a
+        // little for slower members still fetching.
+        let last = self.round;
+        self.announce(last, self.state).await;
+        // Wait for every member of the last round still connected to say where it ended (a
+        // slow one may still be in it), within a bound.
+        let bound = Duration::from_millis(2 * self.cfg.deadline_ms + self.cfg.vote_ms);
+        self.pump(Instant::now() + bound, |m| {
+            let ended = m.book.announcers(last);
+            m.book.announcers(last.saturating_sub(1)).iter().all(|p| m.gone.contains(p) || ended.contains(p))
+        })
+        .await;
+        // A member in the minority now fetches the majority's state from us: stay for it.
+        let minority = self.book.majority(last).is_some_and(|(_, n, total)| n < total);
+        if minority {
+            self.pump(Instant::now() + Duration::from_millis(self.cfg.vote_ms), |_| false).await;
+        }
+        if let Some((id, n, total)) = self.book.majority(last) {
+            if id != self.state && 2 * n > total {
+                let peers: Vec<PeerBytes> = self.book.members(last, &id).into_iter().collect();
+                tracing::warn!(
+                    "the run ended with {n} of {total} members on state {}, not ours; fetching it",
+                    hex(&id)
+                );
+                if let Err(e) = self.adopt(last, id, &peers).await {
+                    tracing::warn!("{e}; this member ends on its own weights");
+                }
+                let linger = Instant::now() + Duration::from_millis(self.cfg.vote_ms);
+                self.pump(linger, |_| false).await;
+            }
+        }
         let heldout = self.heldout()?;
-        // Stay a little for slower members still fetching the last round's updates.
-        let linger = Instant::now() + Duration::from_millis(self.cfg.vote_ms);
-        self.pump(linger, |_| false).await;
         server.abort();
         let model_dir = self.opts.dir.join("model");
         let theta = self.theta.clone();
