@@ -279,7 +279,7 @@ impl Member {
             self.pump(Instant::now() + Duration::from_millis(self.cfg.vote_ms), |_| false).await;
         }
         if let Some((id, n, total)) = self.book.majority(last) {
-            if id != self.state && 2 * n > total {
+            if self.outvoted(last, id, n) {
                 let peers: Vec<PeerBytes> = self.book.members(last, &id).into_iter().collect();
                 tracing::warn!(
                     "the run ended with {n} of {total} members on state {}, not ours; fetching it",
@@ -403,7 +403,7 @@ impl Member {
         let mut loss = None;
         let mut update_bytes = 0;
         if let Some((id, n, total)) = self.book.majority(r) {
-            if id != self.state && 2 * n > total {
+            if self.outvoted(r, id, n) {
                 let peers: Vec<PeerBytes> = self.book.members(r, &id).into_iter().collect();
                 tracing::warn!(
                     "round {r}: {n} of {total} members start from state {}, not ours; fetching it",
@@ -573,6 +573,15 @@ impl Member {
         self.publish(Gossip::Commit(c)).await;
         self.released += 1;
         (Some(inner.loss), bytes)
+    }
+
+    /// Whether the state `id`, which `n` members start `round` from, wins over ours: it has more
+    /// announcers, or as many and the smaller id. Every honest member applies the same rule to
+    /// the same announcements, so a split (even 2 against 2, when votes went two ways under
+    /// load) resolves to one state instead of lasting.
+    fn outvoted(&self, round: u64, id: [u8; 32], n: usize) -> bool {
+        let ours = self.book.members(round, &self.state).len();
+        id != self.state && (n > ours || (n == ours && id < self.state))
     }
 
     /// The members whose updates this round waits for: those that announced our state and
