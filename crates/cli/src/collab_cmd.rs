@@ -210,7 +210,6 @@ pub fn swarm_train(nodes: usize, a: SwarmTrainArgs, json_out: bool) -> Result<()
     let mut rows: std::collections::BTreeMap<u64, Vec<(usize, RoundReport)>> = Default::default();
     let mut done: Vec<(usize, Summary)> = Vec::new();
     let mut next_id = nodes;
-    let mut printed = 0u64;
     let mut rng_state = 0x9e37_79b9_7f4a_7c15u64;
     let mut kills = Vec::new();
     let mut joiners = std::collections::BTreeSet::new();
@@ -227,7 +226,6 @@ pub fn swarm_train(nodes: usize, a: SwarmTrainArgs, json_out: bool) -> Result<()
                 if i == 0 {
                     if let Some(row) = rows.get(&round) {
                         print_row(round, row, json_out);
-                        printed = round + 1;
                     }
                     if a.churn && round + 2 < total && nodes > 1 {
                         rng_state = rng_state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -267,7 +265,6 @@ pub fn swarm_train(nodes: usize, a: SwarmTrainArgs, json_out: bool) -> Result<()
             }
         }
     }
-    let _ = printed;
     done.retain(|(i, _)| procs.get(*i).is_some_and(|p| p.is_some()));
     let states: std::collections::BTreeSet<&str> = done.iter().map(|(_, s)| s.state.as_str()).collect();
     let first = done.iter().find(|(i, _)| *i == 0).map(|(_, s)| s.clone());

@@ -67,7 +67,9 @@ impl Liar {
         peer_to_wire(&self.net.peer_id()).unwrap()
     }
 
-    async fn publish(&self, run: ModelId, signed_for: ModelId, mut g: Gossip, good_sig: bool) {
+    /// Publish; while no peer on the topic is known yet, wait for the next network event (a
+    /// subscription) and try again.
+    async fn publish(&mut self, run: ModelId, signed_for: ModelId, mut g: Gossip, good_sig: bool) {
         let sig = if good_sig { self.key.sign(&g.signing_bytes(&signed_for)).unwrap() } else { vec![0; 64] };
         g.set_sig(sig);
         let bytes = Envelope { model: signed_for, msg: g }.to_bytes();
@@ -75,7 +77,7 @@ impl Liar {
             if self.net.publish_on(&run_topic(&run), bytes.clone()).await.is_ok() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.events.recv()).await;
         }
         panic!("a liar could not publish");
     }
@@ -96,7 +98,7 @@ fn every_kind_of_bad_input_is_refused_with_its_reason_and_the_run_goes_on() {
     let boot = a.addrs.clone();
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(async move {
+    let outcome = rt.block_on(async move {
         let good = Update::quantize(10, None, &[0.5; 10]);
         let mut nan = good.clone();
         nan.scales[0] = 0x7e00; // an f16 NaN
@@ -107,11 +109,11 @@ fn every_kind_of_bad_input_is_refused_with_its_reason_and_the_run_goes_on() {
         let truncated = Envelope { model: run, msg: Response::Update(good.clone()) }.to_bytes();
         let truncated = truncated[..truncated.len() - 3].to_vec();
         let mut outsider = Liar::start(run, &boot, None).await;
-        let mismatch = Liar::start(run, &boot, Some(Serve::Update(good.clone()))).await;
-        let nan_liar = Liar::start(run, &boot, Some(Serve::Raw(nan_bytes))).await;
-        let cut = Liar::start(run, &boot, Some(Serve::Raw(truncated))).await;
-        let big = Liar::start(run, &boot, Some(Serve::Oversized)).await;
-        let replayer = Liar::start(run, &boot, None).await;
+        let mut mismatch = Liar::start(run, &boot, Some(Serve::Update(good.clone()))).await;
+        let mut nan_liar = Liar::start(run, &boot, Some(Serve::Raw(nan_bytes))).await;
+        let mut cut = Liar::start(run, &boot, Some(Serve::Raw(truncated))).await;
+        let mut big = Liar::start(run, &boot, Some(Serve::Oversized)).await;
+        let mut replayer = Liar::start(run, &boot, None).await;
 
         // Listen (as the outsider) for round 0's commitments and round 1's announcements.
         let mut old_hash = None;
@@ -140,20 +142,21 @@ fn every_kind_of_bad_input_is_refused_with_its_reason_and_the_run_goes_on() {
         }
         outsider.publish(run, run, other_base, true).await;
         // Members of round 1 whose updates are bad.
-        for l in [&mismatch, &nan_liar, &cut, &big, &replayer] {
-            l.publish(run, run, announce(l), true).await;
+        for (l, update) in [
+            (&mut mismatch, [9; 32]),
+            (&mut nan_liar, nan.hash()),
+            (&mut cut, good.hash()),
+            (&mut big, [8; 32]),
+            (&mut replayer, old_hash),
+        ] {
+            let (a, c) = (announce(l), commit(l, 1, update));
+            l.publish(run, run, a, true).await;
+            l.publish(run, run, c, true).await;
         }
-        mismatch.publish(run, run, commit(&mismatch, 1, [9; 32]), true).await;
-        nan_liar.publish(run, run, commit(&nan_liar, 1, nan.hash()), true).await;
-        cut.publish(run, run, commit(&cut, 1, good.hash()), true).await;
-        big.publish(run, run, commit(&big, 1, [8; 32]), true).await;
-        replayer.publish(run, run, commit(&replayer, 1, old_hash), true).await;
-        // Keep the liars up until the honest members are done.
-        tokio::time::sleep(Duration::from_secs(12)).await;
+        // Keep the liars up (their swarms live in this runtime) until the honest members end.
+        tokio::task::spawn_blocking(move || (a.finished(), b.finished())).await.unwrap()
     });
-
-    let (sa, ra) = a.finished();
-    let (sb, rb) = b.finished();
+    let ((sa, ra), (sb, rb)) = outcome;
     assert_eq!(sa.state, sb.state, "the honest members disagree");
     for r in ra.iter().chain(&rb) {
         assert!(!r.skipped && r.accepted == 2, "a bad update counted: {r:?}");

@@ -57,9 +57,9 @@ fn the_run_goes_on_through_a_silent_a_slow_and_a_killed_member() {
     let silent = start("silent", Behaviour::Silent);
     let slow = start("slow", Behaviour::Slow(4000));
     let mut victim = start("victim", Behaviour::Slow(1000));
-    // Killed once round 0 is over, while it is still training round 1.
+    // Killed the moment it reports round 0: it is starting round 1, which the others are in,
+    // and (a second slower than them) cannot have committed to it yet.
     victim.reports.recv_timeout(std::time::Duration::from_secs(120)).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
     victim.kill();
     assert!(matches!(victim.join(), Outcome::Killed(_)));
 
