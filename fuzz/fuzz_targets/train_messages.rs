@@ -14,6 +14,9 @@ fuzz_target!(|data: &[u8]| {
     // The backward relay's messages, from a driver or a stage.
     let _ = Envelope::<pipeline::Request>::from_bytes(data);
     let _ = Envelope::<pipeline::Response>::from_bytes(data);
+    if let Ok(Envelope { msg: a, .. }) = Envelope::<pipeline::Announce>::from_bytes(data) {
+        assert!(a.start < a.end && a.addrs.len() <= pipeline::MAX_ADDRS);
+    }
     if let Ok(Envelope { msg: Response::Manifest(m), .. }) = Envelope::<Response>::from_bytes(data) {
         assert!(m.check().is_ok());
     }

@@ -113,7 +113,24 @@ pub struct SwarmTrainArgs {
     /// Held-out batches the first member scores after each round.
     #[arg(long, default_value_t = 4)]
     pub heldout_batches: usize,
+    /// Train a pipeline instead of rounds (the backward relay): stages each holding a block
+    /// range, given as a count (the blocks split evenly) or ranges `0..2,2..3,3..4`. Then
+    /// --config is the trainer's TOML (default: the demo's) and --nodes is not used.
+    #[arg(long)]
+    pub pipeline: Option<String>,
+    /// With --pipeline: stage processes per range, kept in lockstep; a range goes on while one is left.
+    #[arg(long, default_value_t = 1, requires = "pipeline")]
+    pub replicas: usize,
+    /// With --pipeline: optimizer steps (default: the config's run.steps).
+    #[arg(long, requires = "pipeline")]
+    pub steps: Option<u64>,
+    /// With --pipeline: seconds a stage may take on one request before it is dropped.
+    #[arg(long, default_value_t = 120.0, requires = "pipeline")]
+    pub stage_timeout: f64,
 }
+
+/// The trainer config `odin swarm --train --pipeline` uses without `--config`.
+const DEMO_PIPELINE_CONFIG: &str = "configs/train-collab-demo.toml";
 
 /// The demo run `odin swarm --train` uses without `--config`.
 const DEMO_CONFIG: &str = "configs/collab-demo.toml";
@@ -138,6 +155,24 @@ enum Said {
 
 /// Run `odin swarm --train`: `nodes` member processes on loopback, one table row per round.
 pub fn swarm_train(nodes: usize, a: SwarmTrainArgs, json_out: bool) -> Result<()> {
+    if let Some(layout) = a.pipeline.clone() {
+        let config = a.config.clone().unwrap_or_else(|| PathBuf::from(DEMO_PIPELINE_CONFIG));
+        ensure_train_data(
+            &odin_train::TrainConfig::load(&config).with_context(|| format!("cannot read {}", config.display()))?,
+        )?;
+        return crate::pipeline_cmd::swarm_pipeline(
+            crate::pipeline_cmd::SwarmPipeline {
+                config,
+                layout,
+                replicas: a.replicas,
+                steps: a.steps,
+                churn: a.churn,
+                out: a.out,
+                stage_timeout: a.stage_timeout,
+            },
+            json_out,
+        );
+    }
     if nodes == 0 {
         bail!("--nodes must be at least 1");
     }
@@ -422,7 +457,11 @@ fn print_row(round: u64, row: &[(usize, RoundReport)], json_out: bool) {
 
 /// Build the run's dataset when its directory has none yet (the demo's small one).
 fn ensure_data(run: &RunConfig) -> Result<()> {
-    let train = run.train_config()?;
+    ensure_train_data(&run.train_config()?)
+}
+
+/// Build the demo's small dataset where a training config points, unless it is there.
+fn ensure_train_data(train: &odin_train::TrainConfig) -> Result<()> {
     if train.data.dir.join("manifest.json").is_file() {
         return Ok(());
     }

@@ -11,6 +11,7 @@ use odin_model::{init_weights, model_id, ModelConfig, ModelDir};
 mod collab_cmd;
 mod engine_cmd;
 mod net_cmd;
+mod pipeline_cmd;
 mod train_cmd;
 
 /// ODIN: create, train, serve and verify an efficient language model together.

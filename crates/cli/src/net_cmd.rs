@@ -19,11 +19,15 @@ use serde_json::json;
 #[derive(Args)]
 pub struct NodeArgs {
     /// Model directory (config.json, model.safetensors, tokenizer.json).
-    #[arg(long, required_unless_present = "train")]
+    #[arg(long, required_unless_present_any = ["train", "stage"])]
     model: Option<PathBuf>,
     /// Train together instead of serving: the run config (the trainer's TOML plus [rounds]).
     #[arg(long, conflicts_with_all = ["model", "blocks", "api"])]
     train: Option<PathBuf>,
+    /// Hold a stage of pipeline training instead of serving: the training config (TOML) every
+    /// stage of the chain shares; `--blocks A..B` says which blocks this one trains.
+    #[arg(long, conflicts_with_all = ["model", "train", "api"], requires = "blocks")]
+    stage: Option<PathBuf>,
     /// With --train: join a run in progress (wait for the next round and fetch its state).
     #[arg(long, requires = "train")]
     join: bool,
@@ -79,9 +83,10 @@ pub struct NodeArgs {
     /// Most sessions held at once.
     #[arg(long, default_value_t = 64)]
     max_sessions: usize,
-    /// How hidden states travel for requests made through this node's API: int8 or f32.
-    #[arg(long, default_value = "int8")]
-    wire: String,
+    /// How hidden states travel: int8 or f32. For requests made through this node's API the
+    /// default is int8; for a stage (--stage) it is f32, which reproduces one machine's training.
+    #[arg(long)]
+    wire: Option<String>,
     /// How steps travel along the chain for requests made through this node's API: chain
     /// (each server pushes to the next, one message per hop) or client (a round trip per hop).
     #[arg(long, default_value = "chain")]
@@ -151,8 +156,22 @@ pub fn node(a: NodeArgs) -> Result<()> {
             heldout_batches: a.heldout_batches,
         });
     }
-    let Some(model) = a.model.clone() else { bail!("odin node needs --model (to serve) or --train (to train)") };
-    let wire = Dtype::parse(&a.wire)?;
+    if let Some(config) = a.stage {
+        return crate::pipeline_cmd::stage_node(crate::pipeline_cmd::StageNode {
+            config,
+            blocks: a.blocks.unwrap_or_default(),
+            data_dir: a.data_dir,
+            listen: a.listen,
+            bootstrap: a.bootstrap,
+            mdns: a.mdns,
+            upnp: !a.no_upnp,
+            wire: Dtype::parse(a.wire.as_deref().unwrap_or("f32"))?,
+        });
+    }
+    let Some(model) = a.model.clone() else {
+        bail!("odin node needs --model (to serve), --train (to train in rounds) or --stage (to train a pipeline stage)")
+    };
+    let wire = Dtype::parse(a.wire.as_deref().unwrap_or("int8"))?;
     let relay = Relay::parse(&a.relay)?;
     let options = NodeOptions {
         model: model.clone(),

@@ -31,6 +31,17 @@ pub struct TrainArgs {
     /// held-out loss `odin swarm --train` reports, for comparing runs).
     #[arg(long, default_value_t = 0)]
     heldout_batches: usize,
+    /// Train through a pipeline of stages instead of on this machine: the address, with its
+    /// /p2p/ id, of an `odin node --stage` of the same config (repeatable). The driver finds
+    /// the rest of the chain from their announcements and reads the batches here.
+    #[arg(long, conflicts_with_all = ["resume", "device", "heldout_batches"])]
+    pipeline: Vec<odin_net::Multiaddr>,
+    /// With --pipeline: replicas per block range to wait for before the first step.
+    #[arg(long, default_value_t = 1, requires = "pipeline")]
+    replicas: usize,
+    /// With --pipeline: seconds a stage may take on one request before it is dropped.
+    #[arg(long, default_value_t = 120.0, requires = "pipeline")]
+    stage_timeout: f64,
 }
 
 /// The device named by `--device`.
@@ -54,7 +65,19 @@ fn parse_device(name: &str) -> Result<candle_core::Device> {
 
 /// Run `odin train`.
 pub fn train(a: TrainArgs) -> Result<()> {
-    let cfg = TrainConfig::load(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
+    let mut cfg = TrainConfig::load(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
+    if !a.pipeline.is_empty() {
+        if let Some(n) = a.max_steps {
+            cfg.run.steps = n;
+        }
+        let drive = crate::pipeline_cmd::Drive {
+            cfg,
+            bootstrap: a.pipeline,
+            replicas: a.replicas,
+            stage_timeout: a.stage_timeout,
+        };
+        return crate::pipeline_cmd::run_driver(drive, false, &mut |_| {});
+    }
     let out = cfg.out.clone();
     if !a.resume && out.join("checkpoint").exists() {
         anyhow::bail!(

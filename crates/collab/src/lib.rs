@@ -13,7 +13,7 @@
 //! - [`store`]: the content-addressed blobs a member serves, and its traffic counters.
 //! - [`learner`]: the local trainer a member runs its inner steps with.
 //! - [`adversary`]: faults and attacks the tests and benchmarks inject.
-//! - [`stage`] and [`relay`]: the backward relay: a model none of the nodes holds whole,
+//! - [`stage`], [`plan`] and [`relay`]: the backward relay: a model none of the nodes holds whole,
 //!   trained through a chain of stages (activations down, gradients up, each stage stepping
 //!   its own blocks' optimizer).
 
@@ -25,6 +25,7 @@ pub mod config;
 pub mod error;
 pub mod learner;
 pub mod member;
+pub mod plan;
 pub mod relay;
 pub mod stage;
 pub mod store;

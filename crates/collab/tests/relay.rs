@@ -6,6 +6,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use odin_collab::plan::Group;
 use odin_collab::relay::{chain_id, serve_stage, Driver};
 use odin_collab::stage::Stage;
 use odin_net::{Keypair, Net, NetConfig};
@@ -56,7 +57,9 @@ fn three_stages_reach_the_weights_of_one_machine_on_the_same_batches() {
                 client.dial(a).await.unwrap();
             }
         }
-        let mut d = Driver::connect(&client, cfg.clone(), &peers).await.unwrap();
+        let chain: Vec<Group> =
+            [0..2, 2..3, 3..4].into_iter().zip(&peers).map(|(range, p)| Group { range, replicas: vec![*p] }).collect();
+        let mut d = Driver::connect(&client, cfg.clone(), &chain).await.unwrap();
         let t0 = Instant::now();
         let mut tokens = 0;
         let mut losses = Vec::new();

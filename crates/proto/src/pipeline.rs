@@ -101,6 +101,62 @@ pub enum Response {
     Error(String),
 }
 
+/// Most addresses one stage announcement may list.
+pub const MAX_ADDRS: usize = 16;
+/// Longest address (bytes) a stage announcement may list.
+pub const MAX_ADDR: usize = 256;
+/// Most blocks a stage may say it holds (far above any model here; a cap, not a limit).
+pub const MAX_BLOCK: u32 = 1 << 16;
+
+/// A stage's announcement on its chain's gossip topic: the blocks it holds and where it
+/// listens. Gossipsub signs it with the stage's key, so the sender is its author.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announce {
+    /// First block it holds.
+    pub start: u32,
+    /// One past the last.
+    pub end: u32,
+    /// Multiaddresses it listens on, as text.
+    pub addrs: Vec<String>,
+}
+
+impl Message for Announce {
+    type Service = Pipeline;
+
+    fn kind(&self) -> u8 {
+        1
+    }
+
+    fn write(&self, w: &mut Writer) {
+        w.u32(self.start);
+        w.u32(self.end);
+        let addrs: Vec<&String> = self.addrs.iter().filter(|a| a.len() <= MAX_ADDR).take(MAX_ADDRS).collect();
+        w.u8(addrs.len() as u8);
+        addrs.iter().for_each(|a| w.bytes(a.as_bytes()));
+    }
+
+    fn read(kind: u8, r: &mut Reader<'_>) -> Result<Self> {
+        if kind != 1 {
+            return Err(ProtoError::Malformed(format!("unknown stage announcement kind {kind}")));
+        }
+        let (start, end) = (r.u32("first block")?, r.u32("end block")?);
+        if start >= end || end > MAX_BLOCK {
+            return Err(ProtoError::Malformed(format!("a stage cannot hold blocks {start}..{end}")));
+        }
+        let n = r.u8("address count")? as usize;
+        if n > MAX_ADDRS {
+            return Err(ProtoError::TooLarge { what: "stage addresses".into(), size: n, cap: MAX_ADDRS });
+        }
+        let mut addrs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let a = r.bytes(MAX_ADDR, "stage address")?;
+            let a = std::str::from_utf8(a).map_err(|_| ProtoError::Malformed("a stage address is not UTF-8".into()))?;
+            addrs.push(a.to_string());
+        }
+        Ok(Self { start, end, addrs })
+    }
+}
+
 fn write_input(w: &mut Writer, i: &Input) {
     match i {
         Input::Tokens(ids) => {
@@ -294,6 +350,18 @@ mod tests {
         roundtrip(Response::Grads { input: None, norm_sq: 0.0, loss: None });
         roundtrip(Response::Applied);
         roundtrip(Response::Error("no".into()));
+        roundtrip(Announce { start: 2, end: 3, addrs: vec!["/ip4/127.0.0.1/tcp/4101".into()] });
+        roundtrip(Announce { start: 0, end: 1, addrs: vec![] });
+        for (start, end) in [(3, 3), (4, 2), (0, MAX_BLOCK + 1)] {
+            let bad = Envelope { model: ModelId([1; 32]), msg: Announce { start, end, addrs: vec![] } }.to_bytes();
+            assert!(Envelope::<Announce>::from_bytes(&bad).is_err(), "blocks {start}..{end} were taken");
+        }
+        let mut w = crate::envelope::header::<Pipeline>(&ModelId([1; 32]), 1);
+        w.u32(0);
+        w.u32(1);
+        w.u8(1);
+        w.bytes(&[0xff, 0xfe]);
+        assert!(Envelope::<Announce>::from_bytes(&w.into_bytes()).is_err(), "an address that is not UTF-8 was taken");
         let bad =
             Envelope { model: ModelId([1; 32]), msg: Request::Apply { step: 1, lr: f64::NAN, scale: 1.0 } }.to_bytes();
         assert!(Envelope::<Request>::from_bytes(&bad).is_err());
@@ -310,6 +378,12 @@ mod tests {
         fn arbitrary_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..200)) {
             let _ = Envelope::<Request>::from_bytes(&b);
             let _ = Envelope::<Response>::from_bytes(&b);
+            let _ = Envelope::<Announce>::from_bytes(&b);
+        }
+
+        #[test]
+        fn announcements_round_trip(start in 0u32..1000, len in 1u32..100, addrs in prop::collection::vec("[a-z0-9/.]{0,40}", 0..4)) {
+            roundtrip(Announce { start, end: start + len, addrs });
         }
     }
 }
