@@ -13,12 +13,8 @@ use odin_collab::{Behaviour, Member, MemberOptions, RoundReport, RunConfig, Summ
 use odin_net::{Multiaddr, NetConfig};
 use serde_json::{json, Value};
 
-/// How a training member is started (`odin node --train RUN.toml`).
-pub struct TrainNode {
-    /// The run config.
-    pub config: PathBuf,
-    /// Where the member keeps its key and writes its model.
-    pub data_dir: PathBuf,
+/// Where a training process (a member or a stage) listens and whom it joins through.
+pub struct Peering {
     /// Listen addresses (empty: TCP and QUIC on every interface).
     pub listen: Vec<Multiaddr>,
     /// Peers to join through.
@@ -27,6 +23,32 @@ pub struct TrainNode {
     pub mdns: bool,
     /// Ask for a UPnP mapping.
     pub upnp: bool,
+}
+
+impl Peering {
+    /// The network settings of a swarm on `topic_id`'s announcement topic.
+    pub fn net_config(&self, topic_id: odin_format::ModelId) -> Result<NetConfig> {
+        let mut net = NetConfig::loopback(topic_id);
+        net.listen = if self.listen.is_empty() {
+            vec!["/ip4/0.0.0.0/tcp/0".parse()?, "/ip4/0.0.0.0/udp/0/quic-v1".parse()?]
+        } else {
+            self.listen.clone()
+        };
+        net.bootstrap = self.bootstrap.clone();
+        net.mdns = self.mdns;
+        net.upnp = self.upnp;
+        Ok(net)
+    }
+}
+
+/// How a training member is started (`odin node --train RUN.toml`).
+pub struct TrainNode {
+    /// The run config.
+    pub config: PathBuf,
+    /// Where the member keeps its key and writes its model.
+    pub data_dir: PathBuf,
+    /// Its network.
+    pub peering: Peering,
     /// How it behaves (`honest` unless a test or benchmark injects a fault).
     pub behave: String,
     /// Join a run in progress.
@@ -43,15 +65,7 @@ pub fn train_node(t: TrainNode) -> Result<()> {
     let run = RunConfig::load(&t.config)?;
     let behaviour: Behaviour = t.behave.parse().map_err(anyhow::Error::msg)?;
     let key = odin_net::load_or_create_identity(&t.data_dir.join("identity.key"))?;
-    let mut net = NetConfig::loopback(odin_format::ModelId([0; 32]));
-    if !t.listen.is_empty() {
-        net.listen = t.listen.clone();
-    } else {
-        net.listen = vec!["/ip4/0.0.0.0/tcp/0".parse()?, "/ip4/0.0.0.0/udp/0/quic-v1".parse()?];
-    }
-    net.bootstrap = t.bootstrap.clone();
-    net.mdns = t.mdns;
-    net.upnp = t.upnp;
+    let net = t.peering.net_config(odin_format::ModelId([0; 32]))?;
     let opts = MemberOptions {
         run,
         dir: t.data_dir.clone(),
@@ -135,9 +149,12 @@ const DEMO_PIPELINE_CONFIG: &str = "configs/train-collab-demo.toml";
 /// The demo run `odin swarm --train` uses without `--config`.
 const DEMO_CONFIG: &str = "configs/collab-demo.toml";
 
-struct Proc {
-    name: String,
-    child: Child,
+/// A child process that is killed when dropped.
+pub(crate) struct Proc {
+    /// What to call it in messages.
+    pub(crate) name: String,
+    /// The process.
+    pub(crate) child: Child,
 }
 
 impl Drop for Proc {

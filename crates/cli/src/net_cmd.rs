@@ -146,10 +146,12 @@ pub fn node(a: NodeArgs) -> Result<()> {
         return crate::collab_cmd::train_node(crate::collab_cmd::TrainNode {
             config,
             data_dir: a.data_dir,
-            listen: a.listen,
-            bootstrap: a.bootstrap,
-            mdns: a.mdns,
-            upnp: !a.no_upnp,
+            peering: crate::collab_cmd::Peering {
+                listen: a.listen,
+                bootstrap: a.bootstrap,
+                mdns: a.mdns,
+                upnp: !a.no_upnp,
+            },
             behave: a.behave,
             join: a.join,
             expect_peers: a.expect_peers,
@@ -161,10 +163,12 @@ pub fn node(a: NodeArgs) -> Result<()> {
             config,
             blocks: a.blocks.unwrap_or_default(),
             data_dir: a.data_dir,
-            listen: a.listen,
-            bootstrap: a.bootstrap,
-            mdns: a.mdns,
-            upnp: !a.no_upnp,
+            peering: crate::collab_cmd::Peering {
+                listen: a.listen,
+                bootstrap: a.bootstrap,
+                mdns: a.mdns,
+                upnp: !a.no_upnp,
+            },
             wire: Dtype::parse(a.wire.as_deref().unwrap_or("f32"))?,
         });
     }

@@ -5,11 +5,13 @@
 use std::io::{BufRead, BufReader, Write};
 use std::ops::Range;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+use crate::collab_cmd::{Peering, Proc};
 use odin_collab::relay::{announce_stage, chain_id, find_chain, serve_stage, Driver};
 use odin_collab::stage::Stage;
 use odin_model::ModelConfig;
@@ -26,14 +28,8 @@ pub struct StageNode {
     pub blocks: String,
     /// Where it keeps its key.
     pub data_dir: PathBuf,
-    /// Listen addresses (empty: TCP and QUIC on every interface).
-    pub listen: Vec<Multiaddr>,
-    /// Peers to join through.
-    pub bootstrap: Vec<Multiaddr>,
-    /// Find peers with mDNS.
-    pub mdns: bool,
-    /// Ask for a UPnP mapping.
-    pub upnp: bool,
+    /// Its network.
+    pub peering: Peering,
     /// How hidden states and gradients travel (f32 reproduces one machine's training).
     pub wire: Dtype,
 }
@@ -60,15 +56,7 @@ pub fn stage_node(s: StageNode) -> Result<()> {
     let stage = Stage::new(&cfg, range.clone(), s.wire).context("cannot build the stage")?;
     let id = chain_id(&cfg)?;
     let key = odin_net::load_or_create_identity(&s.data_dir.join("identity.key"))?;
-    let mut nc = NetConfig::loopback(id);
-    nc.listen = if s.listen.is_empty() {
-        vec!["/ip4/0.0.0.0/tcp/0".parse()?, "/ip4/0.0.0.0/udp/0/quic-v1".parse()?]
-    } else {
-        s.listen.clone()
-    };
-    nc.bootstrap = s.bootstrap.clone();
-    nc.mdns = s.mdns;
-    nc.upnp = s.upnp;
+    let nc = s.peering.net_config(id)?;
     runtime()?.block_on(async move {
         let (net, events) = Net::start(key, nc).await.context("cannot start the network")?;
         let ready = json!({
@@ -128,18 +116,6 @@ fn layout(s: &str, layers: usize) -> Result<Vec<Range<usize>>> {
         bail!("--pipeline {s}: the ranges end at block {at}, the model has {layers}");
     }
     Ok(ranges)
-}
-
-struct Proc {
-    name: String,
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Run `odin swarm --train --pipeline`: stage processes on loopback, the driver in this
