@@ -215,7 +215,7 @@ pub fn swarm_train(nodes: usize, a: SwarmTrainArgs, json_out: bool) -> Result<()
             .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--no-upnp"])
             .args(["--behave", behave, "--expect-peers", &expect.to_string()])
             .args(["--heldout-batches", &if i == 0 { a.heldout_batches } else { 0 }.to_string()])
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("ODIN_LOG", std::env::var("ODIN_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
         if let Some(b) = bootstrap {
