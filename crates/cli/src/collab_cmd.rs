@@ -164,10 +164,39 @@ impl Drop for Proc {
     }
 }
 
-/// What a member process said.
-enum Said {
+/// What a child process (a member or a stage) said.
+pub(crate) enum Said {
+    /// Child `i` printed this JSON line.
     Line(usize, Value),
+    /// Child `i`'s output ended.
     Closed(usize),
+}
+
+/// Start `cmd` as child `i` called `name`: its stderr into `log`, each JSON line of its stdout
+/// to `tx` as [`Said::Line`], and [`Said::Closed`] when its output ends.
+pub(crate) fn start_reporting(
+    mut cmd: Command,
+    i: usize,
+    name: String,
+    log: &std::path::Path,
+    tx: &mpsc::Sender<Said>,
+) -> Result<Proc> {
+    let log = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    cmd.env("ODIN_LOG", std::env::var("ODIN_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log));
+    let mut child = cmd.spawn().with_context(|| format!("cannot start {name}"))?;
+    let out = child.stdout.take().with_context(|| format!("no stdout from {name}"))?;
+    let tx = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(Said::Line(i, v));
+            }
+        }
+        let _ = tx.send(Said::Closed(i));
+    });
+    Ok(Proc { name, child })
 }
 
 /// Run `odin swarm --train`: `nodes` member processes on loopback, one table row per round.
@@ -206,7 +235,6 @@ pub fn swarm_train(nodes: usize, a: SwarmTrainArgs, json_out: bool) -> Result<()
         let dir = a.out.join(format!("member-{i}"));
         let _ = std::fs::remove_dir_all(dir.join("model"));
         std::fs::create_dir_all(&dir)?;
-        let log = std::fs::File::create(dir.join("log.txt"))?;
         let mut cmd = Command::new(&exe);
         cmd.args(["node", "--train"])
             .arg(&config)
@@ -214,33 +242,19 @@ pub fn swarm_train(nodes: usize, a: SwarmTrainArgs, json_out: bool) -> Result<()
             .arg(&dir)
             .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--no-upnp"])
             .args(["--behave", behave, "--expect-peers", &expect.to_string()])
-            .args(["--heldout-batches", &if i == 0 { a.heldout_batches } else { 0 }.to_string()])
-            .env("ODIN_LOG", std::env::var("ODIN_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
+            .args(["--heldout-batches", &if i == 0 { a.heldout_batches } else { 0 }.to_string()]);
         if let Some(b) = bootstrap {
             cmd.args(["--bootstrap", b]);
         }
         if join {
             cmd.arg("--join");
         }
-        let mut child = cmd.spawn().context("cannot start a member process")?;
-        let out = child.stdout.take().context("no stdout from a member")?;
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send(Said::Line(i, v));
-                }
-            }
-            let _ = tx.send(Said::Closed(i));
-        });
-        Ok(Proc { name: format!("member-{i}"), child })
+        start_reporting(cmd, i, format!("member-{i}"), &dir.join("log.txt"), &tx)
     };
 
     let t0 = Instant::now();
     procs.push(Some(spawn(0, None, "honest", false, nodes - 1)?));
-    let genesis = wait_ready(&rx, 0)?;
+    let genesis = wait_ready(&rx, 0, "member-0")?;
     for i in 1..nodes {
         let behave = if i == nodes - 1 { a.byzantine.as_deref().unwrap_or("honest") } else { "honest" };
         procs.push(Some(spawn(i, Some(&genesis), behave, false, 1)?));
@@ -429,7 +443,9 @@ fn strip_event(mut v: Value) -> Value {
     v
 }
 
-fn wait_ready(rx: &mpsc::Receiver<Said>, who: usize) -> Result<String> {
+/// Wait for child `who` (called `name`) to print its `ready` line, and return its TCP address
+/// with its `/p2p/` id, for the others to join through.
+pub(crate) fn wait_ready(rx: &mpsc::Receiver<Said>, who: usize, name: &str) -> Result<String> {
     let until = Instant::now() + Duration::from_secs(120);
     while let Some(left) = until.checked_duration_since(Instant::now()) {
         match rx.recv_timeout(left) {
@@ -437,15 +453,18 @@ fn wait_ready(rx: &mpsc::Receiver<Said>, who: usize) -> Result<String> {
                 let addr = v["addrs"]
                     .as_array()
                     .and_then(|a| a.iter().filter_map(|x| x.as_str()).find(|s| s.contains("/tcp/")))
-                    .context("the first member announced no TCP address")?;
-                return Ok(addr.to_string());
+                    .with_context(|| format!("{name} announced no TCP address"))?;
+                return Ok(match v["peer"].as_str() {
+                    Some(peer) if !addr.contains("/p2p/") => format!("{addr}/p2p/{peer}"),
+                    _ => addr.to_string(),
+                });
             }
-            Ok(Said::Closed(i)) if i == who => bail!("member-{who} stopped before it was ready; see its log.txt"),
+            Ok(Said::Closed(i)) if i == who => bail!("{name} stopped before it was ready; see its log.txt"),
             Ok(_) => {}
             Err(_) => break,
         }
     }
-    bail!("member-{who} was not ready within 120 s")
+    bail!("{name} was not ready within 120 s")
 }
 
 fn print_row(round: u64, row: &[(usize, RoundReport)], json_out: bool) {

@@ -140,35 +140,37 @@ async fn start_api(
     Ok((bound, h))
 }
 
+impl NodeArgs {
+    /// Where a training member or stage listens and whom it joins through.
+    fn peering(&self) -> crate::collab_cmd::Peering {
+        crate::collab_cmd::Peering {
+            listen: self.listen.clone(),
+            bootstrap: self.bootstrap.clone(),
+            mdns: self.mdns,
+            upnp: !self.no_upnp,
+        }
+    }
+}
+
 /// Run `odin node` until Ctrl-C. Prints one JSON line (`"event":"ready"`) on stdout once serving.
 pub fn node(a: NodeArgs) -> Result<()> {
-    if let Some(config) = a.train {
+    if let Some(config) = a.train.clone() {
         return crate::collab_cmd::train_node(crate::collab_cmd::TrainNode {
+            peering: a.peering(),
             config,
             data_dir: a.data_dir,
-            peering: crate::collab_cmd::Peering {
-                listen: a.listen,
-                bootstrap: a.bootstrap,
-                mdns: a.mdns,
-                upnp: !a.no_upnp,
-            },
             behave: a.behave,
             join: a.join,
             expect_peers: a.expect_peers,
             heldout_batches: a.heldout_batches,
         });
     }
-    if let Some(config) = a.stage {
+    if let Some(config) = a.stage.clone() {
         return crate::pipeline_cmd::stage_node(crate::pipeline_cmd::StageNode {
+            peering: a.peering(),
             config,
             blocks: a.blocks.unwrap_or_default(),
             data_dir: a.data_dir,
-            peering: crate::collab_cmd::Peering {
-                listen: a.listen,
-                bootstrap: a.bootstrap,
-                mdns: a.mdns,
-                upnp: !a.no_upnp,
-            },
             wire: Dtype::parse(a.wire.as_deref().unwrap_or("f32"))?,
         });
     }

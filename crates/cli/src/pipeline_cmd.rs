@@ -2,23 +2,23 @@
 //! relay) from the command line. The stages, the chain and the driver are `odin_collab`'s;
 //! this parses flags, starts processes and prints.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::collab_cmd::{Peering, Proc};
+use crate::collab_cmd::{start_reporting, wait_ready, Peering, Proc, Said};
 use odin_collab::relay::{announce_stage, chain_id, find_chain, serve_stage, Driver};
 use odin_collab::stage::Stage;
 use odin_model::ModelConfig;
 use odin_net::{Multiaddr, Net, NetConfig};
 use odin_proto::Dtype;
 use odin_train::TrainConfig;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// How a stage is started (`odin node --stage TRAIN.toml --blocks A..B`).
 pub struct StageNode {
@@ -137,47 +137,43 @@ pub fn swarm_pipeline(p: SwarmPipeline, json_out: bool) -> Result<()> {
     }
     let exe = std::env::current_exe().context("cannot find the odin binary to start stages")?;
     std::fs::create_dir_all(&p.out).with_context(|| format!("cannot create {}", p.out.display()))?;
-    let (tx, rx) = mpsc::channel::<(usize, Value)>();
+    let (tx, rx) = mpsc::channel::<Said>();
     let spawn = |i: usize, range: &Range<usize>, bootstrap: Option<&str>| -> Result<Proc> {
         let dir = p.out.join(format!("stage-{i}"));
         std::fs::create_dir_all(&dir)?;
-        let log = std::fs::File::create(dir.join("log.txt"))?;
         let mut cmd = Command::new(&exe);
         cmd.args(["node", "--stage"])
             .arg(&p.config)
             .args(["--blocks", &format!("{}..{}", range.start, range.end), "--wire", "f32"])
             .arg("--data-dir")
             .arg(&dir)
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-upnp"])
-            .env("ODIN_LOG", std::env::var("ODIN_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-upnp"]);
         if let Some(b) = bootstrap {
             cmd.args(["--bootstrap", b]);
         }
-        let mut child = cmd.spawn().context("cannot start a stage process")?;
-        let out = child.stdout.take().context("no stdout from a stage")?;
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send((i, v));
-                }
-            }
-        });
-        Ok(Proc { name: format!("stage-{i} (blocks {}..{})", range.start, range.end), child })
+        let name = format!("stage-{i} (blocks {}..{})", range.start, range.end);
+        start_reporting(cmd, i, name, &dir.join("log.txt"), &tx)
     };
     // Stage i of replica k holds ranges[i % n]: replicas of one range are started apart.
     let plan: Vec<Range<usize>> = (0..p.replicas).flat_map(|_| ranges.iter().cloned()).collect();
     let mut procs: Vec<Option<Proc>> = vec![Some(spawn(0, &plan[0], None)?)];
-    let genesis = wait_ready(&rx, 0, &p.out)?;
+    let genesis = wait_ready(&rx, 0, "stage-0")?;
     for (i, r) in plan.iter().enumerate().skip(1) {
         procs.push(Some(spawn(i, r, Some(&genesis))?));
     }
-    for _ in 1..plan.len() {
-        let (i, v) = rx.recv_timeout(Duration::from_secs(120)).context("a stage did not start within 2 minutes")?;
-        if v["event"] != "ready" {
-            bail!("stage-{i} said {v} before it was ready");
+    let mut ready = std::collections::BTreeSet::new();
+    while ready.len() + 1 < plan.len() {
+        match rx.recv_timeout(Duration::from_secs(120)).context("a stage did not start within 2 minutes")? {
+            Said::Line(i, v) if v["event"] == "ready" => {
+                ready.insert(i);
+            }
+            Said::Closed(i) => {
+                bail!(
+                    "stage-{i} stopped before it was ready; see {}",
+                    p.out.join(format!("stage-{i}/log.txt")).display()
+                )
+            }
+            Said::Line(..) => {}
         }
     }
     let kill_at = (cfg.run.steps / 2).max(1);
@@ -289,21 +285,6 @@ pub fn run_driver(d: Drive, json_out: bool, after_step: &mut dyn FnMut(u64)) -> 
         }
     }
     Ok(())
-}
-
-fn wait_ready(rx: &mpsc::Receiver<(usize, Value)>, i: usize, out: &std::path::Path) -> Result<String> {
-    let (k, v) = rx.recv_timeout(Duration::from_secs(120)).with_context(|| {
-        format!("stage-{i} did not start; see {}", out.join(format!("stage-{i}/log.txt")).display())
-    })?;
-    if k != i || v["event"] != "ready" {
-        bail!("stage-{k} said {v} before stage-{i} was ready");
-    }
-    let peer = v["peer"].as_str().context("the stage's ready line names no peer")?;
-    let addr = v["addrs"]
-        .as_array()
-        .and_then(|a| a.iter().filter_map(|x| x.as_str()).find(|a| a.contains("/tcp/")))
-        .context("the stage's ready line has no TCP address")?;
-    Ok(format!("{addr}/p2p/{peer}"))
 }
 
 #[cfg(test)]
