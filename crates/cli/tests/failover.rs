@@ -484,8 +484,10 @@ async fn a_hop_whose_next_hop_dies_names_it_and_keeps_answering() {
             Response::Linked { session }
         );
         // One step down the chain: the token comes from the next hop.
-        let push =
-            Envelope { model, msg: Request::Push { session, input: StepInput::Tokens(prompt_ids()), hops: vec![] } };
+        let push = Envelope {
+            model,
+            msg: Request::Push { session, input: StepInput::Tokens(prompt_ids()), hops: vec![], claims: vec![] },
+        };
         write_frame(&mut to_first, &push.to_bytes()).await.unwrap();
         let token = Envelope::<Response>::from_bytes(&read_frame(&mut to_next, MAX_FRAME).await.unwrap()).unwrap().msg;
         assert!(matches!(token, Response::Pushed { .. }), "{t:?}: {token:?}");
@@ -512,7 +514,10 @@ async fn a_hop_whose_next_hop_dies_names_it_and_keeps_answering() {
         // It still answers: its step is done, and a push now is refused at once, naming the same hop.
         let progress = call(&mut to_first, model, Request::Probe { session }).await;
         assert_eq!(progress, Response::Progress { steps: 1, running: false }, "{t:?}");
-        let again = Envelope { model, msg: Request::Push { session, input: StepInput::Tokens(vec![5]), hops: vec![] } };
+        let again = Envelope {
+            model,
+            msg: Request::Push { session, input: StepInput::Tokens(vec![5]), hops: vec![], claims: vec![] },
+        };
         write_frame(&mut to_first, &again.to_bytes()).await.unwrap();
         let r = Envelope::<Response>::from_bytes(&read_frame(&mut to_first, MAX_FRAME).await.unwrap()).unwrap().msg;
         assert!(matches!(&r, Response::NextHopDown { next, .. } if *next == n_wire), "{t:?}: {r:?}");

@@ -29,7 +29,11 @@ pub(crate) fn blame(error: NodeError, peer: PeerId) -> Failure {
     use odin_proto::infer::ErrorCode::{BadInput, Malformed};
     let server_side = match &error {
         NodeError::Remote { code, .. } => !matches!(code, BadInput | Malformed),
-        NodeError::Net(_) | NodeError::Timeout(_) | NodeError::Protocol { .. } | NodeError::HopDown { .. } => true,
+        NodeError::Net(_)
+        | NodeError::Timeout(_)
+        | NodeError::Protocol { .. }
+        | NodeError::HopDown { .. }
+        | NodeError::Fraud { .. } => true,
         _ => false,
     };
     Failure { error, peer: server_side.then_some(peer) }
@@ -63,6 +67,8 @@ pub(crate) fn kind(r: &Response) -> &'static str {
         Response::Pushed { .. } => "Pushed",
         Response::Progress { .. } => "Progress",
         Response::NextHopDown { .. } => "NextHopDown",
+        Response::Revealed { .. } => "Revealed",
+        Response::Audited { .. } => "Audited",
     }
 }
 

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::audit::Auditor;
 use crate::blame::Failure;
 use crate::error::{NodeError, Result};
 use crate::hop::Reach;
@@ -24,12 +25,20 @@ const ROUTE_WAIT: Duration = Duration::from_secs(10);
 pub struct Client {
     router: Arc<Router>,
     local: Option<Arc<Server>>,
+    auditor: Option<Arc<Auditor>>,
 }
 
 impl Client {
     /// A client routing through `router`; `local` is this node's server, if it serves.
     pub fn new(router: Arc<Router>, local: Option<Arc<Server>>) -> Self {
-        Self { router, local }
+        Self { router, local, auditor: None }
+    }
+
+    /// Verify the servers with `auditor`: check every claim, recompute a random few steps,
+    /// and ban a server caught lying.
+    pub fn with_auditor(mut self, auditor: Arc<Auditor>) -> Self {
+        self.auditor = Some(auditor);
+        self
     }
 
     /// Generate: find a route, run the request, stream tokens to `on_token` (which may stop the
@@ -38,8 +47,12 @@ impl Client {
     /// When a server dies, stalls past the deadline, answers garbage or refuses, the generation
     /// routes around it and continues; the tokens are those a fault-free run gives. It gives
     /// up after [`MAX_FAILOVERS`] reroutes or when no other route appears.
+    ///
+    /// With an auditor, a server caught lying is banned and the generation starts over from
+    /// the prompt on a route without it: `on_token` then sees the answer's tokens again from
+    /// the first, since those before the restart passed through the liar.
     pub async fn generate(&self, req: &GenerateRequest, mut on_token: impl FnMut(u32) -> bool) -> Result<Generation> {
-        let reach = Reach { router: &self.router, local: self.local.as_ref() };
+        let reach = Reach { router: &self.router, local: self.local.as_ref(), auditor: self.auditor.as_deref() };
         let mut progress = Progress::default();
         // Servers that failed are skipped by the directory until they announce themselves again
         // (a dead one never does) and their backoff has passed; a transient failure costs a
@@ -62,6 +75,10 @@ impl Client {
                 }
                 Err(Failure { peer: Some(p), error }) if why.len() < MAX_FAILOVERS => {
                     tracing::warn!("server {p} failed ({error}); routing around it");
+                    if matches!(error, NodeError::Fraud { .. }) {
+                        // Nothing a liar touched can be trusted: start over from the prompt.
+                        progress = Progress::default();
+                    }
                     why.push(format!("{p} ({error})"));
                 }
                 Err(f) => return Err(f.error),
@@ -81,6 +98,7 @@ mod tests {
     use odin_proto::{Dtype, Envelope};
 
     use super::*;
+    use crate::cheat::Cheat;
     use crate::fake::World;
     use crate::request::Relay;
     use crate::server::ServerConfig;
@@ -312,5 +330,104 @@ mod tests {
         assert_eq!(g.relay, Relay::Client, "after a handoff the client relays every hop");
         assert!(g.route.iter().all(|h| h.hop.peer != leaving));
         assert!(blamed(&net.router).is_empty(), "a handoff blames no one");
+    }
+
+    /// An auditor of every `p`-th hop-step; with `local`, it recomputes in-process.
+    fn auditor(p: f64, local: bool) -> Arc<Auditor> {
+        let a = Auditor::new(crate::audit::AuditConfig { p, model_dir: None }, crate::testmodel::MODEL, None);
+        if local {
+            a.hold(Arc::new(crate::testmodel::shard(0..crate::testmodel::LAYERS)));
+        }
+        Arc::new(a)
+    }
+
+    /// The chain of [`network`] with `cheat` on its middle hop, and an honest spare for it.
+    fn cheating(cheat: Cheat) -> (Arc<World>, [PeerId; 3], Arc<Router>) {
+        let world = World::new();
+        let liar = ServerConfig { cheat: Some(cheat), ..ServerConfig::default() };
+        let chain = [world.serve(0..2), world.serve_with(2..3, liar), world.serve(3..4)];
+        let spares = [world.serve(2..3)];
+        let router = Router::hearing(&world, None, &spares);
+        (world, chain, router)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_kind_of_liar_is_caught_banned_and_the_answer_is_one_machines() {
+        for cheat in [
+            Cheat::FlipBit,
+            Cheat::Noise,
+            Cheat::Stale,
+            Cheat::OtherSession,
+            Cheat::SkipBlocks,
+            Cheat::OtherModel,
+            Cheat::OneIn(3),
+        ] {
+            for relay in [Relay::Chain, Relay::Client] {
+                let (_world, [_, liar, _], router) = cheating(cheat);
+                let req = request(relay, sampled());
+                if cheat == Cheat::OtherSession {
+                    // An unaudited session first, so the liar has another session's output to send.
+                    Client::new(router.clone(), None).generate(&req, |_| true).await.unwrap();
+                }
+                let audit = auditor(1.0, true);
+                let client = Client::new(router.clone(), None).with_auditor(audit.clone());
+                let g = client.generate(&req, |_| true).await.unwrap();
+                let case = format!("{cheat} {relay:?}");
+                assert_eq!(g.tokens, local_tokens(&PROMPT, MAX_NEW, sampled()), "{case}");
+                let r = audit.report();
+                assert_eq!((r.caught, r.banned.len()), (1, 1), "{case}: {r:?}");
+                assert_eq!(r.banned[0].0, liar.to_string(), "{case}");
+                assert!(g.failures[0].contains("cheated"), "{case}: {:?}", g.failures);
+                assert!(g.route.iter().all(|h| h.hop.peer != liar), "{case}");
+                assert_eq!(router.read(|d| d.is_banned(&liar)), Some(true), "{case}");
+                assert_eq!(audit.proofs().len(), 1, "{case}");
+                // After the ban, every audit of the honest route passes.
+                assert_eq!(r.passed + r.caught, r.audits, "{case}: {r:?}");
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn honest_servers_pass_every_audit_whoever_recomputes() {
+        for local in [true, false] {
+            let world = World::new();
+            // Two spares of each hop: a remote audit has servers to ask besides the audited one.
+            for r in [0..2, 2..3, 3..4, 0..2, 2..3, 3..4] {
+                world.serve(r);
+            }
+            let router = Router::hearing(&world, None, &[]);
+            let audit = auditor(1.0, local);
+            let client = Client::new(router.clone(), None).with_auditor(audit.clone());
+            let req = request(Relay::Chain, sampled());
+            let g = client.generate(&req, |_| true).await.unwrap();
+            assert_eq!(g.tokens, local_tokens(&PROMPT, MAX_NEW, sampled()));
+            let r = audit.report();
+            assert_eq!(r.audits, 3 * MAX_NEW as u64, "local {local}: {r:?}");
+            assert_eq!((r.passed, r.caught, r.broken, r.undone), (r.audits, 0, 0, 0), "local {local}: {r:?}");
+            assert_eq!(r.claims, 3 * MAX_NEW as u64);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_remote_auditors_convict_a_liar_and_one_alone_cannot() {
+        for spares in [2, 1] {
+            let world = World::new();
+            let liar = ServerConfig { cheat: Some(Cheat::FlipBit), ..ServerConfig::default() };
+            let chain = [world.serve(0..2), world.serve_with(2..4, liar)];
+            // Slower spares, so the route goes through the liar.
+            let slow: Vec<PeerId> = (0..spares).map(|_| world.serve(2..4)).collect();
+            let router = Router::hearing(&world, None, &slow);
+            let audit = auditor(1.0, false);
+            let client = Client::new(router.clone(), None).with_auditor(audit.clone());
+            let g = client.generate(&request(Relay::Client, Sampling::default()), |_| true).await.unwrap();
+            let r = audit.report();
+            if spares == 2 {
+                assert_eq!(r.banned.iter().map(|b| b.0.clone()).collect::<Vec<_>>(), [chain[1].to_string()], "{r:?}");
+                assert!(g.route.iter().all(|h| h.hop.peer != chain[1]));
+            } else {
+                // One other server's word is not enough to ban; the audit stays undone.
+                assert!(r.banned.is_empty() && r.undone > 0, "{r:?}");
+            }
+        }
     }
 }

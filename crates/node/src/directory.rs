@@ -64,6 +64,8 @@ pub struct Directory {
     layers: usize,
     ttl: Duration,
     servers: HashMap<PeerId, Entry>,
+    /// Proven cheaters: never routed to again, their announcements ignored.
+    banned: std::collections::HashSet<PeerId>,
 }
 
 /// Round trip assumed for a server whose ping has not come back yet.
@@ -72,7 +74,7 @@ const UNKNOWN_RTT: Duration = Duration::from_millis(5);
 impl Directory {
     /// An empty directory for a model of `layers` blocks; announcements live for `ttl`.
     pub fn new(layers: usize, ttl: Duration) -> Self {
-        Self { layers, ttl, servers: HashMap::new() }
+        Self { layers, ttl, servers: HashMap::new(), banned: Default::default() }
     }
 
     /// Blocks of the model.
@@ -82,7 +84,7 @@ impl Directory {
 
     /// Take an announcement (ignored when it names blocks the model does not have).
     pub fn update(&mut self, peer: PeerId, info: ServerInfo) {
-        if info.end as usize > self.layers {
+        if info.end as usize > self.layers || self.banned.contains(&peer) {
             return;
         }
         let e = self.servers.entry(peer).or_insert_with(|| Entry {
@@ -118,6 +120,17 @@ impl Directory {
                 None => us_per_block,
             });
         }
+    }
+
+    /// `peer` was proven to cheat: forget it, and never take it back.
+    pub fn ban(&mut self, peer: PeerId) {
+        self.servers.remove(&peer);
+        self.banned.insert(peer);
+    }
+
+    /// Whether `peer` is banned.
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        self.banned.contains(peer)
     }
 
     /// A peer went away: forget it.

@@ -57,6 +57,15 @@ pub enum NodeError {
     /// A node process of a local cluster misbehaved (exited early, never became ready).
     #[error("{0}")]
     Cluster(String),
+    /// A server's signed claim about a step was wrong: recomputing the step gave other bytes,
+    /// or the claim contradicts what the server sent or signed before.
+    #[error("server {peer} cheated: {what}")]
+    Fraud {
+        /// The server.
+        peer: String,
+        /// What was found.
+        what: String,
+    },
     /// A server answered out of protocol.
     #[error("server {peer} answered out of protocol: {what}")]
     Protocol {

@@ -227,8 +227,7 @@ impl World {
         Arc::new(Self::default())
     }
 
-    fn add(self: &Arc<Self>, server: Option<Arc<Server>>) -> PeerId {
-        let id = PeerId::random();
+    fn add(self: &Arc<Self>, id: PeerId, server: Option<Arc<Server>>) -> PeerId {
         let peer = Peer {
             id,
             server,
@@ -260,13 +259,16 @@ impl World {
 
     /// A peer that serves nothing.
     pub(crate) fn client(self: &Arc<Self>) -> PeerId {
-        self.add(None)
+        self.add(PeerId::random(), None)
     }
 
     /// A server of `range`, with `cfg`.
     pub(crate) fn serve_with(self: &Arc<Self>, range: Range<usize>, cfg: ServerConfig) -> PeerId {
-        let server = Arc::new(Server::new(shard(range), cfg));
-        let id = self.add(Some(server.clone()));
+        // The server signs its claims with the key its peer id is made from, as a real node does.
+        let key = odin_net::Keypair::generate_ed25519();
+        let id = key.public().to_peer_id();
+        let server = Arc::new(Server::new(shard(range), cfg, key));
+        let id = self.add(id, Some(server.clone()));
         server.attach_transport(self.transport(id));
         server.set_info(announced(id, &server, 1.0).to_bytes());
         id

@@ -42,6 +42,8 @@ pub(crate) struct Reach<'a> {
     pub(crate) router: &'a Router,
     /// This node's server, if it serves.
     pub(crate) local: Option<&'a Arc<Server>>,
+    /// Checks the servers' claims and audits their steps, when the client verifies.
+    pub(crate) auditor: Option<&'a crate::audit::Auditor>,
 }
 
 /// A hop of a running session.

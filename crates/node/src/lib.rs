@@ -11,8 +11,11 @@
 #![warn(missing_docs)]
 
 pub mod alloc;
+pub mod audit;
 mod blame;
 mod blocks;
+pub mod cheat;
+pub mod claims;
 pub mod client;
 pub mod cluster;
 pub mod config;
@@ -33,7 +36,9 @@ mod step;
 mod testmodel;
 pub mod transport;
 
+pub use audit::{AuditConfig, AuditReport, Auditor};
 pub use blocks::{parse_blocks, split_blocks};
+pub use cheat::Cheat;
 pub use client::{Client, MAX_FAILOVERS};
 pub use cluster::LocalCluster;
 pub use config::{AutoConfig, NodeConfig, NodeOptions};

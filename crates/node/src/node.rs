@@ -155,7 +155,7 @@ impl Node {
             (None, None) => None,
         };
         if let Some(shard) = shard {
-            let server = Arc::new(Server::new(shard, cfg.server.clone()));
+            let server = Arc::new(Server::new(shard, cfg.server.clone(), node.key.clone()));
             server.attach_transport(Arc::new(node.net.clone()));
             let s = server.clone();
             let ms = tokio::task::spawn_blocking(move || s.measure_ms_per_block()).await.unwrap_or(1.0);
@@ -433,7 +433,11 @@ mod tests {
 
     #[test]
     fn a_server_announces_its_blocks_and_no_slots_once_it_drains() {
-        let server = Server::new(shard(1..3), ServerConfig { max_sessions: 5, ..ServerConfig::default() });
+        let server = Server::new(
+            shard(1..3),
+            ServerConfig { max_sessions: 5, ..ServerConfig::default() },
+            odin_net::Keypair::generate_ed25519(),
+        );
         let (peer, addr) = (PeerId::random(), "/ip4/127.0.0.1/tcp/9".parse().unwrap());
         let info = server.announcement(peer, 0.25, &[addr], true);
         assert_eq!((info.start, info.end, info.free_slots, info.load), (1, 3, 5, 0));
@@ -447,7 +451,7 @@ mod tests {
 
     #[test]
     fn the_status_shows_what_the_directory_knows_and_measured() {
-        let server = Server::new(shard(0..2), ServerConfig::default());
+        let server = Server::new(shard(0..2), ServerConfig::default(), odin_net::Keypair::generate_ed25519());
         let (a, b) = (PeerId::random(), PeerId::random());
         let mut d = Directory::new(4, Duration::from_secs(60));
         d.update(a, server.announcement(a, 2.0, &[], false));

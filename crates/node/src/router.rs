@@ -122,6 +122,13 @@ impl Router {
         }
     }
 
+    /// `peer` was proven to cheat: it is never routed to again.
+    pub fn ban(&self, peer: &PeerId) {
+        if let Ok(mut d) = self.dir.lock() {
+            d.ban(*peer);
+        }
+    }
+
     /// How fast `peer` turned out to be: µs per block per decode step.
     pub fn report_observed(&self, peer: &PeerId, us_per_block: f64) {
         if let Ok(mut d) = self.dir.lock() {

@@ -13,7 +13,7 @@
 //! came in on: the last hop sends the token there, and a hop that fails says so
 //! there, so the client always hears from the hop at fault.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -25,11 +25,14 @@ use odin_engine::{Input, Logits, Sampler, Shard, State};
 use odin_format::ModelId;
 use odin_net::{now_ms, PeerId, ServerInfo};
 use odin_proto::infer::{ErrorCode, HopTime, Request, Response, StepInput};
+use odin_proto::verify::Claim;
 use odin_proto::{read_frame, write_frame, ProtoError, MAX_FRAME};
 use odin_proto::{Dtype, Envelope, PeerBytes, Tensor};
 use tokio::runtime::RuntimeFlavor;
 use tokio::sync::mpsc;
 
+use crate::cheat::{add_noise, flip_bit, Cheat};
+use crate::claims::{blank_claim, run_step as run_claimed, Produced, Recompute, Signer, StepError};
 use crate::transport::{Conn, Transport};
 
 /// The writing half of a stream, shared: a session's client stream is written by the task
@@ -50,12 +53,31 @@ pub struct ServerConfig {
     pub delay: Duration,
     /// After this many steps, answer every step with bytes that do not parse (tests of broken servers).
     pub garbage_after: Option<u64>,
+    /// Lie about steps this way, signing claims that match the lies (tests of verification).
+    pub cheat: Option<Cheat>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { max_sessions: 64, session_ttl: Duration::from_secs(600), delay: Duration::ZERO, garbage_after: None }
+        Self {
+            max_sessions: 64,
+            session_ttl: Duration::from_secs(600),
+            delay: Duration::ZERO,
+            garbage_after: None,
+            cheat: None,
+        }
     }
+}
+
+/// Recent steps a session keeps for [`Request::Reveal`]. A client asks as soon as a step's
+/// claim reaches it, before its step after next, so a few suffice; each holds a state.
+const REVEAL_WINDOW: usize = 3;
+
+/// One recent step of a session, as [`Request::Reveal`] sends it.
+struct Record {
+    step: u64,
+    input: StepInput,
+    before: State,
 }
 
 struct Session {
@@ -71,6 +93,10 @@ struct Session {
     client: Option<Sink>,
     /// Where pushed steps go on to.
     next: Option<Next>,
+    /// The last few steps' inputs and states-before, for reveals.
+    recent: VecDeque<Record>,
+    /// What the session's last step sent (a stale cheat sends it again).
+    last_out: Option<Vec<f32>>,
 }
 
 /// A session's link to its next hop. A task owns the stream: it writes the pushes queued here
@@ -129,6 +155,12 @@ pub struct Server {
     steps: std::sync::atomic::AtomicU64,
     /// How this server reaches the next hops of pushed sessions.
     net: OnceLock<Arc<dyn Transport>>,
+    /// Signs every step's claim.
+    signer: Signer,
+    /// The last outputs of any session, newest last (a cheat that answers with another session's).
+    last_out: Mutex<VecDeque<(u64, Vec<f32>)>>,
+    /// Other weights of the same shape, for [`Cheat::OtherModel`].
+    other: OnceLock<Option<Arc<Shard>>>,
 }
 
 /// A session that stepped this recently is still generating: the next step of another one goes to
@@ -139,10 +171,13 @@ const BUSY: Duration = Duration::from_millis(50);
 struct Fail(ErrorCode, String);
 
 impl Server {
-    /// Serve `shard`.
-    pub fn new(shard: Shard, cfg: ServerConfig) -> Self {
+    /// Serve `shard`, signing each step's claim with `key`.
+    pub fn new(shard: Shard, cfg: ServerConfig, key: odin_net::Keypair) -> Self {
         let layers = shard.config().num_layers;
         Self {
+            signer: Signer::new(key, shard.model_id()),
+            last_out: Mutex::new(VecDeque::new()),
+            other: OnceLock::new(),
             model: shard.model_id(),
             shard: RwLock::new(Arc::new(shard)),
             layers,
@@ -355,7 +390,7 @@ impl Server {
             return Some(Response::Error { code: ErrorCode::WrongModel, message });
         }
         let result = match env.msg {
-            Request::Push { session, input, mut hops } => {
+            Request::Push { session, input, mut hops, mut claims } => {
                 let (links, outcome) = self.run_step(session, input).await;
                 let (client, next) = links.unwrap_or((None, None));
                 let hop = |compute_us| HopTime {
@@ -364,10 +399,11 @@ impl Server {
                     bytes_in: frame.len() as u32,
                 };
                 let to_client = match outcome {
-                    Ok(Outcome::Done(Response::Hidden { tensor, compute_us })) => match next {
+                    Ok(Outcome::Done(Response::Hidden { tensor, compute_us, claim })) => match next {
                         Some((peer, pushes)) => {
                             hops.push(hop(compute_us));
-                            let msg = Request::Push { session, input: StepInput::Hidden(tensor), hops };
+                            claims.push(claim);
+                            let msg = Request::Push { session, input: StepInput::Hidden(tensor), hops, claims };
                             let bytes =
                                 self.garbled(true).unwrap_or_else(|| Envelope { model: self.model, msg }.to_bytes());
                             let reason = match pushes.try_send(bytes) {
@@ -385,9 +421,10 @@ impl Server {
                             message: format!("session {session:016x} has no next hop to push to; send Link first"),
                         },
                     },
-                    Ok(Outcome::Done(Response::Token { id, logits_hash, compute_us })) => {
+                    Ok(Outcome::Done(Response::Token { id, logits_hash, compute_us, claim })) => {
                         hops.push(hop(compute_us));
-                        Response::Pushed { id, logits_hash, hops }
+                        claims.push(claim);
+                        Response::Pushed { id, logits_hash, hops, claims }
                     }
                     Ok(Outcome::Done(other)) => other,
                     Ok(Outcome::Handoff(state, input)) => Response::Handoff { state, input: Some(input) },
@@ -419,6 +456,11 @@ impl Server {
             Request::Probe { session } => {
                 tracing::debug!("session {session:016x}: probed");
                 self.with_session(session, |s| Response::Progress { steps: s.steps, running: s.state.is_none() })
+            }
+            Request::Reveal { session, step } => self.reveal(session, step),
+            Request::Audit { session, step, start, end, sampling, drawn, reply, input, before } => {
+                let r = Recompute { blocks: start as usize..end as usize, input, before, sampling, drawn, reply };
+                self.audit(session, step, r).await
             }
         };
         Some(result.unwrap_or_else(|Fail(code, message)| Response::Error { code, message }))
@@ -501,6 +543,11 @@ impl Server {
                 return (Some(links), handoff);
             }
             let (shard, sampler, reply) = (sess.shard.clone(), sess.sampler.take(), sess.reply);
+            let lie = self.lie(session, sess);
+            let record = Record { step: sess.steps, input: input.clone(), before: state.clone() };
+            let mut claim = blank_claim(blocks);
+            claim.session = session;
+            claim.step = sess.steps;
             // A decode step costs less than handing it to the blocking pool and back
             // (measured: ~150-200 µs per hop, as much as a small shard's whole step), so it
             // runs right here. On a multi-threaded runtime block_in_place moves this worker's
@@ -515,28 +562,148 @@ impl Server {
                     }
                     _ => false,
                 };
-            (links, (shard, state, sampler, reply, inline))
+            (links, (shard, state, sampler, reply, inline, lie, record, claim))
         };
-        let (shard, state, sampler, reply, inline) = prepared;
+        let (shard, state, sampler, reply, inline, lie, record, claim) = prepared;
+        let keep = self.cfg.cheat.is_some();
+        let run = move || step(&shard, state, sampler, &input, reply, lie, claim, keep);
         let (state, sampler, result) = if !inline {
-            match tokio::task::spawn_blocking(move || step(&shard, state, sampler, input, reply)).await {
+            match tokio::task::spawn_blocking(run).await {
                 Ok(r) => r,
                 Err(e) => return (Some(links), Err(Fail(ErrorCode::Internal, format!("step failed: {e}")))),
             }
         } else if flavor == RuntimeFlavor::MultiThread {
-            tokio::task::block_in_place(|| step(&shard, state, sampler, input, reply))
+            tokio::task::block_in_place(run)
         } else {
-            step(&shard, state, sampler, input, reply)
+            run()
         };
+        let result = result.map(|(resp, sent)| {
+            if keep {
+                if let Ok(mut l) = self.last_out.lock() {
+                    l.push_back((session, sent.clone()));
+                    if l.len() > 8 {
+                        l.pop_front();
+                    }
+                }
+            }
+            (self.sign(resp), sent)
+        });
         if let Ok(mut s) = self.sessions.lock() {
             if let Some(sess) = s.get_mut(&session) {
                 sess.state = Some(state);
                 sess.sampler = sampler;
                 sess.last = Instant::now();
-                sess.steps += u64::from(result.is_ok());
+                if let Ok((_, sent)) = &result {
+                    sess.steps += 1;
+                    sess.recent.push_back(record);
+                    if sess.recent.len() > REVEAL_WINDOW {
+                        sess.recent.pop_front();
+                    }
+                    if keep {
+                        sess.last_out = Some(sent.clone());
+                    }
+                }
             }
         }
-        (Some(links), result.map(Outcome::Done))
+        (Some(links), result.map(|(resp, _)| Outcome::Done(resp)))
+    }
+
+    /// Sign the claim an answer carries.
+    fn sign(&self, resp: Response) -> Response {
+        match resp {
+            Response::Hidden { tensor, compute_us, claim } => {
+                Response::Hidden { tensor, compute_us, claim: self.signer.sign(claim) }
+            }
+            Response::Token { id, logits_hash, compute_us, claim } => {
+                Response::Token { id, logits_hash, compute_us, claim: self.signer.sign(claim) }
+            }
+            other => other,
+        }
+    }
+
+    /// How this step of `session` lies, if this server cheats and lies now.
+    fn lie(&self, session: u64, sess: &Session) -> Lie {
+        let Some(cheat) = self.cfg.cheat else { return Lie::None };
+        if !cheat.lies_now(rand::random::<f64>()) {
+            return Lie::None;
+        }
+        match cheat {
+            Cheat::FlipBit | Cheat::OneIn(_) => Lie::Flip(rand::random::<u32>() as usize),
+            Cheat::Noise => Lie::Noise(rand::random()),
+            Cheat::Stale => sess.last_out.clone().map_or(Lie::None, Lie::Replace),
+            Cheat::OtherSession => {
+                let recent = self.last_out.lock().ok();
+                let other = recent.and_then(|l| l.iter().rev().find(|(s, _)| *s != session).map(|(_, o)| o.clone()));
+                other.map_or(Lie::None, Lie::Replace)
+            }
+            Cheat::SkipBlocks => Lie::Skip,
+            Cheat::OtherModel => self.other_model().map_or(Lie::None, Lie::Other),
+        }
+    }
+
+    /// Weights of the same shape as this server's, made up from a seed: what a server that
+    /// runs another model runs.
+    fn other_model(&self) -> Option<Arc<Shard>> {
+        self.other
+            .get_or_init(|| {
+                let shard = self.shard();
+                let cfg = shard.config().clone();
+                let weights = odin_engine::synthetic::weights(&cfg, 0x0dd);
+                let src = odin_engine::weights::Source::Memory(&weights);
+                let full = odin_format::ModelConfig::Rwkv6(cfg);
+                match Shard::build(&full, self.model, shard.range(), &src, odin_engine::Options::default()) {
+                    Ok(s) => Some(Arc::new(s)),
+                    Err(e) => {
+                        tracing::warn!("cheat other-model: cannot build other weights: {e}");
+                        None
+                    }
+                }
+            })
+            .clone()
+    }
+
+    /// The input and state-before of a recent step of `session`.
+    fn reveal(&self, session: u64, step: u64) -> Result<Response, Fail> {
+        self.with_session(session, |s| {
+            let c = s.shard.config().hidden_size;
+            match s.recent.iter().find(|r| r.step == step) {
+                Some(r) => Tensor::encode(&r.before.to_rows(), c, Dtype::F32)
+                    .map(|before| Response::Revealed { input: r.input.clone(), before })
+                    .map_err(|e| Fail(ErrorCode::Internal, e.to_string())),
+                None => Err(Fail(
+                    ErrorCode::BadInput,
+                    format!(
+                        "session {session:016x} keeps its last {REVEAL_WINDOW} steps for reveals, and step {step} is \
+                         not among them (it has run {} steps)",
+                        s.steps
+                    ),
+                )),
+            }
+        })?
+    }
+
+    /// Recompute someone else's step on these blocks and sign what came out.
+    async fn audit(&self, session: u64, step: u64, r: Recompute) -> Result<Response, Fail> {
+        let shard = self.shard();
+        let held = shard.range();
+        if r.blocks.is_empty() || r.blocks.start < held.start || r.blocks.end > held.end {
+            return Err(Fail(
+                ErrorCode::BadBlocks,
+                format!(
+                    "cannot audit blocks {}..{}: this server holds {}..{}",
+                    r.blocks.start, r.blocks.end, held.start, held.end
+                ),
+            ));
+        }
+        let done = tokio::task::spawn_blocking(move || crate::claims::recompute(&shard, &r)).await;
+        let mut claim = match done {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(step_fail(e)),
+            Err(e) => return Err(Fail(ErrorCode::Internal, format!("audit failed: {e}"))),
+        };
+        claim.session = session;
+        claim.step = step;
+        Ok(Response::Audited { claim: self.signer.sign(claim) })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -585,49 +752,95 @@ impl Server {
             ));
         }
         let client = origin.map(|o| o.sink.clone());
-        let sess =
-            Session { shard, state: Some(state), sampler, reply, last: Instant::now(), steps: 0, client, next: None };
+        let sess = Session {
+            shard,
+            state: Some(state),
+            sampler,
+            reply,
+            last: Instant::now(),
+            steps: 0,
+            client,
+            next: None,
+            recent: VecDeque::new(),
+            last_out: None,
+        };
         s.insert(session, sess);
         Ok(Response::Opened { session })
     }
 }
 
+/// How a cheating server changes a step ([`ServerConfig::cheat`]).
+enum Lie {
+    None,
+    Flip(usize),
+    Noise(u64),
+    Replace(Vec<f32>),
+    Skip,
+    Other(Arc<Shard>),
+}
+
+/// What [`step`] gives back: the state and sampler, and the answer with the values sent.
+type Stepped = (State, Option<Sampler>, Result<(Response, Vec<f32>), Fail>);
+
+/// Run one step and answer it with an (unsigned) claim; with `keep`, also return the values
+/// sent (a cheat that repeats outputs needs them).
+#[allow(clippy::too_many_arguments)]
 fn step(
     shard: &Shard,
     mut state: State,
     mut sampler: Option<Sampler>,
-    input: StepInput,
+    input: &StepInput,
     reply: Dtype,
-) -> (State, Option<Sampler>, Result<Response, Fail>) {
+    lie: Lie,
+    mut claim: Claim,
+    keep: bool,
+) -> Stepped {
     let t = Instant::now();
-    let hidden;
-    let input = match &input {
-        StepInput::Tokens(ids) => Input::Tokens(ids),
-        StepInput::Hidden(tensor) => match tensor.decode() {
-            Ok(v) => {
-                hidden = v;
-                Input::Hidden(&hidden)
-            }
-            Err(e) => return (state, sampler, Err(Fail(ErrorCode::Malformed, e.to_string()))),
-        },
+    let (skip, other) = match &lie {
+        Lie::Skip => (true, None),
+        Lie::Other(o) => (false, Some(o.clone())),
+        _ => (false, None),
     };
-    let out = match shard.forward(input, &mut state, Logits::Last) {
-        Ok(o) => o,
-        // The engine checks its input before touching the state, so a refused step leaves the session as it was.
-        Err(e) => return (state, sampler, Err(Fail(ErrorCode::BadInput, e.to_string()))),
-    };
-    let compute_us = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-    let resp = match sampler.as_mut() {
-        Some(s) => {
-            let id = s.sample(&out);
-            Ok(Response::Token { id, logits_hash: *odin_engine::logits_digest(&out).as_bytes(), compute_us })
+    let forward = move |s: &Shard, i: Input<'_>, st: &mut State| {
+        if skip {
+            return match i {
+                Input::Hidden(h) => Ok(h.to_vec()),
+                // The first hop cannot pass tokens through: it runs them without keeping the state.
+                Input::Tokens(_) => s.forward(i, &mut st.clone(), Logits::Last),
+            };
         }
-        None => match Tensor::encode(&out, shard.config().hidden_size, reply) {
-            Ok(tensor) => Ok(Response::Hidden { tensor, compute_us }),
-            Err(e) => Err(Fail(ErrorCode::Internal, e.to_string())),
-        },
+        other.as_deref().unwrap_or(s).forward(i, st, Logits::Last)
+    };
+    let mut sent = Vec::new();
+    let tamper = |out: &mut Vec<f32>| {
+        match lie {
+            Lie::Flip(at) => flip_bit(out, at),
+            Lie::Noise(seed) => add_noise(out, seed),
+            Lie::Replace(v) if v.len() == out.len() => *out = v,
+            _ => {}
+        }
+        if keep {
+            sent = out.clone();
+        }
+    };
+    let produced = run_claimed(shard, &mut state, sampler.as_mut(), input, reply, &mut claim, forward, tamper);
+    let compute_us = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+    let resp = match produced {
+        Ok(Produced::Token { id, logits_hash }) => Ok((Response::Token { id, logits_hash, compute_us, claim }, sent)),
+        Ok(Produced::Hidden(tensor)) => Ok((Response::Hidden { tensor, compute_us, claim }, sent)),
+        // The engine checks its input before touching the state, so a refused step leaves the session as it was.
+        Err(e) => Err(step_fail(e)),
     };
     (state, sampler, resp)
+}
+
+/// A step's error, as the client hears it.
+fn step_fail(e: StepError) -> Fail {
+    match e {
+        StepError::Malformed(m) => Fail(ErrorCode::Malformed, m),
+        StepError::BadInput(m) => Fail(ErrorCode::BadInput, m),
+        StepError::Internal(m) => Fail(ErrorCode::Internal, m),
+    }
 }
 
 /// Carry a session's pushes to its next hop `next` until the session ends or the link breaks.
@@ -725,7 +938,7 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_open_step_and_close_within_the_servers_blocks() {
-        let server = Arc::new(Server::new(shard(0..2), ServerConfig::default()));
+        let server = Arc::new(Server::new(shard(0..2), ServerConfig::default(), odin_net::Keypair::generate_ed25519()));
         server.set_info(b"{}".to_vec());
         assert_eq!(ask(&server, Request::Info).await, Some(Response::Info(b"{}".to_vec())));
         assert_eq!(code(ask(&server, open(1, 1..3)).await), ErrorCode::BadBlocks);
@@ -747,7 +960,8 @@ mod tests {
             Some(Response::Progress { steps: 1, running: false })
         );
         // A push needs a next hop, and a link needs a network.
-        let push = Request::Push { session: 1, input: StepInput::Tokens(vec![6]), hops: Vec::new() };
+        let push =
+            Request::Push { session: 1, input: StepInput::Tokens(vec![6]), hops: Vec::new(), claims: Vec::new() };
         assert_eq!(code(ask(&server, push).await), ErrorCode::BadInput);
         let link = Request::Link { session: 1, next: odin_net::peer_to_wire(&PeerId::random()).unwrap() };
         assert_eq!(code(ask(&server, link).await), ErrorCode::Internal);
@@ -758,11 +972,12 @@ mod tests {
 
     #[tokio::test]
     async fn the_last_blocks_sample_and_a_push_ends_there() {
-        let server = Arc::new(Server::new(shard(0..4), ServerConfig::default()));
+        let server = Arc::new(Server::new(shard(0..4), ServerConfig::default(), odin_net::Keypair::generate_ed25519()));
         let want = crate::testmodel::local_tokens(&[3, 4, 5], 2, odin_format::Sampling::default());
         assert_eq!(ask(&server, open(1, 0..4)).await, Some(Response::Opened { session: 1 }));
         assert!(matches!(ask(&server, tokens(1, &[3, 4, 5])).await, Some(Response::Token { id, .. }) if id == want[0]));
-        let push = Request::Push { session: 1, input: StepInput::Tokens(vec![want[0]]), hops: Vec::new() };
+        let push =
+            Request::Push { session: 1, input: StepInput::Tokens(vec![want[0]]), hops: Vec::new(), claims: Vec::new() };
         match ask(&server, push).await {
             Some(Response::Pushed { id, hops, .. }) => {
                 assert_eq!(id, want[1]);
@@ -775,7 +990,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_envelopes_are_refused_by_name() {
-        let server = Arc::new(Server::new(shard(0..2), ServerConfig::default()));
+        let server = Arc::new(Server::new(shard(0..2), ServerConfig::default(), odin_net::Keypair::generate_ed25519()));
         let other = Envelope { model: odin_format::ModelId([1; 32]), msg: Request::Info }.to_bytes();
         assert_eq!(code(server.clone().respond(&other).await), ErrorCode::WrongModel);
         let mut version = Envelope { model: MODEL, msg: Request::Info }.to_bytes();
@@ -788,7 +1003,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_server_refuses_and_idle_sessions_are_reaped() {
         let cfg = ServerConfig { max_sessions: 1, session_ttl: Duration::ZERO, ..ServerConfig::default() };
-        let server = Arc::new(Server::new(shard(0..2), cfg));
+        let server = Arc::new(Server::new(shard(0..2), cfg, odin_net::Keypair::generate_ed25519()));
         assert_eq!(ask(&server, open(1, 0..2)).await, Some(Response::Opened { session: 1 }));
         assert_eq!(server.free_slots(), 0);
         assert_eq!(code(ask(&server, open(2, 0..2)).await), ErrorCode::Full);
@@ -803,7 +1018,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_leaving_server_hands_open_sessions_back_and_takes_no_new_ones() {
-        let server = Arc::new(Server::new(shard(0..2), ServerConfig::default()));
+        let server = Arc::new(Server::new(shard(0..2), ServerConfig::default(), odin_net::Keypair::generate_ed25519()));
         for s in [1, 2] {
             assert_eq!(ask(&server, open(s, 0..2)).await, Some(Response::Opened { session: s }));
         }

@@ -10,9 +10,11 @@
 //! stream, and a stalled chain is probed hop by hop. That is what failover needs; after a
 //! handoff the generation goes on hop by hop.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use odin_proto::infer::{Request, Response, StepInput};
+use odin_proto::verify::input_hash;
 
 use crate::blame::{blame, kind, Failure};
 use crate::directory::Hop;
@@ -21,7 +23,7 @@ use crate::handoff::take_over;
 use crate::hop::{connect, HopRun, Reach, MIN_STALL};
 use crate::link::Link;
 use crate::request::{GenerateRequest, Generation, HopStats, Progress, Relay};
-use crate::step::{push_step, relay, ChainStats, Pushed};
+use crate::step::{push_step, relay, ChainStats, Pushed, Sampled};
 
 /// Run `req` through `route`, continuing from `progress`, calling `on_token` with each new
 /// token; `on_token` may stop the generation by returning false.
@@ -147,14 +149,18 @@ async fn run_steps(
     let mut input: Vec<u32> = req.prompt.iter().chain(&progress.tokens).copied().collect();
     let mut stats = ChainStats::default();
     let t0 = Instant::now();
+    // Each hop's last claim in this session, for the next one to continue.
+    let mut prev = HashMap::new();
     for step in 0u64.. {
         let decoding = step > 0;
         let x = StepInput::Tokens(std::mem::take(&mut input));
-        let (tok, hash) = if chain {
+        let sent = input_hash(&x);
+        let drawn = progress.draws(req);
+        let sampled: Sampled = if chain {
             match push_step(reach.router, session, hops, x, decoding, step + 1, &mut stats).await? {
-                Pushed::Token(tok, hash) => {
+                Pushed::Token(sampled) => {
                     progress.decode_steps += u64::from(decoding);
-                    (tok, hash)
+                    sampled
                 }
                 Pushed::Handoff { at, state, input } => {
                     // The hops before `at` ran this step; its successors run the rest of it,
@@ -170,6 +176,16 @@ async fn run_steps(
         } else {
             relay(reach, session, hops, 0, x, decoding, req, progress).await?
         };
+        if let Some(auditor) = reach.auditor {
+            if sampled.claims.len() == hops.len() {
+                let got = (sampled.id, sampled.logits);
+                auditor.after_step(reach, hops, &mut prev, &sampled.claims, sent, got, req, drawn).await?;
+            } else {
+                // The step changed hops on the way (a handoff): the new hops start afresh.
+                prev.clear();
+            }
+        }
+        let (tok, hash) = (sampled.id, sampled.hash_hex());
         if progress.prefill_ms.is_none() {
             progress.prefill_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
             progress.decode_start = Some(Instant::now());

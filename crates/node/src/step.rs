@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use odin_proto::infer::{HopTime, Request, Response, StepInput};
+use odin_proto::verify::{tensor_hash, Claim};
 use odin_proto::{Envelope, Tensor};
 
 use crate::blame::{blame, fault, next_hop_down, Failure};
@@ -34,10 +35,27 @@ impl ChainStats {
     }
 }
 
+/// The token a step sampled, with what the hops claimed about it.
+pub(crate) struct Sampled {
+    /// The token.
+    pub(crate) id: u32,
+    /// blake3 of the logits it was sampled from.
+    pub(crate) logits: [u8; 32],
+    /// Each hop's signed claim, first to last (fewer when the step changed hops on the way).
+    pub(crate) claims: Vec<Claim>,
+}
+
+impl Sampled {
+    /// The logits hash in hex.
+    pub(crate) fn hash_hex(&self) -> String {
+        blake3::Hash::from_bytes(self.logits).to_hex().to_string()
+    }
+}
+
 /// What one pushed step gave.
 pub(crate) enum Pushed {
-    /// The sampled token and the hash of its logits.
-    Token(u32, String),
+    /// The sampled token.
+    Token(Sampled),
     /// Hop `at` is leaving and did not run the step: its state, and the input it was given.
     Handoff { at: usize, state: Tensor, input: StepInput },
 }
@@ -56,7 +74,8 @@ pub(crate) async fn push_step(
 ) -> Result<Pushed, Failure> {
     let model = router.model();
     let t = Instant::now();
-    let bytes = Envelope { model, msg: Request::Push { session, input: x, hops: Vec::new() } }.to_bytes();
+    let bytes =
+        Envelope { model, msg: Request::Push { session, input: x, hops: Vec::new(), claims: Vec::new() } }.to_bytes();
     let first = hops[0].hop.peer;
     match &mut hops[0].link {
         Link::Local(server) => {
@@ -88,7 +107,7 @@ pub(crate) async fn push_step(
     let resp = hops[i].link.decode(model, &frame).map_err(|e| fault(router, e, peer))?;
     let n = hops.len();
     match resp {
-        Response::Pushed { id, logits_hash, hops: times } if i + 1 == n && times.len() == n => {
+        Response::Pushed { id, logits_hash, hops: times, claims } if i + 1 == n && times.len() == n => {
             let total_us = t.elapsed().as_secs_f64() * 1e6;
             // The network's part of the round trip (and any time no hop accounts for), shared
             // equally: each hop's overhead is its own non-compute time plus that share.
@@ -112,7 +131,7 @@ pub(crate) async fn push_step(
             } else {
                 chain.prefill_us = total_us;
             }
-            Ok(Pushed::Token(id, blake3::Hash::from_bytes(logits_hash).to_hex().to_string()))
+            Ok(Pushed::Token(Sampled { id, logits: logits_hash, claims }))
         }
         Response::Handoff { state, input: Some(input) } => Ok(Pushed::Handoff { at: i, state, input }),
         r => Err(refusal(router, hops, i, r)),
@@ -178,7 +197,7 @@ async fn find_stall(router: &Router, session: u64, hops: &mut [HopRun], done: u6
 }
 
 /// Run one step hop by hop from hop `start`, the client carrying each output to the next hop;
-/// returns the sampled token and its logits hash.
+/// returns the sampled token, its logits hash and the claims of the hops it ran.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn relay(
     reach: Reach<'_>,
@@ -189,9 +208,10 @@ pub(crate) async fn relay(
     decoding: bool,
     req: &GenerateRequest,
     progress: &mut Progress,
-) -> Result<(u32, String), Failure> {
+) -> Result<Sampled, Failure> {
     let router = reach.router;
     let mut token = None;
+    let mut claims = Vec::new();
     let mut i = start;
     while i < hops.len() {
         let last = i + 1 == hops.len();
@@ -203,12 +223,19 @@ pub(crate) async fn relay(
             h.step(router, Request::Step { session, input: x }, decoding).await.map_err(|e| blame(e, h.hop.peer))?;
         let rtt = t.elapsed().as_secs_f64() * 1e6;
         let compute = match (r, last) {
-            (Response::Hidden { tensor, compute_us }, false) => {
+            (Response::Hidden { tensor, compute_us, claim }, false) => {
+                if claim.output != tensor_hash(&tensor) {
+                    let what = format!("its claim of step {} is not the hidden states it sent", claim.step);
+                    router.report_failure(&h.hop.peer);
+                    return Err(blame(NodeError::Fraud { peer: h.hop.peer.to_string(), what }, h.hop.peer));
+                }
+                claims.push(claim);
                 x = StepInput::Hidden(tensor);
                 compute_us
             }
-            (Response::Token { id, logits_hash, compute_us }, true) => {
-                token = Some((id, blake3::Hash::from_bytes(logits_hash).to_hex().to_string()));
+            (Response::Token { id, logits_hash, compute_us, claim }, true) => {
+                claims.push(claim);
+                token = Some((id, logits_hash));
                 // The last hop: nothing goes further.
                 x = StepInput::Tokens(Vec::new());
                 compute_us
@@ -236,5 +263,8 @@ pub(crate) async fn relay(
         }
         i += 1;
     }
-    token.ok_or_else(|| NodeError::Protocol { peer: String::new(), what: "no token came back".into() }.into())
+    match token {
+        Some((id, logits)) => Ok(Sampled { id, logits, claims }),
+        None => Err(NodeError::Protocol { peer: String::new(), what: "no token came back".into() }.into()),
+    }
 }

@@ -168,7 +168,7 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
     assert_eq!(code, ErrorCode::UnknownSession);
     let push = |session| {
         let input = StepInput::Hidden(Tensor::encode(&[0.5; 192], 192, Dtype::F32).unwrap());
-        env(Request::Push { session, input, hops: Vec::new() })
+        env(Request::Push { session, input, hops: Vec::new(), claims: Vec::new() })
     };
     let (code, _) = err(call(&mut s, &push(9)).await);
     assert_eq!(code, ErrorCode::UnknownSession);

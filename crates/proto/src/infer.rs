@@ -15,12 +15,15 @@ use crate::envelope::{Message, Service};
 use crate::error::{ProtoError, Result};
 use crate::peer::PeerBytes;
 use crate::tensor::{Dtype, Tensor, MAX_TOKENS};
+use crate::verify::Claim;
 
 /// Version of the inference protocol and of the server announcements; peers with another
 /// version are refused.
 /// (3: servers pass a session's activations straight to the next hop, see [`Request::Push`];
-/// 4: a hop names the next hop it cannot reach, unasked, with [`Response::NextHopDown`].)
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 4: a hop names the next hop it cannot reach, unasked, with [`Response::NextHopDown`];
+/// 5: every step's answer carries the server's signed [`Claim`], and a step can be revealed
+/// ([`Request::Reveal`]) and audited ([`Request::Audit`]).)
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The libp2p stream protocol the inference service's streams are opened with. Unchanged
 /// since the first release: the version that matters travels in every envelope.
@@ -140,11 +143,44 @@ pub enum Request {
         input: StepInput,
         /// What each hop before this one reported, in order.
         hops: Vec<HopTime>,
+        /// Each earlier hop's signed claim about this step, in order.
+        claims: Vec<Claim>,
     },
     /// How far the session has got (a client finding which hop of a stalled push is stuck).
     Probe {
         /// The session.
         session: u64,
+    },
+    /// Send the input and the state-before of one of the session's recent steps, so the
+    /// client can have it recomputed (asked after the step's claim, so the server cannot know
+    /// beforehand which steps are checked).
+    Reveal {
+        /// The session.
+        session: u64,
+        /// The step, as its claim numbers it.
+        step: u64,
+    },
+    /// Recompute a step of someone else's session on this server's blocks, without opening a
+    /// session, and sign what came out: the audit of another server's [`Claim`].
+    Audit {
+        /// The audited session (named in this server's claim).
+        session: u64,
+        /// The audited step.
+        step: u64,
+        /// First block.
+        start: u32,
+        /// One past the last block.
+        end: u32,
+        /// Sampling, used when `end` is the model's last block.
+        sampling: Sampling,
+        /// Random draws the sampler had made before the step.
+        drawn: u64,
+        /// The dtype the audited server sent its hidden states in.
+        reply: Dtype,
+        /// The step's input.
+        input: StepInput,
+        /// The state before the step, f32 rows.
+        before: Tensor,
     },
 }
 
@@ -164,6 +200,8 @@ pub enum Response {
         tensor: Tensor,
         /// Microseconds the server spent computing (the rest of a hop's time is overhead).
         compute_us: u32,
+        /// The server's signed claim about the step.
+        claim: Claim,
     },
     /// The sampled token (the session reaches the last block).
     Token {
@@ -173,6 +211,8 @@ pub enum Response {
         logits_hash: [u8; 32],
         /// Microseconds the server spent computing.
         compute_us: u32,
+        /// The server's signed claim about the step.
+        claim: Claim,
     },
     /// The session is closed.
     Closed,
@@ -189,6 +229,8 @@ pub enum Response {
         logits_hash: [u8; 32],
         /// What every hop reported, first to last.
         hops: Vec<HopTime>,
+        /// Every hop's signed claim about the step, first to last.
+        claims: Vec<Claim>,
     },
     /// Where a session stands ([`Request::Probe`]).
     Progress {
@@ -219,6 +261,18 @@ pub enum Response {
         next: PeerBytes,
         /// What happened, for people.
         reason: String,
+    },
+    /// A step's input and state-before ([`Request::Reveal`]).
+    Revealed {
+        /// The step's input.
+        input: StepInput,
+        /// The session's state before the step, f32 rows.
+        before: Tensor,
+    },
+    /// The auditor's own signed claim about a recomputed step ([`Request::Audit`]).
+    Audited {
+        /// The claim.
+        claim: Claim,
     },
     /// The request failed; the stream stays usable.
     Error {
@@ -294,12 +348,29 @@ fn write_open(w: &mut Writer, session: u64, start: u32, end: u32, sampling: &Sam
     w.u64(session);
     w.u32(start);
     w.u32(end);
+    write_sampling(w, sampling);
+    w.u64(drawn);
+    w.u8(reply.code());
+}
+
+/// Sampling settings, field by field.
+pub(crate) fn write_sampling(w: &mut Writer, sampling: &Sampling) {
     w.f64(sampling.temperature);
     w.u32(sampling.top_k);
     w.f64(sampling.top_p);
     w.u64(sampling.seed);
-    w.u64(drawn);
-    w.u8(reply.code());
+}
+
+/// Sampling settings, range-checked.
+pub(crate) fn read_sampling(r: &mut Reader<'_>) -> Result<Sampling> {
+    let sampling = Sampling {
+        temperature: r.f64("temperature")?,
+        top_k: r.u32("top_k")?,
+        top_p: r.f64("top_p")?,
+        seed: r.u64("seed")?,
+    };
+    sampling.check().map_err(|e| ProtoError::Malformed(format!("sampling: {e}")))?;
+    Ok(sampling)
 }
 
 /// The fields [`Request::Open`] and [`Request::Resume`] share, checked.
@@ -307,14 +378,8 @@ fn read_open(r: &mut Reader<'_>) -> Result<(u64, u32, u32, Sampling, u64, Dtype)
     let session = r.u64("session")?;
     let start = r.u32("first block")?;
     let end = r.u32("end block")?;
-    let sampling = Sampling {
-        temperature: r.f64("temperature")?,
-        top_k: r.u32("top_k")?,
-        top_p: r.f64("top_p")?,
-        seed: r.u64("seed")?,
-    };
+    let sampling = read_sampling(r)?;
     let drawn = r.u64("sampler draws")?;
-    sampling.check().map_err(|e| ProtoError::Malformed(format!("sampling: {e}")))?;
     if start >= end {
         return Err(ProtoError::Malformed(format!("empty block range {start}..{end}")));
     }
@@ -322,7 +387,7 @@ fn read_open(r: &mut Reader<'_>) -> Result<(u64, u32, u32, Sampling, u64, Dtype)
     Ok((session, start, end, sampling, drawn, reply))
 }
 
-fn write_step_input(w: &mut Writer, input: &StepInput) {
+pub(crate) fn write_step_input(w: &mut Writer, input: &StepInput) {
     match input {
         StepInput::Tokens(ids) => {
             w.u8(0);
@@ -336,7 +401,7 @@ fn write_step_input(w: &mut Writer, input: &StepInput) {
     }
 }
 
-fn read_step_input(r: &mut Reader<'_>) -> Result<StepInput> {
+pub(crate) fn read_step_input(r: &mut Reader<'_>) -> Result<StepInput> {
     Ok(match r.u8("input kind")? {
         0 => {
             let n = r.u32("token count")? as usize;
@@ -352,6 +417,23 @@ fn read_step_input(r: &mut Reader<'_>) -> Result<StepInput> {
         1 => StepInput::Hidden(r.tensor()?),
         k => return Err(ProtoError::Malformed(format!("unknown step input kind {k}"))),
     })
+}
+
+fn write_claims(w: &mut Writer, claims: &[Claim]) {
+    w.u32(claims.len() as u32);
+    claims.iter().for_each(|c| c.write(w));
+}
+
+fn read_claims(r: &mut Reader<'_>) -> Result<Vec<Claim>> {
+    let n = r.u32("claim count")? as usize;
+    if n > MAX_HOPS {
+        return Err(ProtoError::TooLarge { what: "claims".into(), size: n, cap: MAX_HOPS });
+    }
+    // A claim is at least a peer id, four hashes and its fixed fields: checked before allocating.
+    if !r.fits(n, 2 + 8 + 8 + 4 + 4 + 4 * 32 + 4 + 4) {
+        return Err(ProtoError::Malformed("message ends inside step claims".into()));
+    }
+    (0..n).map(|_| Claim::read(r)).collect()
 }
 
 fn write_hops(w: &mut Writer, hops: &[HopTime]) {
@@ -401,6 +483,8 @@ impl Message for Request {
             Request::Link { .. } => 6,
             Request::Push { .. } => 7,
             Request::Probe { .. } => 8,
+            Request::Reveal { .. } => 9,
+            Request::Audit { .. } => 10,
         }
     }
 
@@ -423,10 +507,21 @@ impl Message for Request {
                 w.u64(*session);
                 w.peer(next);
             }
-            Request::Push { session, input, hops } => {
+            Request::Push { session, input, hops, claims } => {
                 w.u64(*session);
                 write_step_input(w, input);
                 write_hops(w, hops);
+                write_claims(w, claims);
+            }
+            Request::Reveal { session, step } => {
+                w.u64(*session);
+                w.u64(*step);
+            }
+            Request::Audit { session, step, start, end, sampling, drawn, reply, input, before } => {
+                w.u64(*step);
+                write_open(w, *session, *start, *end, sampling, *drawn, *reply);
+                write_step_input(w, input);
+                w.tensor(before);
             }
         }
     }
@@ -448,8 +543,20 @@ impl Message for Request {
                 let session = r.u64("session")?;
                 Request::Link { session, next: r.peer("next hop")? }
             }
-            7 => Request::Push { session: r.u64("session")?, input: read_step_input(r)?, hops: read_hops(r)? },
+            7 => Request::Push {
+                session: r.u64("session")?,
+                input: read_step_input(r)?,
+                hops: read_hops(r)?,
+                claims: read_claims(r)?,
+            },
             8 => Request::Probe { session: r.u64("session")? },
+            9 => Request::Reveal { session: r.u64("session")?, step: r.u64("step")? },
+            10 => {
+                let step = r.u64("audited step")?;
+                let (session, start, end, sampling, drawn, reply) = read_open(r)?;
+                let input = read_step_input(r)?;
+                Request::Audit { session, step, start, end, sampling, drawn, reply, input, before: read_state(r)? }
+            }
             k => return Err(ProtoError::Malformed(format!("unknown request kind {k}"))),
         })
     }
@@ -471,6 +578,8 @@ impl Message for Response {
             Response::Pushed { .. } => 9,
             Response::Progress { .. } => 10,
             Response::NextHopDown { .. } => 11,
+            Response::Revealed { .. } => 12,
+            Response::Audited { .. } => 13,
         }
     }
 
@@ -478,14 +587,16 @@ impl Message for Response {
         match self {
             Response::Info(json) => w.bytes(json),
             Response::Opened { session } => w.u64(*session),
-            Response::Hidden { tensor, compute_us } => {
+            Response::Hidden { tensor, compute_us, claim } => {
                 w.u32(*compute_us);
                 w.tensor(tensor);
+                claim.write(w);
             }
-            Response::Token { id, logits_hash, compute_us } => {
+            Response::Token { id, logits_hash, compute_us, claim } => {
                 w.u32(*id);
                 w.raw(logits_hash);
                 w.u32(*compute_us);
+                claim.write(w);
             }
             Response::Closed => {}
             Response::Handoff { state, input } => {
@@ -499,11 +610,17 @@ impl Message for Response {
                 }
             }
             Response::Linked { session } => w.u64(*session),
-            Response::Pushed { id, logits_hash, hops } => {
+            Response::Pushed { id, logits_hash, hops, claims } => {
                 w.u32(*id);
                 w.raw(logits_hash);
                 write_hops(w, hops);
+                write_claims(w, claims);
             }
+            Response::Revealed { input, before } => {
+                write_step_input(w, input);
+                w.tensor(before);
+            }
+            Response::Audited { claim } => claim.write(w),
             Response::Progress { steps, running } => {
                 w.u64(*steps);
                 w.u8(u8::from(*running));
@@ -526,12 +643,14 @@ impl Message for Response {
             2 => Response::Opened { session: r.u64("session")? },
             3 => {
                 let compute_us = r.u32("compute time")?;
-                Response::Hidden { tensor: r.tensor()?, compute_us }
+                let tensor = r.tensor()?;
+                Response::Hidden { tensor, compute_us, claim: Claim::read(r)? }
             }
             4 => {
                 let id = r.u32("token id")?;
                 let logits_hash = r.array("logits hash")?;
-                Response::Token { id, logits_hash, compute_us: r.u32("compute time")? }
+                let compute_us = r.u32("compute time")?;
+                Response::Token { id, logits_hash, compute_us, claim: Claim::read(r)? }
             }
             5 => Response::Closed,
             6 => {
@@ -551,7 +670,8 @@ impl Message for Response {
             9 => {
                 let id = r.u32("token id")?;
                 let logits_hash = r.array("logits hash")?;
-                Response::Pushed { id, logits_hash, hops: read_hops(r)? }
+                let hops = read_hops(r)?;
+                Response::Pushed { id, logits_hash, hops, claims: read_claims(r)? }
             }
             10 => {
                 let steps = r.u64("steps")?;
@@ -567,6 +687,11 @@ impl Message for Response {
                 let next = r.peer("failed next hop")?;
                 Response::NextHopDown { session, next, reason: r.message("reason")? }
             }
+            12 => {
+                let input = read_step_input(r)?;
+                Response::Revealed { input, before: read_state(r)? }
+            }
+            13 => Response::Audited { claim: Claim::read(r)? },
             k => return Err(ProtoError::Malformed(format!("unknown response kind {k}"))),
         })
     }
@@ -596,12 +721,29 @@ mod tests {
         PeerBytes::new(&b).unwrap()
     }
 
+    fn claim(step: u64) -> Claim {
+        Claim {
+            server: ed25519_peer([step as u8; 32]),
+            session: 9,
+            step,
+            start: 1,
+            end: 2,
+            input: [1; 32],
+            before: [2; 32],
+            output: [3; 32],
+            after: [4; 32],
+            token: crate::verify::NO_TOKEN,
+            sig: vec![5; 64],
+        }
+    }
+
     #[test]
     fn non_finite_values_are_refused_both_ways() {
         assert!(Tensor::encode(&[1.0, f32::NAN], 2, Dtype::F32).is_err());
         let mut t = Tensor::encode(&[1.0, 2.0], 2, Dtype::F32).unwrap();
         t.data[4..8].copy_from_slice(&f32::INFINITY.to_le_bytes());
-        let e = Envelope { model: id(), msg: Response::Hidden { tensor: t, compute_us: 0 } }.to_bytes();
+        let e =
+            Envelope { model: id(), msg: Response::Hidden { tensor: t, compute_us: 0, claim: claim(1) } }.to_bytes();
         let err = Envelope::<Response>::from_bytes(&e).unwrap_err();
         assert!(err.to_string().contains("NaN or infinity"), "{err}");
     }
@@ -730,7 +872,7 @@ mod tests {
         let sampling = Sampling { temperature: 0.5, top_k: 3, top_p: 0.25, seed: 9 };
         let open = Request::Open { session: 1, start: 2, end: 4, sampling, drawn: 6, reply: Dtype::Q8 };
         let b = Envelope { model: id(), msg: open }.to_bytes();
-        let mut want = vec![4, 0];
+        let mut want = vec![5, 0];
         want.extend_from_slice(&[7; 32]);
         want.push(2);
         want.extend_from_slice(&1u64.to_le_bytes());
@@ -786,6 +928,7 @@ mod tests {
             write_step_input(&mut w, &StepInput::Tokens(vec![3]));
             w.u32(claimed);
             w.raw(&vec![0u8; present * 12]);
+            w.u32(0);
             Envelope::<Request>::from_bytes(&w.into_bytes())
         };
         assert!(matches!(push(u32::MAX, 0).unwrap_err(), ProtoError::TooLarge { cap: MAX_HOPS, .. }));
@@ -794,12 +937,24 @@ mod tests {
         let ok = push(2, 2).unwrap();
         assert!(matches!(ok.msg, Request::Push { ref hops, .. } if hops.len() == 2));
         assert_eq!(ErrorCode::from_code(10).unwrap(), ErrorCode::NextHop);
+        // Claim lists are capped and checked against the bytes present before allocating.
+        let claims = |claimed: u32| {
+            let mut w = raw(9);
+            w.u32(1);
+            w.raw(&[0; 32]);
+            write_hops(&mut w, &[]);
+            w.u32(claimed);
+            Envelope::<Response>::from_bytes(&w.into_bytes())
+        };
+        assert!(matches!(claims(u32::MAX).unwrap_err(), ProtoError::TooLarge { cap: MAX_HOPS, .. }));
+        let e = claims(3).unwrap_err();
+        assert!(e.to_string().contains("ends inside step claims"), "{e}");
     }
 
     #[test]
     fn the_service_names_its_stream_protocol_and_version() {
         assert_eq!(<Inference as Service>::PROTOCOL_ID, "/odin/shard/1");
-        assert_eq!(<Inference as Service>::VERSION, 4);
+        assert_eq!(<Inference as Service>::VERSION, 5);
         // Info payloads over the announcement cap are refused by their length alone.
         let mut w = raw(1);
         w.u32(MAX_INFO as u32 + 1);
@@ -840,6 +995,27 @@ mod tests {
         ]
     }
 
+    fn arb_claim() -> impl Strategy<Value = Claim> {
+        (arb_peer(), any::<(u64, u64)>(), 0u32..50, 1u32..50, any::<[[u8; 32]; 4]>(), any::<u32>(), 0usize..70)
+            .prop_map(|(server, (session, step), start, len, [input, before, output, after], token, sig)| Claim {
+                server,
+                session,
+                step,
+                start,
+                end: start + len,
+                input,
+                before,
+                output,
+                after,
+                token,
+                sig: vec![7; sig],
+            })
+    }
+
+    fn arb_claims() -> impl Strategy<Value = Vec<Claim>> {
+        proptest::collection::vec(arb_claim(), 0..4)
+    }
+
     fn arb_hops() -> impl Strategy<Value = Vec<HopTime>> {
         proptest::collection::vec(
             (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(elapsed_us, compute_us, bytes_in)| HopTime {
@@ -867,11 +1043,22 @@ mod tests {
             any::<u64>().prop_map(|session| Request::Close { session }),
             any::<u64>().prop_map(|session| Request::Probe { session }),
             (any::<u64>(), arb_peer()).prop_map(|(session, next)| Request::Link { session, next }),
-            (any::<u64>(), arb_input(), arb_hops()).prop_map(|(session, input, hops)| Request::Push {
-                session,
-                input,
-                hops
-            }),
+            (any::<u64>(), arb_input(), arb_hops(), arb_claims())
+                .prop_map(|(session, input, hops, claims)| { Request::Push { session, input, hops, claims } }),
+            any::<(u64, u64)>().prop_map(|(session, step)| Request::Reveal { session, step }),
+            (any::<(u64, u64)>(), 0u32..100, 1u32..100, any::<u64>(), arb_input(), arb_state()).prop_map(
+                |((session, step), start, len, seed, input, before)| Request::Audit {
+                    session,
+                    step,
+                    start,
+                    end: start + len,
+                    sampling: Sampling { temperature: 0.5, top_k: 3, top_p: 0.9, seed },
+                    drawn: seed % 77,
+                    reply: if seed % 2 == 0 { Dtype::F32 } else { Dtype::Q8 },
+                    input,
+                    before,
+                }
+            ),
             (any::<u64>(), 0u32..100, 1u32..100, 0.0f64..3.0, any::<u32>(), 0.01f64..=1.0, any::<u64>(), arb_state())
                 .prop_map(|(session, start, len, temperature, top_k, top_p, seed, state)| Request::Resume {
                     session,
@@ -889,23 +1076,24 @@ mod tests {
         prop_oneof![
             proptest::collection::vec(any::<u8>(), 0..200).prop_map(Response::Info),
             any::<u64>().prop_map(|session| Response::Opened { session }),
-            (arb_tensor(), any::<u32>()).prop_map(|(tensor, compute_us)| Response::Hidden { tensor, compute_us }),
-            (any::<u32>(), any::<[u8; 32]>(), any::<u32>()).prop_map(|(id, logits_hash, compute_us)| Response::Token {
-                id,
-                logits_hash,
-                compute_us
+            (arb_tensor(), any::<u32>(), arb_claim()).prop_map(|(tensor, compute_us, claim)| Response::Hidden {
+                tensor,
+                compute_us,
+                claim
             }),
+            (any::<u32>(), any::<[u8; 32]>(), any::<u32>(), arb_claim()).prop_map(
+                |(id, logits_hash, compute_us, claim)| Response::Token { id, logits_hash, compute_us, claim }
+            ),
+            (arb_input(), arb_state()).prop_map(|(input, before)| Response::Revealed { input, before }),
+            arb_claim().prop_map(|claim| Response::Audited { claim }),
             Just(Response::Closed),
             ("[a-z é]{0,40}", 1u8..10)
                 .prop_map(|(message, c)| Response::Error { code: ErrorCode::from_code(c).unwrap(), message }),
             (arb_state(), proptest::option::of(arb_input()))
                 .prop_map(|(state, input)| Response::Handoff { state, input }),
             any::<u64>().prop_map(|session| Response::Linked { session }),
-            (any::<u32>(), any::<[u8; 32]>(), arb_hops()).prop_map(|(id, logits_hash, hops)| Response::Pushed {
-                id,
-                logits_hash,
-                hops
-            }),
+            (any::<u32>(), any::<[u8; 32]>(), arb_hops(), arb_claims())
+                .prop_map(|(id, logits_hash, hops, claims)| { Response::Pushed { id, logits_hash, hops, claims } }),
             (any::<u64>(), any::<bool>()).prop_map(|(steps, running)| Response::Progress { steps, running }),
             (any::<u64>(), arb_peer(), "[a-z é]{0,40}").prop_map(|(session, next, reason)| Response::NextHopDown {
                 session,

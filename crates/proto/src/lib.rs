@@ -10,7 +10,7 @@
 //!   [`Message`] traits.
 //! - One module per service, each with its own stream protocol id and version:
 //!   - [`infer`]: inference sessions, steps, pushes and handoffs ([`infer::Inference`]:
-//!     `/odin/shard/1`, version [`infer::PROTOCOL_VERSION`] = 4).
+//!     `/odin/shard/1`, version [`infer::PROTOCOL_VERSION`] = 5).
 //!
 //!   - [`train`]: training rounds: commitments, votes and state announcements on gossip,
 //!     updates and content-addressed weight chunks on streams ([`train::Training`]:
@@ -20,7 +20,10 @@
 //!     stages of a model split over nodes ([`pipeline::Pipeline`]: `/odin/pipeline/1`,
 //!     version 1).
 //!
-//!   Verification and the ledger get sibling modules the same way: a unit
+//!   - [`verify`]: signed step claims and the fraud proofs gossiped about them
+//!     ([`verify::Verification`]: `/odin/verify/1`, version 1).
+//!
+//!   The ledger gets a sibling module the same way: a unit
 //!   struct implementing [`Service`] with its own `PROTOCOL_ID` and `VERSION`, and `Request`
 //!   and `Response` enums implementing [`Message`]. Their versions move independently, so a
 //!   change to one service's messages never refuses another's peers.
@@ -34,7 +37,8 @@
 //!
 //! A change to a service's bytes bumps that service's `VERSION` and is listed here and on the
 //! constant. Inference: 3, servers push activations straight to the next hop; 4, a hop names
-//! the next hop it cannot reach. Moving the codec into this crate changed no byte: peer ids
+//! the next hop it cannot reach; 5, every step's answer carries a signed claim, and steps can
+//! be revealed and audited. Moving the codec into this crate changed no byte: peer ids
 //! are the same bytes, sampling settings the same fields. The int8 encoder now rounds half to
 //! even against the inverse scale (the engine's rounding, see `odin_format::int8`) where it
 //! rounded half away from zero after a division: a code can differ by one where a value sits
@@ -52,6 +56,7 @@ pub mod peer;
 pub mod pipeline;
 pub mod tensor;
 pub mod train;
+pub mod verify;
 
 pub use codec::{Reader, Writer, MAX_MESSAGE};
 pub use envelope::{Envelope, Message, Service};

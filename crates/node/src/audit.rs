@@ -1,0 +1,479 @@
+//! The client's side of verification: every hop's signed claims are checked as they arrive,
+//! and a random fraction of hop-steps is recomputed, chosen only after the claim is in hand.
+//!
+//! Two kinds of check:
+//! - **Consistency**, on every step, for free: each claim is signed by the hop's server, names
+//!   the session, the step and the hop's blocks, and chains: the first hop's input is what the
+//!   client sent, each hop's input is the previous hop's output, the last hop's output and
+//!   token are what came back, and a hop's state-before is its own state-after of the step
+//!   before. A break is the server's fault (it is routed around).
+//! - **Audits**, on a fraction p of hop-steps: the client asks the hop to reveal the step's
+//!   input and state-before (their hashes must be the claimed ones), then has the step
+//!   recomputed, in-process when it has the model's files, or by another server holding the
+//!   blocks (two must agree before anyone is accused). Another result is a fraud proof: the
+//!   cheater is banned, and the generation starts over on a route without it, since nothing
+//!   a cheater touched can be trusted.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use odin_engine::{Options, Shard};
+use odin_format::ModelId;
+use odin_net::{peer_to_wire, PeerId};
+use odin_proto::infer::{Request, Response};
+use odin_proto::verify::{Claim, Proof, NO_TOKEN};
+use serde::Serialize;
+
+use crate::blame::{blame, Failure};
+use crate::claims::{recompute, same_result, signed_by_server, Recompute, Signer};
+use crate::directory::Hop;
+use crate::error::NodeError;
+use crate::hop::{connect, HopRun, Reach};
+use crate::request::GenerateRequest;
+
+/// How a client verifies the servers it uses.
+#[derive(Debug, Clone, Default)]
+pub struct AuditConfig {
+    /// Fraction of hop-steps recomputed, 0 to 1.
+    pub p: f64,
+    /// The model's directory, to recompute steps in-process; without it, other servers
+    /// holding the blocks are asked.
+    pub model_dir: Option<PathBuf>,
+}
+
+/// What verification did and found, for the table `odin swarm --cheat` prints.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct AuditReport {
+    /// Hop-steps whose claims were checked for consistency.
+    pub claims: u64,
+    /// Hop-steps recomputed.
+    pub audits: u64,
+    /// Audits whose recomputation matched the claim.
+    pub passed: u64,
+    /// Audits that caught a lie (each a fraud proof).
+    pub caught: u64,
+    /// Claims that broke the chain (a signature, a hash or a step that did not line up).
+    pub broken: u64,
+    /// Audits that could not be done (no reveal, no auditor).
+    pub undone: u64,
+    /// Audits per server (peer id), and how many of them caught it.
+    pub per_server: std::collections::BTreeMap<String, (u64, u64)>,
+    /// Servers banned, in order, with the step of their session at which each was caught.
+    pub banned: Vec<(String, u64)>,
+}
+
+/// Verifies a client's servers; shared by every generation of the client.
+pub struct Auditor {
+    cfg: AuditConfig,
+    model: ModelId,
+    /// Shards loaded from the model directory, by block range.
+    shards: Mutex<HashMap<(usize, usize), Arc<Shard>>>,
+    report: Mutex<AuditReport>,
+    proofs: Mutex<Vec<Proof>>,
+    signer: Option<Signer>,
+}
+
+impl Auditor {
+    /// An auditor for `model`; `signer` signs the fraud proofs it finds.
+    pub fn new(cfg: AuditConfig, model: ModelId, signer: Option<Signer>) -> Self {
+        Self {
+            cfg,
+            model,
+            shards: Mutex::new(HashMap::new()),
+            report: Mutex::new(AuditReport::default()),
+            proofs: Mutex::new(Vec::new()),
+            signer,
+        }
+    }
+
+    /// What it has done so far.
+    pub fn report(&self) -> AuditReport {
+        self.report.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The fraud proofs it has found, oldest first.
+    pub fn proofs(&self) -> Vec<Proof> {
+        self.proofs.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut AuditReport)) {
+        if let Ok(mut r) = self.report.lock() {
+            f(&mut r);
+        }
+    }
+
+    /// Check one step's claims (`claims[k]` from hop k) and audit a random few. `sent` is the
+    /// hash of the first hop's input, `token` and `logits` what came back, `drawn` the
+    /// sampler's draws before the step. `prev` holds each hop's previous claim of this session.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn after_step(
+        &self,
+        reach: Reach<'_>,
+        hops: &mut [HopRun],
+        prev: &mut HashMap<PeerId, Claim>,
+        claims: &[Claim],
+        sent: [u8; 32],
+        (token, logits): (u32, [u8; 32]),
+        req: &GenerateRequest,
+        drawn: u64,
+    ) -> Result<(), Failure> {
+        let router = reach.router;
+        let route: Vec<(PeerId, Range<usize>)> = hops.iter().map(|h| (h.hop.peer, h.hop.start..h.hop.end)).collect();
+        self.count(|r| r.claims += claims.len() as u64);
+        if let Err((k, why)) = check_chain(&self.model, &route, prev, claims, sent, token, logits) {
+            let peer = route.get(k).map(|r| r.0).unwrap_or(route[0].0);
+            self.count(|r| r.broken += 1);
+            router.report_failure(&peer);
+            return Err(blame(NodeError::Fraud { peer: peer.to_string(), what: why }, peer));
+        }
+        for (k, c) in claims.iter().enumerate() {
+            prev.insert(route[k].0, c.clone());
+        }
+        for (k, claim) in claims.iter().enumerate() {
+            if rand::random::<f64>() >= self.cfg.p {
+                continue;
+            }
+            let last = k + 1 == claims.len();
+            self.audit(reach, hops, k, claim, req, if last { drawn } else { 0 }).await?;
+        }
+        Ok(())
+    }
+
+    /// Reveal and recompute hop `k`'s step of `claim`.
+    async fn audit(
+        &self,
+        reach: Reach<'_>,
+        hops: &mut [HopRun],
+        k: usize,
+        claim: &Claim,
+        req: &GenerateRequest,
+        drawn: u64,
+    ) -> Result<(), Failure> {
+        let router = reach.router;
+        let peer = hops[k].hop.peer;
+        let name = peer.to_string();
+        self.count(|r| {
+            r.audits += 1;
+            r.per_server.entry(name.clone()).or_default().0 += 1;
+        });
+        let reveal = Request::Reveal { session: claim.session, step: claim.step };
+        let (input, before) = match hops[k].call(router, reveal).await {
+            Ok((Response::Revealed { input, before }, _)) => (input, before),
+            // A server that cannot show what it computed from is treated as one that failed.
+            Ok((r, _)) => return Err(blame(hops[k].refused(router, r), peer)),
+            Err(e) => return Err(blame(e, peer)),
+        };
+        let r = Recompute {
+            blocks: claim.start as usize..claim.end as usize,
+            input,
+            before,
+            sampling: req.sampling,
+            drawn,
+            reply: req.wire,
+        };
+        match self.judge(reach, &r, claim, peer).await {
+            Verdict::Pass => {
+                self.count(|r| r.passed += 1);
+                return Ok(());
+            }
+            Verdict::Undone => {
+                self.count(|r| r.undone += 1);
+                return Ok(());
+            }
+            Verdict::BadReveal => {
+                // What it revealed is not what it claimed to compute from: not provable to
+                // others (a reveal is unsigned), so it is a failure, not a fraud proof.
+                self.count(|r| r.broken += 1);
+                router.report_failure(&peer);
+                let what = format!(
+                    "step {} of session {:016x}: its reveal does not match its claim",
+                    claim.step, claim.session
+                );
+                return Err(blame(NodeError::Fraud { peer: name, what }, peer));
+            }
+            Verdict::Fraud => {}
+        }
+        let step = claim.step;
+        self.count(|r| {
+            r.caught += 1;
+            r.per_server.entry(name.clone()).or_default().1 += 1;
+            r.banned.push((name.clone(), step));
+        });
+        router.ban(&peer);
+        let accuser = router.peer_id();
+        let mut proof = Proof {
+            claim: claim.clone(),
+            input: r.input,
+            before: r.before,
+            sampling: r.sampling,
+            drawn: r.drawn,
+            accuser: peer_to_wire(&accuser).map_err(|e| Failure::from(NodeError::from(e)))?,
+            sig: Vec::new(),
+        };
+        if let Some(s) = &self.signer {
+            let g = odin_proto::verify::Gossip::Proof(Box::new(proof.clone()));
+            proof.sig = s.sign_bytes(&g.signing_bytes(&self.model));
+        }
+        if let Ok(mut p) = self.proofs.lock() {
+            p.push(proof);
+        }
+        tracing::warn!("server {peer} cheated on step {step} of session {:016x}: banned", claim.session);
+        let what = format!("step {step} of session {:016x} recomputes to other bytes than it signed", claim.session);
+        Err(Failure { error: NodeError::Fraud { peer: name, what }, peer: Some(peer) })
+    }
+
+    /// Recompute `r` and compare with `claim`: in-process when this node holds the blocks or
+    /// the model's files (one honest recomputation settles it), else on up to three other
+    /// servers holding them, never `accused`: one that agrees with the claim passes it, and
+    /// two that agree with each other against it convict.
+    async fn judge(&self, reach: Reach<'_>, r: &Recompute, claim: &Claim, accused: PeerId) -> Verdict {
+        let compare = |honest: &Claim| {
+            if (honest.input, honest.before) != (claim.input, claim.before) {
+                Verdict::BadReveal
+            } else if same_result(honest, claim) {
+                Verdict::Pass
+            } else {
+                Verdict::Fraud
+            }
+        };
+        if let Some(shard) = self.local_shard(r.blocks.clone()) {
+            let r = r.clone();
+            return match tokio::task::spawn_blocking(move || recompute(&shard, &r)).await {
+                Ok(Ok(honest)) => compare(&honest),
+                Ok(Err(e)) => {
+                    tracing::debug!("audit: cannot recompute in-process: {e}");
+                    Verdict::Undone
+                }
+                Err(_) => Verdict::Undone,
+            };
+        }
+        let router = reach.router;
+        let auditors: Vec<(PeerId, Hop)> = router
+            .live_servers()
+            .into_iter()
+            .filter(|(p, i)| {
+                *p != accused
+                    && *p != router.peer_id()
+                    && i.start as usize <= r.blocks.start
+                    && i.end as usize >= r.blocks.end
+            })
+            .map(|(p, i)| (p, Hop { peer: p, start: i.start as usize, end: i.end as usize }))
+            .collect();
+        let mut against: Vec<Claim> = Vec::new();
+        for (peer, hop) in auditors.into_iter().take(3) {
+            let Ok(mut run) = connect(reach, 0, &hop).await else { continue };
+            let ask = Request::Audit {
+                session: claim.session,
+                step: claim.step,
+                start: r.blocks.start as u32,
+                end: r.blocks.end as u32,
+                sampling: r.sampling,
+                drawn: r.drawn,
+                reply: r.reply,
+                input: r.input.clone(),
+                before: r.before.clone(),
+            };
+            let Ok((Response::Audited { claim: theirs }, _)) = run.call(router, ask).await else { continue };
+            let from_it = odin_net::peer_from_wire(&theirs.server).ok() == Some(peer);
+            if !from_it || !signed_by_server(&self.model, &theirs) {
+                tracing::debug!("audit: {peer} answered with a claim it did not sign");
+                continue;
+            }
+            match compare(&theirs) {
+                Verdict::Fraud => {
+                    if against.iter().any(|c| same_result(c, &theirs)) {
+                        return Verdict::Fraud;
+                    }
+                    against.push(theirs);
+                }
+                v => return v,
+            }
+        }
+        Verdict::Undone
+    }
+
+    /// Recompute blocks this node holds itself (its own server's shard) in-process.
+    pub fn hold(&self, shard: Arc<Shard>) {
+        let r = shard.range();
+        if let Ok(mut s) = self.shards.lock() {
+            s.insert((r.start, r.end), shard);
+        }
+    }
+
+    /// A shard of the model's blocks `blocks`, loaded once from the model directory.
+    fn local_shard(&self, blocks: Range<usize>) -> Option<Arc<Shard>> {
+        let key = (blocks.start, blocks.end);
+        {
+            let held = self.shards.lock().ok()?;
+            if let Some(s) = held.get(&key) {
+                return Some(s.clone());
+            }
+            // A held shard over more blocks serves a sub-range as well.
+            if let Some(s) = held.values().find(|s| s.range().start <= blocks.start && s.range().end >= blocks.end) {
+                return Some(s.clone());
+            }
+        }
+        let dir = self.cfg.model_dir.as_ref()?;
+        match Shard::load(dir, Some(blocks), Options::default()) {
+            Ok(s) => {
+                let s = Arc::new(s);
+                self.shards.lock().ok()?.insert(key, s.clone());
+                Some(s)
+            }
+            Err(e) => {
+                tracing::warn!("audit: cannot load blocks from {}: {e}", dir.display());
+                None
+            }
+        }
+    }
+}
+
+/// What recomputing a claimed step showed.
+enum Verdict {
+    /// The same bytes.
+    Pass,
+    /// Other bytes: the claim is a lie.
+    Fraud,
+    /// The revealed input or state is not the one claimed.
+    BadReveal,
+    /// Nobody could recompute it.
+    Undone,
+}
+
+/// Check one step's claims against the route, each other, the hops' previous claims, and what
+/// the client sent and got back. The error names the hop at fault and why.
+pub(crate) fn check_chain(
+    model: &ModelId,
+    route: &[(PeerId, Range<usize>)],
+    prev: &HashMap<PeerId, Claim>,
+    claims: &[Claim],
+    sent: [u8; 32],
+    token: u32,
+    logits: [u8; 32],
+) -> Result<(), (usize, String)> {
+    if claims.len() != route.len() {
+        // The last hop gathers the chain's claims; a missing one is its fault or a hop's
+        // before it, and the last hop relayed the list.
+        return Err((route.len().saturating_sub(1), format!("{} claims for {} hops", claims.len(), route.len())));
+    }
+    for (k, (c, (peer, blocks))) in claims.iter().zip(route).enumerate() {
+        let named = odin_net::peer_from_wire(&c.server).ok();
+        if named != Some(*peer) || !signed_by_server(model, c) {
+            return Err((k, "its claim is not signed by it".into()));
+        }
+        if (c.start as usize, c.end as usize) != (blocks.start, blocks.end) {
+            return Err((k, format!("it claims blocks {}..{}, not {}..{}", c.start, c.end, blocks.start, blocks.end)));
+        }
+        let want_in = if k == 0 { sent } else { claims[k - 1].output };
+        if c.input != want_in {
+            return Err((k, format!("its claimed input of step {} is not what it was sent", c.step)));
+        }
+        let last = k + 1 == route.len();
+        if last && (c.token != token || c.output != logits) {
+            return Err((k, format!("its claim of step {} is not the token it sent", c.step)));
+        }
+        if !last && c.token != NO_TOKEN {
+            return Err((k, "it claims a token but does not hold the last block".into()));
+        }
+        if let Some(p) = prev.get(peer).filter(|p| p.session == c.session && p.start == c.start) {
+            if c.step != p.step + 1 || c.before != p.after {
+                return Err((
+                    k,
+                    format!("its step {} does not start from the state its step {} ended in", c.step, p.step),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claims::blank_claim;
+    use crate::testmodel::MODEL;
+    use odin_net::Keypair;
+
+    struct Chain {
+        signers: Vec<Signer>,
+        route: Vec<(PeerId, Range<usize>)>,
+    }
+
+    fn chain() -> Chain {
+        let signers: Vec<Signer> = (0..3).map(|_| Signer::new(Keypair::generate_ed25519(), MODEL)).collect();
+        let blocks = [0..2, 2..3, 3..4];
+        let route = signers.iter().zip(blocks).map(|(s, b)| (odin_net::peer_from_wire(s.peer()).unwrap(), b)).collect();
+        Chain { signers, route }
+    }
+
+    /// Claims for step `step` of a consistent chain, each hop's state moving from `step` to `step + 1`.
+    fn claims(c: &Chain, step: u64) -> Vec<Claim> {
+        let mut out: Vec<Claim> = Vec::new();
+        for (k, (s, (_, b))) in c.signers.iter().zip(&c.route).enumerate() {
+            let mut cl = blank_claim(b.clone());
+            cl.session = 5;
+            cl.step = step;
+            cl.input = if k == 0 { [1; 32] } else { out[k - 1].output };
+            cl.before = [50 + k as u8 + 3 * step as u8; 32];
+            cl.after = [51 + k as u8 + 3 * step as u8; 32];
+            cl.output = [20 + k as u8; 32];
+            if k == 2 {
+                cl.token = 9;
+            }
+            out.push(s.sign(cl));
+        }
+        out
+    }
+
+    fn check(c: &Chain, prev: &HashMap<PeerId, Claim>, claims: &[Claim]) -> Result<(), (usize, String)> {
+        check_chain(&MODEL, &c.route, prev, claims, [1; 32], 9, [22; 32])
+    }
+
+    #[test]
+    fn a_consistent_chain_passes_and_carries_into_the_next_step() {
+        let c = chain();
+        let first = claims(&c, 0);
+        assert_eq!(check(&c, &HashMap::new(), &first), Ok(()));
+        let prev: HashMap<_, _> = c.route.iter().map(|r| r.0).zip(first.iter().cloned()).collect();
+        // Each hop's step 1 starts where its step 0 ended.
+        let mut second = claims(&c, 1);
+        for (k, cl) in second.iter_mut().enumerate() {
+            cl.before = first[k].after;
+            *cl = c.signers[k].sign(cl.clone());
+        }
+        assert_eq!(check(&c, &prev, &second), Ok(()));
+    }
+
+    #[test]
+    fn each_break_names_the_hop_at_fault() {
+        let c = chain();
+        let ok = claims(&c, 0);
+        let resign = |k: usize, f: &dyn Fn(&mut Claim)| {
+            let mut v = ok.clone();
+            f(&mut v[k]);
+            v[k] = c.signers[k].sign(v[k].clone());
+            v
+        };
+        // Another input than the previous hop's output: hop 1's claim is wrong.
+        assert_eq!(check(&c, &HashMap::new(), &resign(1, &|cl| cl.input = [0; 32])).unwrap_err().0, 1);
+        // Another token than the one that came back.
+        assert_eq!(check(&c, &HashMap::new(), &resign(2, &|cl| cl.token = 8)).unwrap_err().0, 2);
+        // Other blocks than its hop's.
+        assert_eq!(check(&c, &HashMap::new(), &resign(0, &|cl| cl.end = 3)).unwrap_err().0, 0);
+        // A signature by someone else, or over other bytes.
+        let mut forged = ok.clone();
+        forged[1].step = 7;
+        assert_eq!(check(&c, &HashMap::new(), &forged).unwrap_err().0, 1);
+        let mut swapped = ok.clone();
+        swapped[0] = c.signers[1].sign(ok[0].clone());
+        assert_eq!(check(&c, &HashMap::new(), &swapped).unwrap_err().0, 0);
+        // A missing claim.
+        assert!(check(&c, &HashMap::new(), &ok[..2]).is_err());
+        // A state that does not continue the hop's last one.
+        let prev: HashMap<_, _> = c.route.iter().map(|r| r.0).zip(ok.iter().cloned()).collect();
+        let jumped = claims(&c, 1);
+        assert_eq!(check(&c, &prev, &jumped).unwrap_err().0, 0);
+    }
+}
