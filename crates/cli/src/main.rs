@@ -13,6 +13,7 @@ mod engine_cmd;
 mod net_cmd;
 mod pipeline_cmd;
 mod train_cmd;
+mod verify_cmd;
 
 /// ODIN: create, train, serve and verify an efficient language model together.
 #[derive(Parser)]

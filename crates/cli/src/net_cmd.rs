@@ -100,6 +100,13 @@ pub struct NodeArgs {
     /// Answer steps with bytes that do not parse after this many (for tests of broken servers).
     #[arg(long, hide = true)]
     garbage_after: Option<u64>,
+    /// Fraction of hop-steps this node's own generations recompute to check the servers (0 to 1).
+    #[arg(long, default_value_t = odin_node::config::DEFAULT_AUDIT)]
+    audit: f64,
+    /// Lie about steps (tests and benchmarks of verification): flip-bit, noise, stale,
+    /// other-session, skip-blocks, other-model or one-in-N.
+    #[arg(long, hide = true)]
+    cheat: Option<odin_node::Cheat>,
 }
 
 /// The runtime of a node or swarm process: one network thread (prefills, and steps while other
@@ -197,6 +204,8 @@ pub fn node(a: NodeArgs) -> Result<()> {
         announce_secs: a.announce_secs,
         delay_ms: a.delay_ms,
         garbage_after: a.garbage_after,
+        audit: a.audit,
+        cheat: a.cheat,
     };
     let cfg = options.config()?;
     let grace = options.grace()?;
@@ -274,6 +283,17 @@ pub struct SwarmArgs {
     /// Train together instead of answering a prompt (see --config).
     #[arg(long)]
     train: bool,
+    /// Fraction of hop-steps the client recomputes to check the servers (0 to 1).
+    #[arg(long, default_value_t = odin_node::config::DEFAULT_AUDIT)]
+    audit: f64,
+    /// Make this many nodes lie (a test of verification): every block is served twice, the
+    /// client answers six prompts, and a table shows the audits, proofs and bans.
+    #[arg(long, default_value_t = 0)]
+    cheat: usize,
+    /// How the lying nodes lie: flip-bit, noise, stale, other-session, skip-blocks,
+    /// other-model or one-in-N.
+    #[arg(long, default_value = "flip-bit")]
+    cheat_kind: odin_node::Cheat,
     #[command(flatten)]
     training: crate::collab_cmd::SwarmTrainArgs,
 }
@@ -286,6 +306,23 @@ pub fn swarm(a: SwarmArgs) -> Result<()> {
     let wire = Dtype::parse(&a.wire)?;
     let relay = Relay::parse(&a.relay)?;
     let sampling = a.sampling.config()?;
+    if !(0.0..=1.0).contains(&a.audit) {
+        bail!("--audit {} is not a fraction between 0 and 1", a.audit);
+    }
+    if a.cheat > 0 {
+        return crate::verify_cmd::swarm_verify(crate::verify_cmd::VerifySwarm {
+            nodes: a.nodes,
+            cheats: a.cheat,
+            kind: a.cheat_kind,
+            audit: a.audit,
+            model: a.model,
+            max_tokens: a.max_tokens,
+            sampling,
+            wire,
+            relay,
+            json: a.json,
+        });
+    }
     let ranges = odin_node::cluster::split_model(&a.model, a.nodes)?;
     let tk = load_tokenizer(&a.model)?;
     let ids = prompt_ids(&tk, &a.prompt)?;
@@ -306,6 +343,7 @@ pub fn swarm(a: SwarmArgs) -> Result<()> {
         }
         let mut cfg = cluster.client_config(&work.join("client"));
         cfg.net.dht_server = false;
+        cfg.audit = a.audit;
         let client = cluster.join(cfg, Duration::from_secs(60)).await?;
         let route = client.route().unwrap_or_default();
         let ready_s = t_start.elapsed().as_secs_f64();

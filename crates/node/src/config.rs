@@ -33,6 +33,8 @@ pub struct NodeConfig {
     pub announce_every: Duration,
     /// Pick the blocks from the network's needs instead of `blocks`, and keep rebalancing.
     pub auto: Option<AutoConfig>,
+    /// Fraction of hop-steps this node's own generations recompute (0: check claims only).
+    pub audit: f64,
 }
 
 /// How a `--blocks auto` node sizes its share and how often it reconsiders it.
@@ -69,6 +71,7 @@ impl NodeConfig {
             threads: 1,
             announce_every: Duration::from_secs(2),
             auto: None,
+            audit: DEFAULT_AUDIT,
         }
     }
 }
@@ -111,7 +114,15 @@ pub struct NodeOptions {
     pub delay_ms: u64,
     /// Answer steps with junk after this many (tests of broken servers).
     pub garbage_after: Option<u64>,
+    /// Fraction of hop-steps this node's generations recompute, 0 to 1.
+    pub audit: f64,
+    /// Lie about steps this way (tests and benchmarks of verification).
+    pub cheat: Option<crate::cheat::Cheat>,
 }
+
+/// Fraction of hop-steps a node's generations recompute unless told otherwise: a server that
+/// lies on every step is caught within about 20 of them.
+pub const DEFAULT_AUDIT: f64 = 0.05;
 
 /// Announcing more often than this would flood the gossip.
 const MIN_ANNOUNCE_SECS: f64 = 0.05;
@@ -167,8 +178,13 @@ impl NodeOptions {
             max_sessions: self.max_sessions.max(1),
             delay: Duration::from_millis(self.delay_ms),
             garbage_after: self.garbage_after,
+            cheat: self.cheat,
             ..ServerConfig::default()
         };
+        if !(0.0..=1.0).contains(&self.audit) {
+            return Err(NodeError::Config(format!("--audit {} is not a fraction between 0 and 1", self.audit)));
+        }
+        cfg.audit = self.audit;
         cfg.announce_every = Duration::from_secs_f64(self.announce_secs);
         Ok(cfg)
     }
@@ -218,6 +234,8 @@ mod tests {
             announce_secs: 2.0,
             delay_ms: 0,
             garbage_after: None,
+            audit: DEFAULT_AUDIT,
+            cheat: None,
         }
     }
 
@@ -268,5 +286,7 @@ mod tests {
         assert!(refused(NodeOptions { grace_secs: f64::INFINITY, ..options() }).contains("--grace-secs"));
         assert!(refused(NodeOptions { model_id: Some("abc".into()), ..options() }).contains("--model-id"));
         assert!(refused(NodeOptions { model: PathBuf::from("/nowhere"), ..options() }).contains("cannot read"));
+        assert!(refused(NodeOptions { audit: 1.5, ..options() }).contains("--audit"));
+        assert!(refused(NodeOptions { audit: f64::NAN, ..options() }).contains("--audit"));
     }
 }

@@ -17,6 +17,8 @@ use odin_net::{block_key, Net, NetEvent, PeerId, ServerInfo};
 use serde::Serialize;
 
 use crate::alloc;
+use crate::audit::{AuditConfig, AuditReport, Auditor};
+use crate::claims::Signer;
 use crate::client::Client;
 use crate::config::{AutoConfig, NodeConfig};
 use crate::directory::{Directory, Hop};
@@ -83,6 +85,11 @@ pub struct Node {
     ms_per_block: OnceLock<f64>,
     /// Serialises moves between block ranges.
     moving: tokio::sync::Mutex<()>,
+    /// Checks the claims of the servers this node's generations use, and audits their steps.
+    auditor: Arc<Auditor>,
+    /// Whether this node's server lies (it then announces itself faster than it is, as a
+    /// cheat out for work would).
+    cheats: bool,
 }
 
 impl Node {
@@ -122,6 +129,7 @@ impl Node {
         let (net, mut events) = Net::start(key.clone(), cfg.net.clone()).await?;
         let ttl = cfg.announce_every * 3;
         let router = Arc::new(Router::new(model, net.peer_id(), layers, ttl, Arc::new(net.clone())));
+        let signer = Signer::new(key.clone(), model);
         let node = Arc::new(Node {
             key,
             net,
@@ -134,6 +142,12 @@ impl Node {
             router,
             ms_per_block: OnceLock::new(),
             moving: tokio::sync::Mutex::new(()),
+            auditor: Arc::new(Auditor::new(
+                AuditConfig { p: cfg.audit, model_dir: Some(cfg.model_dir.clone()) },
+                model,
+                Some(signer),
+            )),
+            cheats: cfg.server.cheat.is_some(),
         });
 
         // Network events feed the directory; weak, so the task ends with the node.
@@ -301,7 +315,10 @@ impl Node {
 
     /// The announcement of this node's server, if it serves.
     pub fn info(&self) -> Option<ServerInfo> {
-        let ms_per_block = self.ms_per_block.get().copied().unwrap_or(1.0);
+        let mut ms_per_block = self.ms_per_block.get().copied().unwrap_or(1.0);
+        if self.cheats {
+            ms_per_block /= 4.0;
+        }
         let addrs = self.net.addrs();
         Some(self.server()?.announcement(self.peer_id(), ms_per_block, &addrs, self.auto.is_some()))
     }
@@ -388,7 +405,23 @@ impl Node {
     /// Generate through the network (see [`Client::generate`]): this node's own blocks, if it
     /// serves, run in-process.
     pub async fn generate(&self, req: &GenerateRequest, on_token: impl FnMut(u32) -> bool) -> Result<Generation> {
-        Client::new(self.router.clone(), self.server().cloned()).generate(req, on_token).await
+        if let Some(s) = self.server() {
+            self.auditor.hold(s.shard());
+        }
+        Client::new(self.router.clone(), self.server().cloned())
+            .with_auditor(self.auditor.clone())
+            .generate(req, on_token)
+            .await
+    }
+
+    /// What this node's verification of other servers has done and found.
+    pub fn audit_report(&self) -> AuditReport {
+        self.auditor.report()
+    }
+
+    /// The fraud proofs this node's audits found.
+    pub fn audit_proofs(&self) -> Vec<odin_proto::verify::Proof> {
+        self.auditor.proofs()
     }
 
     /// A snapshot for `/status`.

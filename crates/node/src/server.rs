@@ -812,9 +812,16 @@ fn step(
         other.as_deref().unwrap_or(s).forward(i, st, Logits::Last)
     };
     let mut sent = Vec::new();
+    // A flipped bit in hidden states goes into the bytes sent (see below): flipped before the
+    // int8 wire encoding, it could round away and be no lie at all.
+    let last = sampler.is_some();
+    let flip_wire = match lie {
+        Lie::Flip(at) if !last => Some(at),
+        _ => None,
+    };
     let tamper = |out: &mut Vec<f32>| {
         match lie {
-            Lie::Flip(at) => flip_bit(out, at),
+            Lie::Flip(at) if last => flip_bit(out, at),
             Lie::Noise(seed) => add_noise(out, seed),
             Lie::Replace(v) if v.len() == out.len() => *out = v,
             _ => {}
@@ -823,7 +830,11 @@ fn step(
             sent = out.clone();
         }
     };
-    let produced = run_claimed(shard, &mut state, sampler.as_mut(), input, reply, &mut claim, forward, tamper);
+    let mut produced = run_claimed(shard, &mut state, sampler.as_mut(), input, reply, &mut claim, forward, tamper);
+    if let (Some(at), Ok(Produced::Hidden(t))) = (flip_wire, &mut produced) {
+        flip_wire_bit(t, at);
+        claim.output = odin_proto::verify::tensor_hash(t);
+    }
     let compute_us = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
     let resp = match produced {
         Ok(Produced::Token { id, logits_hash }) => Ok((Response::Token { id, logits_hash, compute_us, claim }, sent)),
@@ -832,6 +843,15 @@ fn step(
         Err(e) => Err(step_fail(e)),
     };
     (state, sampler, resp)
+}
+
+/// Flip the lowest bit of one 4-byte-aligned byte of `t`'s data: an f32's lowest mantissa
+/// bit, or an int8 code's or an f16 scale's lowest bit; never a NaN or an infinity.
+fn flip_wire_bit(t: &mut Tensor, at: usize) {
+    let words = t.data.len() / 4;
+    if words > 0 {
+        t.data[(at % words) * 4] ^= 1;
+    }
 }
 
 /// A step's error, as the client hears it.

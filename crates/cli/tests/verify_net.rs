@@ -1,0 +1,42 @@
+//! Verification with real processes: `odin swarm --cheat 1` starts four node processes, one of
+//! which lies in the way it is told to; the client's audits must catch and ban it, ban no
+//! honest server, and every answer must be the one one machine gives.
+
+mod common;
+use common::{bundled, json, odin};
+
+fn verify(kind: &str, relay: &str) -> serde_json::Value {
+    let out = odin()
+        .args(["swarm", "--json", "--nodes", "4", "--cheat", "1", "--cheat-kind", kind, "--relay", relay])
+        // Half the hop-steps audited: the liar is caught within a few tokens of the first answer.
+        .args(["--audit", "0.5", "--max-tokens", "24"])
+        .arg("--model")
+        .arg(bundled())
+        .output()
+        .unwrap();
+    json(out)
+}
+
+#[test]
+fn a_lying_node_is_caught_banned_and_every_answer_is_one_machines() {
+    for (kind, relay) in [("flip-bit", "chain"), ("skip-blocks", "client")] {
+        let v = verify(kind, relay);
+        let case = format!("{kind} {relay}: {v}");
+        assert_eq!(v["all_liars_banned"], true, "{case}");
+        assert_eq!(v["all_correct"], true, "{case}");
+        assert_eq!(v["honest_banned"], false, "{case}");
+        let liar = v["liars"][0].as_str().unwrap();
+        let banned = v["report"]["banned"].as_array().unwrap();
+        assert_eq!(banned.len(), 1, "{case}");
+        assert_eq!(banned[0][0].as_str(), Some(liar), "{case}");
+        assert_eq!(v["proofs"], 1, "{case}");
+        assert!(v["report"]["passed"].as_u64().unwrap() > 0, "{case}");
+    }
+}
+
+#[test]
+fn more_liars_than_honest_servers_is_refused() {
+    let out = odin().args(["swarm", "--nodes", "4", "--cheat", "3"]).arg("--model").arg(bundled()).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most half"), "{}", String::from_utf8_lossy(&out.stderr));
+}
