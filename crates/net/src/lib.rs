@@ -19,4 +19,4 @@ pub use info::{now_ms, ServerInfo};
 pub use libp2p::identity::{Keypair, PublicKey};
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 pub use peer::{peer_from_wire, peer_to_wire, verify_signed_by};
-pub use swarm::{block_key, info_topic, load_or_create_identity, Net, NetConfig, NetEvent};
+pub use swarm::{block_key, info_topic, load_or_create_identity, verify_topic, Net, NetConfig, NetEvent, MAX_GOSSIP};

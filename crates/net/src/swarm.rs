@@ -153,6 +153,16 @@ pub fn info_topic(model: &ModelId) -> IdentTopic {
     IdentTopic::new(format!("odin/{model}/servers"))
 }
 
+/// The gossip topic fraud proofs about servers of `model` spread on.
+pub fn verify_topic(model: &ModelId) -> String {
+    format!("odin/{model}/proofs")
+}
+
+/// Largest gossip message. Announcements and training messages stay far below 64 KiB; a
+/// fraud proof carries a step's input and a session state (about 60 KiB for a two-block hop of
+/// odin-tiny, a few hundred KiB for bigger models), so the cap is higher than gossipsub's default.
+pub const MAX_GOSSIP: usize = 1 << 20;
+
 /// Load the node's ed25519 identity from `path`, or create and save one (mode 0600).
 pub fn load_or_create_identity(path: &Path) -> Result<Keypair> {
     if path.exists() {
@@ -210,7 +220,7 @@ impl Net {
                     .heartbeat_interval(Duration::from_millis(500))
                     .validation_mode(gossipsub::ValidationMode::Strict)
                     .validate_messages()
-                    .max_transmit_size(64 * 1024)
+                    .max_transmit_size(MAX_GOSSIP)
                     .build()
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
                 let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg)

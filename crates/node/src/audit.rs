@@ -23,7 +23,7 @@ use odin_engine::{Options, Shard};
 use odin_format::ModelId;
 use odin_net::{peer_to_wire, PeerId};
 use odin_proto::infer::{Request, Response};
-use odin_proto::verify::{Claim, Proof, NO_TOKEN};
+use odin_proto::verify::{Claim, Gossip, Proof, NO_TOKEN};
 use serde::Serialize;
 
 use crate::blame::{blame, Failure};
@@ -62,6 +62,29 @@ pub struct AuditReport {
     pub per_server: std::collections::BTreeMap<String, (u64, u64)>,
     /// Servers banned, in order, with the step of their session at which each was caught.
     pub banned: Vec<(String, u64)>,
+    /// Fraud proofs heard from other nodes.
+    pub proofs_heard: u64,
+    /// Of those, proofs whose step recomputed to other bytes than claimed: the accused banned.
+    pub convictions: u64,
+    /// Of those, proofs whose step recomputed to the claim: the accuser banned.
+    pub false_accusations: u64,
+    /// Proofs about a step already judged (counted once).
+    pub replays: u64,
+    /// Proofs refused unread (bad bytes or signatures) or that this node could not recompute.
+    pub unchecked: u64,
+}
+
+/// What a fraud proof heard on gossip showed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// The step recomputes to other bytes than the server signed: ban it.
+    Convicts(PeerId),
+    /// The step recomputes to what the server signed: the accuser lied; ban it.
+    FalseAccusation(PeerId),
+    /// A step already judged.
+    Replay,
+    /// Not a proof this node can act on (why).
+    Unchecked(String),
 }
 
 /// Verifies a client's servers; shared by every generation of the client.
@@ -73,6 +96,10 @@ pub struct Auditor {
     report: Mutex<AuditReport>,
     proofs: Mutex<Vec<Proof>>,
     signer: Option<Signer>,
+    /// Steps already judged (their [`Claim::step_key`]): a replayed proof counts once.
+    judged: Mutex<std::collections::HashSet<[u8; 32]>>,
+    /// Proofs of this node's own already published.
+    published: Mutex<usize>,
 }
 
 impl Auditor {
@@ -85,6 +112,92 @@ impl Auditor {
             report: Mutex::new(AuditReport::default()),
             proofs: Mutex::new(Vec::new()),
             signer,
+            judged: Mutex::new(Default::default()),
+            published: Mutex::new(0),
+        }
+    }
+
+    /// This node's proofs not yet handed out for gossip, as message bytes.
+    pub fn unpublished(&self) -> Vec<Vec<u8>> {
+        let (Ok(proofs), Ok(mut done)) = (self.proofs.lock(), self.published.lock()) else { return Vec::new() };
+        let new = proofs[(*done).min(proofs.len())..]
+            .iter()
+            .map(|p| odin_proto::Envelope { model: self.model, msg: Gossip::Proof(Box::new(p.clone())) }.to_bytes())
+            .collect();
+        *done = proofs.len();
+        new
+    }
+
+    /// Judge a fraud proof `source` published: check both signatures, then recompute the step
+    /// from the proof's input and state. Whoever is shown to have lied (the accused, or the
+    /// accuser of an honest step) is named; a step already judged counts once.
+    pub fn judge_proof(&self, data: &[u8], source: PeerId) -> Heard {
+        let heard = self.judge_proof_inner(data, source);
+        self.count(|r| {
+            r.proofs_heard += 1;
+            match heard {
+                Heard::Convicts(_) => r.convictions += 1,
+                Heard::FalseAccusation(_) => r.false_accusations += 1,
+                Heard::Replay => r.replays += 1,
+                Heard::Unchecked(_) => r.unchecked += 1,
+            }
+        });
+        heard
+    }
+
+    fn judge_proof_inner(&self, data: &[u8], source: PeerId) -> Heard {
+        let g = match odin_proto::Envelope::<Gossip>::from_bytes(data) {
+            Ok(e) if e.model == self.model => e.msg,
+            Ok(e) => return Heard::Unchecked(format!("a proof about model {}, not ours", e.model)),
+            Err(e) => return Heard::Unchecked(format!("a proof that does not parse: {e}")),
+        };
+        let Gossip::Proof(p) = &g;
+        if odin_net::peer_from_wire(&p.accuser).ok() != Some(source)
+            || !odin_net::verify_signed_by(&source, &g.signing_bytes(&self.model), &p.sig)
+        {
+            return Heard::Unchecked("a proof not signed by the peer that published it".into());
+        }
+        let Ok(accused) = odin_net::peer_from_wire(&p.claim.server) else {
+            return Heard::Unchecked("a proof naming no peer".into());
+        };
+        if !signed_by_server(&self.model, &p.claim) {
+            // Nobody signed the claim it is about: the accuser made it up.
+            return Heard::FalseAccusation(source);
+        }
+        let key = p.claim.step_key(&self.model);
+        let fresh = match self.judged.lock() {
+            Ok(mut j) => j.insert(key),
+            Err(_) => return Heard::Unchecked("the judged-steps table is poisoned".into()),
+        };
+        if !fresh {
+            return Heard::Replay;
+        }
+        let blocks = p.claim.start as usize..p.claim.end as usize;
+        let Some(shard) = self.local_shard(blocks.clone()) else {
+            return Heard::Unchecked(format!("this node cannot recompute blocks {}..{}", blocks.start, blocks.end));
+        };
+        let r = Recompute {
+            blocks,
+            input: p.input.clone(),
+            before: p.before.clone(),
+            sampling: p.sampling,
+            drawn: p.drawn,
+            reply: odin_proto::Dtype::F32,
+        };
+        // Evidence that does not hash to the claim's input and state, or that the engine
+        // refuses, accuses nobody but the accuser.
+        let differs = |reply| match recompute(&shard, &Recompute { reply, ..r.clone() }) {
+            Ok(honest) => Some(
+                !same_result(&honest, &p.claim) && (honest.input, honest.before) == (p.claim.input, p.claim.before),
+            ),
+            Err(_) => None,
+        };
+        // Hidden states may have travelled as int8 or f32: the step is honest if either
+        // encoding of the recomputed output is the one claimed.
+        match (differs(odin_proto::Dtype::Q8), differs(odin_proto::Dtype::F32)) {
+            (Some(true), Some(true)) => Heard::Convicts(accused),
+            (Some(_), Some(_)) => Heard::FalseAccusation(source),
+            _ => Heard::FalseAccusation(source),
         }
     }
 
@@ -215,6 +328,9 @@ impl Auditor {
         if let Some(s) = &self.signer {
             let g = odin_proto::verify::Gossip::Proof(Box::new(proof.clone()));
             proof.sig = s.sign_bytes(&g.signing_bytes(&self.model));
+        }
+        if let Ok(mut j) = self.judged.lock() {
+            j.insert(proof.claim.step_key(&self.model));
         }
         if let Ok(mut p) = self.proofs.lock() {
             p.push(proof);
@@ -475,5 +591,82 @@ mod tests {
         let prev: HashMap<_, _> = c.route.iter().map(|r| r.0).zip(ok.iter().cloned()).collect();
         let jumped = claims(&c, 1);
         assert_eq!(check(&c, &prev, &jumped).unwrap_err().0, 0);
+    }
+
+    /// A signed proof by `accuser` about `claim`, a step of blocks 0..4 from a zero state on `input`.
+    fn proof_bytes(accuser: &Signer, claim: Claim, input: &odin_proto::infer::StepInput) -> Vec<u8> {
+        let sh = crate::testmodel::shard(0..crate::testmodel::LAYERS);
+        let c = sh.config().hidden_size;
+        let before = odin_proto::Tensor::encode(&sh.new_state().to_rows(), c, odin_proto::Dtype::F32).unwrap();
+        let mut p = Proof {
+            claim,
+            input: input.clone(),
+            before,
+            sampling: odin_format::Sampling::default(),
+            drawn: 0,
+            accuser: accuser.peer().clone(),
+            sig: Vec::new(),
+        };
+        let unsigned = Gossip::Proof(Box::new(p.clone()));
+        p.sig = accuser.sign_bytes(&unsigned.signing_bytes(&MODEL));
+        odin_proto::Envelope { model: MODEL, msg: Gossip::Proof(Box::new(p)) }.to_bytes()
+    }
+
+    #[test]
+    fn a_proof_convicts_the_liar_once_and_a_false_one_convicts_the_accuser() {
+        let sh = Arc::new(crate::testmodel::shard(0..crate::testmodel::LAYERS));
+        let judge = Auditor::new(AuditConfig::default(), MODEL, None);
+        judge.hold(sh.clone());
+        let (server, accuser) =
+            (Signer::new(Keypair::generate_ed25519(), MODEL), Signer::new(Keypair::generate_ed25519(), MODEL));
+        let peer = |s: &Signer| odin_net::peer_from_wire(s.peer()).unwrap();
+        let input = odin_proto::infer::StepInput::Tokens(vec![5, 17, 42]);
+        let c = sh.config().hidden_size;
+        let zero = odin_proto::Tensor::encode(&sh.new_state().to_rows(), c, odin_proto::Dtype::F32).unwrap();
+        let r = Recompute {
+            blocks: 0..crate::testmodel::LAYERS,
+            input: input.clone(),
+            before: zero,
+            sampling: odin_format::Sampling::default(),
+            drawn: 0,
+            reply: odin_proto::Dtype::F32,
+        };
+        let honest = server.sign(recompute(&sh, &r).unwrap());
+        let mut lie = honest.clone();
+        lie.output[0] ^= 1;
+        let lie = server.sign(lie);
+
+        let guilty = proof_bytes(&accuser, lie.clone(), &input);
+        assert_eq!(judge.judge_proof(&guilty, peer(&accuser)), Heard::Convicts(peer(&server)));
+        assert_eq!(judge.judge_proof(&guilty, peer(&accuser)), Heard::Replay, "a replay counts once");
+        // The honest step, accused: the accuser is the liar.
+        let mut other = honest.clone();
+        other.session = 99;
+        let other = server.sign(other);
+        assert_eq!(
+            judge.judge_proof(&proof_bytes(&accuser, other, &input), peer(&accuser)),
+            Heard::FalseAccusation(peer(&accuser))
+        );
+        // A claim nobody signed is the accuser's invention.
+        let mut forged = lie.clone();
+        forged.step = 5;
+        assert_eq!(
+            judge.judge_proof(&proof_bytes(&accuser, forged, &input), peer(&accuser)),
+            Heard::FalseAccusation(peer(&accuser))
+        );
+        // Evidence that is not the claimed input: the accuser again.
+        let mut moved = lie.clone();
+        moved.step = 6;
+        let moved = server.sign(moved);
+        let wrong_input = odin_proto::infer::StepInput::Tokens(vec![5, 17, 43]);
+        assert_eq!(
+            judge.judge_proof(&proof_bytes(&accuser, moved, &wrong_input), peer(&accuser)),
+            Heard::FalseAccusation(peer(&accuser))
+        );
+        // Published by another peer than the accuser it names, or not a proof at all: unchecked.
+        assert!(matches!(judge.judge_proof(&guilty, peer(&server)), Heard::Unchecked(_)));
+        assert!(matches!(judge.judge_proof(b"junk", peer(&accuser)), Heard::Unchecked(_)));
+        let r = judge.report();
+        assert_eq!((r.proofs_heard, r.convictions, r.false_accusations, r.replays, r.unchecked), (7, 1, 3, 1, 2));
     }
 }

@@ -315,6 +315,17 @@ impl LocalCluster {
     /// Start a node in this process as member `name`, serving `blocks` (none: a client that
     /// joins and serves nothing). Returns its index.
     pub async fn launch_in_process(&mut self, name: &str, blocks: Option<Range<usize>>) -> Result<usize> {
+        self.launch_in_process_with(name, blocks, |_| {}).await
+    }
+
+    /// [`LocalCluster::launch_in_process`], with `tweak` applied to the node's settings last
+    /// (a lying server, a client that audits everything).
+    pub async fn launch_in_process_with(
+        &mut self,
+        name: &str,
+        blocks: Option<Range<usize>>,
+        tweak: impl FnOnce(&mut NodeConfig),
+    ) -> Result<usize> {
         let dir = self.cfg.dir.join(name);
         let mut cfg = NodeConfig::loopback(&self.cfg.model, blocks.clone(), &dir);
         if !self.cfg.listen.is_empty() {
@@ -322,6 +333,7 @@ impl LocalCluster {
         }
         cfg.net.bootstrap = self.boot.clone();
         cfg.announce_every = self.cfg.announce;
+        tweak(&mut cfg);
         let node = Node::start(cfg).await?;
         let blocks = blocks.map_or("none".to_string(), |r| format!("{}..{}", r.start, r.end));
         self.admit((node.peer_id(), node.net().addrs()), blocks, dir, Runs::InProcess(node))

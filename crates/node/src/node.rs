@@ -13,11 +13,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use odin_engine::{Options, Shard};
 use odin_format::{ModelConfig, ModelId};
-use odin_net::{block_key, Net, NetEvent, PeerId, ServerInfo};
+use odin_net::{block_key, verify_topic, Net, NetEvent, PeerId, ServerInfo};
 use serde::Serialize;
 
 use crate::alloc;
-use crate::audit::{AuditConfig, AuditReport, Auditor};
+use crate::audit::{AuditConfig, AuditReport, Auditor, Heard};
 use crate::claims::Signer;
 use crate::client::Client;
 use crate::config::{AutoConfig, NodeConfig};
@@ -149,6 +149,9 @@ impl Node {
             )),
             cheats: cfg.server.cheat.is_some(),
         });
+
+        // Every node hears the fraud proofs about the model's servers, and judges them itself.
+        node.net.subscribe(&verify_topic(&model)).await?;
 
         // Network events feed the directory; weak, so the task ends with the node.
         let weak = Arc::downgrade(&node);
@@ -303,6 +306,24 @@ impl Node {
             NetEvent::Rtt(peer, rtt) => self.router.rtt(peer, rtt),
             NetEvent::Subscribed(_) => self.announce().await,
             NetEvent::Disconnected(peer) => self.router.gone(&peer),
+            NetEvent::Gossip { topic, source, data } if topic == verify_topic(&self.model) => {
+                // Recomputing the step is engine work: off the network thread.
+                let auditor = self.auditor.clone();
+                let heard = tokio::task::spawn_blocking(move || auditor.judge_proof(&data, source)).await;
+                match heard {
+                    Ok(Heard::Convicts(p)) => {
+                        tracing::warn!("a fraud proof from {source} shows {p} cheated: banned");
+                        self.router.ban(&p);
+                    }
+                    Ok(Heard::FalseAccusation(p)) => {
+                        tracing::warn!("a fraud proof from {p} does not reproduce: the accuser is banned");
+                        self.router.ban(&p);
+                    }
+                    Ok(Heard::Replay) => tracing::debug!("a fraud proof from {source} about a step already judged"),
+                    Ok(Heard::Unchecked(why)) => tracing::info!("a fraud proof from {source} left unchecked: {why}"),
+                    Err(e) => tracing::warn!("judging a fraud proof failed: {e}"),
+                }
+            }
             // A serving node follows no other service's topic.
             NetEvent::Gossip { topic, source, .. } => tracing::debug!("ignored gossip on {topic} from {source}"),
         }
@@ -408,15 +429,33 @@ impl Node {
         if let Some(s) = self.server() {
             self.auditor.hold(s.shard());
         }
-        Client::new(self.router.clone(), self.server().cloned())
+        let g = Client::new(self.router.clone(), self.server().cloned())
             .with_auditor(self.auditor.clone())
             .generate(req, on_token)
-            .await
+            .await;
+        self.publish_proofs().await;
+        g
+    }
+
+    /// Spread the fraud proofs this node's audits found since the last time, so every node
+    /// can check them and ban the liar.
+    async fn publish_proofs(&self) {
+        let topic = verify_topic(&self.model);
+        for bytes in self.auditor.unpublished() {
+            if let Err(e) = self.net.publish_on(&topic, bytes).await {
+                tracing::warn!("cannot spread a fraud proof: {e}");
+            }
+        }
     }
 
     /// What this node's verification of other servers has done and found.
     pub fn audit_report(&self) -> AuditReport {
         self.auditor.report()
+    }
+
+    /// Whether this node has banned `peer` (caught lying, by itself or by a proof it checked).
+    pub fn has_banned(&self, peer: &PeerId) -> bool {
+        self.router.read(|d| d.is_banned(peer)).unwrap_or(false)
     }
 
     /// The fraud proofs this node's audits found.

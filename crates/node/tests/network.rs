@@ -348,3 +348,44 @@ async fn a_node_signs_with_the_identity_its_peer_id_names_and_keeps_it_across_re
     assert_ne!(other.peer_id(), peer);
     assert!(!other.public_key().verify(msg, &sig));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_liar_caught_by_one_node_is_banned_by_every_node_that_checks_the_proof() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut net = cluster(tmp.path());
+    let _first = start(&mut net, Some(0..2)).await;
+    let liar = net
+        .launch_in_process_with("liar", Some(2..4), |c| c.server.cheat = Some(odin_node::Cheat::Noise))
+        .await
+        .unwrap();
+    let liar = net.node(liar).unwrap().peer_id();
+    let _spare = start(&mut net, Some(2..4)).await;
+    let watcher = start(&mut net, Some(0..2)).await;
+    let client = net.launch_in_process_with("client", None, |c| c.audit = 1.0).await.unwrap();
+    let client = net.node(client).unwrap().clone();
+    client.wait_for_route(4, Duration::from_secs(30)).await.unwrap();
+    let req = GenerateRequest {
+        prompt: PROMPT.to_vec(),
+        max_new: 8,
+        sampling: Sampling::default(),
+        wire: Dtype::Q8,
+        stop: None,
+        relay: Relay::Chain,
+    };
+    let g = client.generate(&req, |_| true).await.unwrap();
+    assert_eq!(g.tokens, local_until(8, Sampling::default(), None));
+    assert!(client.has_banned(&liar), "{:?}", client.audit_report());
+    assert_eq!(client.audit_proofs().len(), 1);
+    // The proof spreads on gossip; the watcher recomputes the step and bans the liar too.
+    let t = std::time::Instant::now();
+    while !watcher.has_banned(&liar) {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the watcher never banned the liar: {:?}",
+            watcher.audit_report()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = watcher.audit_report();
+    assert_eq!((r.convictions, r.false_accusations), (1, 0), "{r:?}");
+}
