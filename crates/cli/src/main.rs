@@ -57,6 +57,9 @@ enum Command {
     /// Loss curves of several runs on one PNG (`odin swarm --train --json` summaries or
     /// `odin train` metrics.jsonl files).
     Curves(collab_cmd::CurvesArgs),
+    /// What a network identity costs: solve the identity puzzle `--runs` times at `--bits`
+    /// and print the keys tried and the seconds, median and spread.
+    Identity(IdentityArgs),
     /// The f32 path's speed for `odin bench` (runs in a child process).
     #[command(hide = true)]
     BenchF32(engine_cmd::BenchF32Args),
@@ -228,11 +231,61 @@ fn run(cli: Cli) -> Result<()> {
         Command::Swarm(a) => net_cmd::swarm(a),
         Command::Chat(a) => net_cmd::chat(a),
         Command::Curves(a) => collab_cmd::curves(a),
+        Command::Identity(a) => identity(a),
         Command::Model(ModelCmd::Id { dir }) => {
             println!("{}", model_id(&dir).with_context(|| format!("cannot hash model directory {}", dir.display()))?);
             Ok(())
         }
     }
+}
+
+#[derive(clap::Args)]
+struct IdentityArgs {
+    /// Leading zero bits asked of blake3(blake3(public key)).
+    #[arg(long, default_value_t = odin_net::puzzle::DEFAULT_IDENTITY_BITS)]
+    bits: u32,
+    /// Identities to solve.
+    #[arg(long, default_value_t = 9)]
+    runs: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn identity(a: IdentityArgs) -> Result<()> {
+    if a.bits > 40 || a.runs == 0 {
+        bail!("--bits must be at most 40 (2^40 keys is days) and --runs at least 1");
+    }
+    let mut runs: Vec<(u64, f64)> = (0..a.runs)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            let (_, tries) = odin_net::puzzle::solve(a.bits);
+            (tries, t.elapsed().as_secs_f64())
+        })
+        .collect();
+    let keys_per_s = runs.iter().map(|r| r.0 as f64).sum::<f64>() / runs.iter().map(|r| r.1).sum::<f64>().max(1e-9);
+    runs.sort_by(|x, y| x.1.total_cmp(&y.1));
+    let median = runs[runs.len() / 2].1;
+    // The expected cost is 2^bits keys at the measured rate; single runs spread widely around it.
+    let expected_s = (1u64 << a.bits) as f64 / keys_per_s;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"bits": a.bits, "runs": runs.len(), "keys_per_s": keys_per_s, "median_s": median,
+                "min_s": runs[0].1, "max_s": runs[runs.len() - 1].1, "expected_s": expected_s})
+        );
+    } else {
+        println!(
+            "{}-bit identity puzzle: {:.0} keys/s on one core; expected {expected_s:.2} s per identity \
+             ({} runs: median {median:.2} s, {:.2}–{:.2} s)",
+            a.bits,
+            keys_per_s,
+            runs.len(),
+            runs[0].1,
+            runs[runs.len() - 1].1
+        );
+    }
+    Ok(())
 }
 
 fn load_config(path: &Path) -> Result<ModelConfig> {

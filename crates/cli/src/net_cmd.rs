@@ -107,6 +107,10 @@ pub struct NodeArgs {
     /// other-session, skip-blocks, other-model or one-in-N.
     #[arg(long, hide = true)]
     cheat: Option<odin_node::Cheat>,
+    /// Leading zero bits of blake3(blake3(public key)) the network asks of an identity: this
+    /// node solves for them once (kept in --data-dir) and ignores servers that show fewer.
+    #[arg(long, default_value_t = odin_net::puzzle::DEFAULT_IDENTITY_BITS)]
+    identity_bits: u32,
 }
 
 /// The runtime of a node or swarm process: one network thread (prefills, and steps while other
@@ -206,6 +210,7 @@ pub fn node(a: NodeArgs) -> Result<()> {
         garbage_after: a.garbage_after,
         audit: a.audit,
         cheat: a.cheat,
+        identity_bits: a.identity_bits,
     };
     let cfg = options.config()?;
     let grace = options.grace()?;

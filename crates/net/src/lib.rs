@@ -12,6 +12,7 @@
 pub mod error;
 pub mod info;
 pub mod peer;
+pub mod puzzle;
 pub mod swarm;
 
 pub use error::{NetError, Result};
@@ -19,4 +20,7 @@ pub use info::{now_ms, ServerInfo};
 pub use libp2p::identity::{Keypair, PublicKey};
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 pub use peer::{peer_from_wire, peer_to_wire, verify_signed_by};
-pub use swarm::{block_key, info_topic, load_or_create_identity, verify_topic, Net, NetConfig, NetEvent, MAX_GOSSIP};
+pub use swarm::{
+    block_key, info_topic, load_or_create_identity, load_or_create_identity_with, verify_topic, Net, NetConfig,
+    NetEvent, MAX_GOSSIP,
+};

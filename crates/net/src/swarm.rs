@@ -165,17 +165,37 @@ pub const MAX_GOSSIP: usize = 1 << 20;
 
 /// Load the node's ed25519 identity from `path`, or create and save one (mode 0600).
 pub fn load_or_create_identity(path: &Path) -> Result<Keypair> {
+    load_or_create_identity_with(path, 0)
+}
+
+/// [`load_or_create_identity`] for a network that asks `bits` of an identity
+/// ([`crate::puzzle`]): a new key is solved for, and a kept key that falls short is moved to
+/// `<path>.old` and replaced by one that does not (the peer id changes, and says so).
+pub fn load_or_create_identity_with(path: &Path, bits: u32) -> Result<Keypair> {
     if path.exists() {
         let bytes =
             std::fs::read(path).map_err(|e| NetError::Identity(format!("cannot read {}: {e}", path.display())))?;
-        return Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
+        let key = Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
             NetError::Identity(format!(
                 "{} is not a libp2p key ({e}); move it away to start with a new identity",
                 path.display()
             ))
-        });
+        })?;
+        if crate::puzzle::identity_bits(&key.public()) >= bits {
+            return Ok(key);
+        }
+        let old = path.with_extension("key.old");
+        tracing::warn!(
+            "the identity in {} does not meet this network's {bits}-bit puzzle; it moves to {} and a new one is made",
+            path.display(),
+            old.display()
+        );
+        std::fs::rename(path, &old)?;
     }
-    let key = Keypair::generate_ed25519();
+    let (key, tries) = crate::puzzle::solve(bits);
+    if bits > 0 {
+        tracing::info!("new identity {} after {tries} keys ({bits}-bit puzzle)", key.public().to_peer_id());
+    }
     let bytes = key.to_protobuf_encoding().map_err(|e| NetError::Identity(e.to_string()))?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;

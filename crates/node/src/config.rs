@@ -35,6 +35,9 @@ pub struct NodeConfig {
     pub auto: Option<AutoConfig>,
     /// Fraction of hop-steps this node's own generations recompute (0: check claims only).
     pub audit: f64,
+    /// Leading zero bits the network asks of an identity (`odin_net::puzzle`): this node
+    /// solves for them, and ignores servers whose ids do not show them.
+    pub identity_bits: u32,
 }
 
 /// How a `--blocks auto` node sizes its share and how often it reconsiders it.
@@ -72,6 +75,7 @@ impl NodeConfig {
             announce_every: Duration::from_secs(2),
             auto: None,
             audit: DEFAULT_AUDIT,
+            identity_bits: odin_net::puzzle::DEFAULT_IDENTITY_BITS,
         }
     }
 }
@@ -118,11 +122,16 @@ pub struct NodeOptions {
     pub audit: f64,
     /// Lie about steps this way (tests and benchmarks of verification).
     pub cheat: Option<crate::cheat::Cheat>,
+    /// Leading zero bits the network asks of an identity.
+    pub identity_bits: u32,
 }
 
 /// Fraction of hop-steps a node's generations recompute unless told otherwise: a server that
 /// lies on every step is caught within about 20 of them.
 pub const DEFAULT_AUDIT: f64 = 0.05;
+
+/// The hardest identity puzzle a node accepts to solve (2^32 keys: hours on one core).
+const MAX_IDENTITY_BITS: u32 = 32;
 
 /// Announcing more often than this would flood the gossip.
 const MIN_ANNOUNCE_SECS: f64 = 0.05;
@@ -185,6 +194,13 @@ impl NodeOptions {
             return Err(NodeError::Config(format!("--audit {} is not a fraction between 0 and 1", self.audit)));
         }
         cfg.audit = self.audit;
+        if self.identity_bits > MAX_IDENTITY_BITS {
+            return Err(NodeError::Config(format!(
+                "--identity-bits {} would take days to solve; the network's puzzle is at most {MAX_IDENTITY_BITS}",
+                self.identity_bits
+            )));
+        }
+        cfg.identity_bits = self.identity_bits;
         cfg.announce_every = Duration::from_secs_f64(self.announce_secs);
         Ok(cfg)
     }
@@ -236,6 +252,7 @@ mod tests {
             garbage_after: None,
             audit: DEFAULT_AUDIT,
             cheat: None,
+            identity_bits: 8,
         }
     }
 

@@ -66,6 +66,8 @@ pub struct Directory {
     servers: HashMap<PeerId, Entry>,
     /// Proven cheaters: never routed to again, their announcements ignored.
     banned: std::collections::HashSet<PeerId>,
+    /// Identity work asked of a server (`odin_net::puzzle`); below it, announcements are ignored.
+    identity_bits: u32,
 }
 
 /// Round trip assumed for a server whose ping has not come back yet.
@@ -74,7 +76,7 @@ const UNKNOWN_RTT: Duration = Duration::from_millis(5);
 impl Directory {
     /// An empty directory for a model of `layers` blocks; announcements live for `ttl`.
     pub fn new(layers: usize, ttl: Duration) -> Self {
-        Self { layers, ttl, servers: HashMap::new(), banned: Default::default() }
+        Self { layers, ttl, servers: HashMap::new(), banned: Default::default(), identity_bits: 0 }
     }
 
     /// Blocks of the model.
@@ -84,7 +86,10 @@ impl Directory {
 
     /// Take an announcement (ignored when it names blocks the model does not have).
     pub fn update(&mut self, peer: PeerId, info: ServerInfo) {
-        if info.end as usize > self.layers || self.banned.contains(&peer) {
+        if info.end as usize > self.layers
+            || self.banned.contains(&peer)
+            || !odin_net::puzzle::peer_meets(&peer, self.identity_bits)
+        {
             return;
         }
         let e = self.servers.entry(peer).or_insert_with(|| Entry {
@@ -120,6 +125,11 @@ impl Directory {
                 None => us_per_block,
             });
         }
+    }
+
+    /// Ignore announcements from peers whose ids do not show `bits` of identity work.
+    pub fn require_identity_bits(&mut self, bits: u32) {
+        self.identity_bits = bits;
     }
 
     /// `peer` was proven to cheat: forget it, and never take it back.
@@ -287,6 +297,23 @@ mod tests {
 
     fn info(start: u32, end: u32, ms: f64) -> ServerInfo {
         test_info(start, end, ms, false)
+    }
+
+    #[test]
+    fn servers_without_identity_work_and_banned_ones_are_never_routed_to() {
+        let mut d = Directory::new(2, Duration::from_secs(60));
+        d.require_identity_bits(6);
+        let cheap = odin_net::Keypair::generate_ed25519().public().to_peer_id();
+        let worked = odin_net::puzzle::solve(6).0.public().to_peer_id();
+        // A random key shows 6 bits once in 64 tries: pick one that does not.
+        let cheap = if odin_net::puzzle::peer_meets(&cheap, 6) { PeerId::random() } else { cheap };
+        d.update(cheap, info(0, 2, 0.1));
+        assert!(!d.knows(&cheap) && d.route(&[]).is_none(), "an id without the work is ignored");
+        d.update(worked, info(0, 2, 1.0));
+        assert_eq!(d.route(&[]).map(|r| r[0].peer), Some(worked));
+        d.ban(worked);
+        d.update(worked, info(0, 2, 1.0));
+        assert!(d.is_banned(&worked) && !d.knows(&worked) && d.route(&[]).is_none(), "a banned server stays out");
     }
 
     #[test]

@@ -125,10 +125,11 @@ impl Node {
             }
         }
         cfg.net.model = model;
-        let key = odin_net::load_or_create_identity(&cfg.data_dir.join("identity.key"))?;
+        let key = odin_net::load_or_create_identity_with(&cfg.data_dir.join("identity.key"), cfg.identity_bits)?;
         let (net, mut events) = Net::start(key.clone(), cfg.net.clone()).await?;
         let ttl = cfg.announce_every * 3;
         let router = Arc::new(Router::new(model, net.peer_id(), layers, ttl, Arc::new(net.clone())));
+        router.require_identity_bits(cfg.identity_bits);
         let signer = Signer::new(key.clone(), model);
         let node = Arc::new(Node {
             key,

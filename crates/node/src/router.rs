@@ -122,6 +122,13 @@ impl Router {
         }
     }
 
+    /// Ignore servers whose peer ids do not show `bits` of identity work.
+    pub fn require_identity_bits(&self, bits: u32) {
+        if let Ok(mut d) = self.dir.lock() {
+            d.require_identity_bits(bits);
+        }
+    }
+
     /// `peer` was proven to cheat: it is never routed to again.
     pub fn ban(&self, peer: &PeerId) {
         if let Ok(mut d) = self.dir.lock() {
