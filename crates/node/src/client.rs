@@ -353,15 +353,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn every_kind_of_liar_is_caught_banned_and_the_answer_is_one_machines() {
-        for cheat in [
-            Cheat::FlipBit,
-            Cheat::Noise,
-            Cheat::Stale,
-            Cheat::OtherSession,
-            Cheat::SkipBlocks,
-            Cheat::OtherModel,
-            Cheat::OneIn(3),
-        ] {
+        // The rare cheat lies one step in three here, so that a short answer holds a lie.
+        for cheat in Cheat::ALL.map(|c| if let Cheat::OneIn(_) = c { Cheat::OneIn(3) } else { c }) {
             for relay in [Relay::Chain, Relay::Client] {
                 let (_world, [_, liar, _], router) = cheating(cheat);
                 let req = request(relay, sampled());
