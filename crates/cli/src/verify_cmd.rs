@@ -1,8 +1,9 @@
 //! `odin swarm --cheat N`: a local network where N servers lie, a client that audits them,
 //! and a table of what it checked, caught and banned.
 //!
-//! Every block is served twice (so a banned liar leaves a route), the liars claim to be fast
-//! (so routes go through them), and the client answers a handful of prompts; each answer is
+//! Every block is served twice (so a banned liar leaves a route), the honest servers of a
+//! liar's blocks are slowed (so routes go through the liar), and the client answers a handful
+//! of prompts; each answer is
 //! compared with what one machine generates from the same model. The run ends with the liars
 //! banned and every answer correct, or says which was not.
 
@@ -77,11 +78,21 @@ pub fn swarm_verify(v: VerifySwarm) -> Result<()> {
         let mut cluster = LocalCluster::new(cfg);
         let kind = v.kind.to_string();
         let mut liars = Vec::new();
+        let liar_ranges: Vec<usize> = (v.nodes - v.cheats..v.nodes).map(|i| i % copies.len()).collect();
         for i in 0..v.nodes {
             let r = &copies[i % copies.len()];
             // The last nodes lie: the first, which the others join through, stays honest.
             let lies = i >= v.nodes - v.cheats;
-            let extra: Vec<&str> = if lies { vec!["--cheat", &kind] } else { vec![] };
+            // A liar says it is fast, but routes weigh round trips and what the client measured
+            // more than what a server says; the honest servers of a liar's blocks are made
+            // slower (3 ms a step), so that routes go through the liar and the audits meet it.
+            let extra: Vec<&str> = if lies {
+                vec!["--cheat", &kind]
+            } else if liar_ranges.contains(&(i % copies.len())) {
+                vec!["--delay-ms", "3"]
+            } else {
+                vec![]
+            };
             let m = cluster.launch(&format!("node-{i}"), &format!("{}..{}", r.start, r.end), &extra)?;
             if lies {
                 liars.push(cluster.member(m)?.peer);
