@@ -182,21 +182,17 @@ impl Auditor {
             before: p.before.clone(),
             sampling: p.sampling,
             drawn: p.drawn,
-            reply: odin_proto::Dtype::F32,
+            reply: p.reply,
         };
         // Evidence that does not hash to the claim's input and state, or that the engine
         // refuses, accuses nobody but the accuser.
-        let differs = |reply| match recompute(&shard, &Recompute { reply, ..r.clone() }) {
-            Ok(honest) => Some(
-                !same_result(&honest, &p.claim) && (honest.input, honest.before) == (p.claim.input, p.claim.before),
-            ),
-            Err(_) => None,
-        };
-        // Hidden states may have travelled as int8 or f32: the step is honest if either
-        // encoding of the recomputed output is the one claimed.
-        match (differs(odin_proto::Dtype::Q8), differs(odin_proto::Dtype::F32)) {
-            (Some(true), Some(true)) => Heard::Convicts(accused),
-            (Some(_), Some(_)) => Heard::FalseAccusation(source),
+        match recompute(&shard, &r) {
+            Ok(honest)
+                if !same_result(&honest, &p.claim)
+                    && (honest.input, honest.before) == (p.claim.input, p.claim.before) =>
+            {
+                Heard::Convicts(accused)
+            }
             _ => Heard::FalseAccusation(source),
         }
     }
@@ -322,6 +318,7 @@ impl Auditor {
             before: r.before,
             sampling: r.sampling,
             drawn: r.drawn,
+            reply: r.reply,
             accuser: peer_to_wire(&accuser).map_err(|e| Failure::from(NodeError::from(e)))?,
             sig: Vec::new(),
         };
@@ -604,6 +601,7 @@ mod tests {
             before,
             sampling: odin_format::Sampling::default(),
             drawn: 0,
+            reply: odin_proto::Dtype::F32,
             accuser: accuser.peer().clone(),
             sig: Vec::new(),
         };

@@ -90,6 +90,8 @@ pub struct Node {
     /// Whether this node's server lies (it then announces itself faster than it is, as a
     /// cheat out for work would).
     cheats: bool,
+    /// Counts the bans this node made on hearing a fraud proof; [`Node::wait_banned`] waits on it.
+    bans: tokio::sync::watch::Sender<u64>,
 }
 
 impl Node {
@@ -149,6 +151,7 @@ impl Node {
                 Some(signer),
             )),
             cheats: cfg.server.cheat.is_some(),
+            bans: tokio::sync::watch::Sender::new(0),
         });
 
         // Every node hears the fraud proofs about the model's servers, and judges them itself.
@@ -315,10 +318,12 @@ impl Node {
                     Ok(Heard::Convicts(p)) => {
                         tracing::warn!("a fraud proof from {source} shows {p} cheated: banned");
                         self.router.ban(&p);
+                        self.bans.send_modify(|n| *n += 1);
                     }
                     Ok(Heard::FalseAccusation(p)) => {
                         tracing::warn!("a fraud proof from {p} does not reproduce: the accuser is banned");
                         self.router.ban(&p);
+                        self.bans.send_modify(|n| *n += 1);
                     }
                     Ok(Heard::Replay) => tracing::debug!("a fraud proof from {source} about a step already judged"),
                     Ok(Heard::Unchecked(why)) => tracing::info!("a fraud proof from {source} left unchecked: {why}"),
@@ -457,6 +462,21 @@ impl Node {
     /// Whether this node has banned `peer` (caught lying, by itself or by a proof it checked).
     pub fn has_banned(&self, peer: &PeerId) -> bool {
         self.router.read(|d| d.is_banned(peer)).unwrap_or(false)
+    }
+
+    /// Wait until this node has banned `peer`, at most `timeout`; whether it has.
+    pub async fn wait_banned(&self, peer: &PeerId, timeout: Duration) -> bool {
+        // Subscribed before looking, so a ban between the look and the wait is not missed.
+        let mut bans = self.bans.subscribe();
+        let banned = async {
+            while !self.has_banned(peer) {
+                if bans.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(timeout, banned).await.unwrap_or(false)
     }
 
     /// The fraud proofs this node's audits found.

@@ -22,7 +22,7 @@ use crate::envelope::{header, Message, Service};
 use crate::error::{ProtoError, Result};
 use crate::infer::{read_step_input, write_step_input, StepInput};
 use crate::peer::PeerBytes;
-use crate::tensor::Tensor;
+use crate::tensor::{Dtype, Tensor};
 
 /// The verification service's version; a change to its bytes bumps it.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -173,6 +173,8 @@ pub struct Proof {
     pub sampling: Sampling,
     /// Random draws the session's sampler had made before the step.
     pub drawn: u64,
+    /// The dtype the hop sent its hidden states in (its claim hashes them as sent).
+    pub reply: Dtype,
     /// The node that found the mismatch (and signed this).
     pub accuser: PeerBytes,
     /// The accuser's signature over [`Gossip::signing_bytes`].
@@ -214,6 +216,7 @@ impl Message for Gossip {
                 w.tensor(&p.before);
                 crate::infer::write_sampling(w, &p.sampling);
                 w.u64(p.drawn);
+                w.u8(p.reply.code());
                 w.peer(&p.accuser);
                 w.bytes(&p.sig);
             }
@@ -228,9 +231,10 @@ impl Message for Gossip {
                 let before = r.f32_tensor("a proof's state")?;
                 let sampling = crate::infer::read_sampling(r)?;
                 let drawn = r.u64("sampler draws")?;
+                let reply = Dtype::from_code(r.u8("reply dtype")?)?;
                 let accuser = r.peer("accuser")?;
                 let sig = r.bytes(MAX_SIG, "accuser signature")?.to_vec();
-                Gossip::Proof(Box::new(Proof { claim, input, before, sampling, drawn, accuser, sig }))
+                Gossip::Proof(Box::new(Proof { claim, input, before, sampling, drawn, reply, accuser, sig }))
             }
             k => return Err(ProtoError::Malformed(format!("unknown verification gossip kind {k}"))),
         })
@@ -240,7 +244,6 @@ impl Message for Gossip {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::Dtype;
     use crate::Envelope;
     use proptest::prelude::*;
 
@@ -269,6 +272,7 @@ mod tests {
             before: Tensor::encode(&[0.5; 8], 4, Dtype::F32).unwrap(),
             sampling: Sampling::default(),
             drawn: 3,
+            reply: Dtype::Q8,
             accuser: PeerBytes::new(&[0, 4, 9, 9, 9, 9]).unwrap(),
             sig: vec![1; 64],
         }))
