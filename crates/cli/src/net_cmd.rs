@@ -111,6 +111,10 @@ pub struct NodeArgs {
     /// node solves for them once (kept in --data-dir) and ignores servers that show fewer.
     #[arg(long, default_value_t = odin_net::puzzle::DEFAULT_IDENTITY_BITS)]
     identity_bits: u32,
+    /// Audits a new server must pass (every step of it audited meanwhile, one session of this
+    /// node through it at a time) before this node trusts it at the --audit fraction; 0: none.
+    #[arg(long, default_value_t = odin_node::config::DEFAULT_PROBATION_AUDITS)]
+    probation_audits: u32,
 }
 
 /// The runtime of a node or swarm process: one network thread (prefills, and steps while other
@@ -211,6 +215,7 @@ pub fn node(a: NodeArgs) -> Result<()> {
         audit: a.audit,
         cheat: a.cheat,
         identity_bits: a.identity_bits,
+        probation_audits: a.probation_audits,
     };
     let cfg = options.config()?;
     let grace = options.grace()?;

@@ -40,6 +40,29 @@ pub struct ServerInfo {
     /// Whether it picks its own blocks (`--blocks auto`) and so may move to rebalance.
     #[serde(default)]
     pub auto: bool,
+    /// What this server saw of others it used or audited (its reputation book, capped at
+    /// [`MAX_OPINIONS`]): how reputations travel.
+    #[serde(default)]
+    pub opinions: Vec<Opinion>,
+}
+
+/// Most opinions one announcement carries.
+pub const MAX_OPINIONS: usize = 32;
+
+/// One server's account of another, carried in its announcements.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Opinion {
+    /// The server it is about (peer id, base58).
+    pub peer: String,
+    /// Audits it passed.
+    pub passed: u32,
+    /// Audits it failed or chains it broke.
+    pub failed: u32,
+    /// Requests to it that failed.
+    pub faults: u32,
+    /// Generations it served to the end.
+    pub served: u32,
 }
 
 impl ServerInfo {
@@ -66,6 +89,12 @@ impl ServerInfo {
             return Err(NetError::Proto(ProtoError::Malformed(format!(
                 "server info has empty blocks {}..{}",
                 info.start, info.end
+            ))));
+        }
+        if info.opinions.len() > MAX_OPINIONS {
+            return Err(NetError::Proto(ProtoError::Malformed(format!(
+                "server info carries {} opinions; at most {MAX_OPINIONS} are accepted",
+                info.opinions.len()
             ))));
         }
         if !(info.ms_per_block.is_finite() && info.ms_per_block >= 0.0) {
@@ -97,6 +126,7 @@ mod tests {
             addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
             at_ms: 1,
             auto: false,
+            opinions: vec![Opinion { peer: "12D3KooX".into(), passed: 3, failed: 0, faults: 1, served: 9 }],
         }
     }
 
@@ -110,6 +140,13 @@ mod tests {
         bad.end = 0;
         assert!(ServerInfo::from_bytes(&bad.to_bytes()).is_err());
         assert!(ServerInfo::from_bytes(b"{not json").is_err());
+        let mut chatty = info();
+        chatty.opinions = vec![chatty.opinions[0].clone(); MAX_OPINIONS + 1];
+        assert!(ServerInfo::from_bytes(&chatty.to_bytes()).is_err(), "too many opinions");
+        // Announcements from before opinions existed still read.
+        let mut old: serde_json::Value = serde_json::from_slice(&info().to_bytes()).unwrap();
+        old.as_object_mut().unwrap().remove("opinions");
+        assert!(ServerInfo::from_bytes(&serde_json::to_vec(&old).unwrap()).unwrap().opinions.is_empty());
         assert!(ServerInfo::from_bytes(&vec![b' '; MAX_INFO + 1]).is_err());
     }
 }

@@ -16,10 +16,10 @@ pub mod puzzle;
 pub mod swarm;
 
 pub use error::{NetError, Result};
-pub use info::{now_ms, ServerInfo};
+pub use info::{now_ms, Opinion, ServerInfo, MAX_OPINIONS};
 pub use libp2p::identity::{Keypair, PublicKey};
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
-pub use peer::{peer_from_wire, peer_to_wire, verify_signed_by};
+pub use peer::{peer_from_wire, peer_of, peer_to_wire, verify_signed_by};
 pub use swarm::{
     block_key, info_topic, load_or_create_identity, load_or_create_identity_with, verify_topic, Net, NetConfig,
     NetEvent, MAX_GOSSIP,

@@ -21,6 +21,14 @@ pub fn peer_from_wire(peer: &PeerBytes) -> Result<PeerId> {
         .map_err(|e| NetError::Proto(ProtoError::Malformed(format!("not a peer id: {e}"))))
 }
 
+/// The peer an address names in its trailing `/p2p/` part, if it has one.
+pub fn peer_of(addr: &libp2p::Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(p)) => Some(p),
+        _ => None,
+    }
+}
+
 /// Whether `sig` is `peer`'s signature over `msg`: the key is the one an inlined peer id
 /// carries (every ed25519 id does); an id that only hashes its key cannot be checked, so no.
 pub fn verify_signed_by(peer: &PeerId, msg: &[u8], sig: &[u8]) -> bool {

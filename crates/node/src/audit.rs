@@ -235,13 +235,15 @@ impl Auditor {
             let peer = route.get(k).map(|r| r.0).unwrap_or(route[0].0);
             self.count(|r| r.broken += 1);
             router.report_failure(&peer);
+            router.report_audit(&peer, false);
             return Err(blame(NodeError::Fraud { peer: peer.to_string(), what: why }, peer));
         }
         for (k, c) in claims.iter().enumerate() {
             prev.insert(route[k].0, c.clone());
         }
         for (k, claim) in claims.iter().enumerate() {
-            if rand::random::<f64>() >= self.cfg.p {
+            // A server on probation or with a poor score is audited more often.
+            if rand::random::<f64>() >= router.audit_p(&route[k].0, self.cfg.p) {
                 continue;
             }
             let last = k + 1 == claims.len();
@@ -285,6 +287,7 @@ impl Auditor {
         match self.judge(reach, &r, claim, peer).await {
             Verdict::Pass => {
                 self.count(|r| r.passed += 1);
+                router.report_audit(&peer, true);
                 return Ok(());
             }
             Verdict::Undone => {
@@ -296,6 +299,7 @@ impl Auditor {
                 // others (a reveal is unsigned), so it is a failure, not a fraud proof.
                 self.count(|r| r.broken += 1);
                 router.report_failure(&peer);
+                router.report_audit(&peer, false);
                 let what = format!(
                     "step {} of session {:016x}: its reveal does not match its claim",
                     claim.step, claim.session

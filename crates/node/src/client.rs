@@ -67,6 +67,7 @@ impl Client {
                 Err(e) => return Err(e),
             };
             self.router.set_in_use(&route);
+            let _open = self.router.open_session(&route);
             match generate_on(reach, &route, req, &mut progress, &mut on_token).await {
                 Ok(mut g) => {
                     g.failovers = why.len() as u32;
@@ -399,6 +400,31 @@ mod tests {
             assert_eq!((r.passed, r.caught, r.broken, r.undone), (r.audits, 0, 0, 0), "local {local}: {r:?}");
             assert_eq!(r.claims, 3 * MAX_NEW as u64);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_server_has_every_step_audited_until_it_passes_its_probation() {
+        let world = World::new();
+        let chain = [world.serve(0..2), world.serve(2..4)];
+        let router = Router::hearing(&world, None, &[]);
+        router.set_policy(crate::reputation::Policy { probation_audits: 4, ..Default::default() });
+        // So rare a base fraction that no audit comes from it in a test's lifetime.
+        let audit = auditor(1e-12, true);
+        let client = Client::new(router.clone(), None).with_auditor(audit.clone());
+        let g = client.generate(&request(Relay::Chain, sampled()), |_| true).await.unwrap();
+        assert_eq!(g.tokens, local_tokens(&PROMPT, MAX_NEW, sampled()));
+        let r = audit.report();
+        assert_eq!((r.audits, r.passed), (8, 8), "4 steps of each server, then none: {r:?}");
+        for peer in chain {
+            let rep = router.read(|d| (d.reputation().on_probation(&peer), d.reputation().own(&peer))).unwrap();
+            assert_eq!((rep.0, rep.1.passed, rep.1.served), (false, 4, 1));
+        }
+        // What the client saw travels in its announcements, best-known servers first.
+        let said = router.opinions();
+        assert_eq!(said.len(), 2);
+        assert!(said.iter().all(|o| o.passed == 4 && o.failed == 0));
+        // With audits off (0), probation audits nothing either: the operator's choice.
+        assert_eq!(router.audit_p(&PeerId::random(), 0.0), 0.0);
     }
 
     #[tokio::test(start_paused = true)]

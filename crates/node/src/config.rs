@@ -38,6 +38,8 @@ pub struct NodeConfig {
     /// Leading zero bits the network asks of an identity (`odin_net::puzzle`): this node
     /// solves for them, and ignores servers whose ids do not show them.
     pub identity_bits: u32,
+    /// Audits a new server must pass before this node trusts it off probation.
+    pub probation_audits: u32,
 }
 
 /// How a `--blocks auto` node sizes its share and how often it reconsiders it.
@@ -76,6 +78,7 @@ impl NodeConfig {
             auto: None,
             audit: DEFAULT_AUDIT,
             identity_bits: odin_net::puzzle::DEFAULT_IDENTITY_BITS,
+            probation_audits: DEFAULT_PROBATION_AUDITS,
         }
     }
 }
@@ -124,7 +127,13 @@ pub struct NodeOptions {
     pub cheat: Option<crate::cheat::Cheat>,
     /// Leading zero bits the network asks of an identity.
     pub identity_bits: u32,
+    /// Audits a new server must pass before it leaves probation (0: no probation).
+    pub probation_audits: u32,
 }
+
+/// Audits a new server passes before it leaves probation, unless told otherwise: with every
+/// step of it audited meanwhile, a liar gets no unaudited step in.
+pub const DEFAULT_PROBATION_AUDITS: u32 = 20;
 
 /// Fraction of hop-steps a node's generations recompute unless told otherwise: a server that
 /// lies on every step is caught within about 20 of them.
@@ -201,6 +210,7 @@ impl NodeOptions {
             )));
         }
         cfg.identity_bits = self.identity_bits;
+        cfg.probation_audits = self.probation_audits;
         cfg.announce_every = Duration::from_secs_f64(self.announce_secs);
         Ok(cfg)
     }
@@ -253,6 +263,7 @@ mod tests {
             audit: DEFAULT_AUDIT,
             cheat: None,
             identity_bits: 8,
+            probation_audits: 20,
         }
     }
 

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use odin_net::{PeerId, ServerInfo};
 use serde::Serialize;
 
+use crate::reputation::Reputation;
+
 /// One server as the directory knows it.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -68,6 +70,10 @@ pub struct Directory {
     banned: std::collections::HashSet<PeerId>,
     /// Identity work asked of a server (`odin_net::puzzle`); below it, announcements are ignored.
     identity_bits: u32,
+    /// How much this node trusts each server.
+    rep: Reputation,
+    /// Sessions this node has open through each server now (probation caps them).
+    open: HashMap<PeerId, u32>,
 }
 
 /// Round trip assumed for a server whose ping has not come back yet.
@@ -76,7 +82,36 @@ const UNKNOWN_RTT: Duration = Duration::from_millis(5);
 impl Directory {
     /// An empty directory for a model of `layers` blocks; announcements live for `ttl`.
     pub fn new(layers: usize, ttl: Duration) -> Self {
-        Self { layers, ttl, servers: HashMap::new(), banned: Default::default(), identity_bits: 0 }
+        Self {
+            layers,
+            ttl,
+            servers: HashMap::new(),
+            banned: Default::default(),
+            identity_bits: 0,
+            rep: Reputation::default(),
+            open: HashMap::new(),
+        }
+    }
+
+    /// The reputation book routes and audits consult.
+    pub fn reputation(&self) -> &Reputation {
+        &self.rep
+    }
+
+    /// The reputation book, to record what happened.
+    pub fn reputation_mut(&mut self) -> &mut Reputation {
+        &mut self.rep
+    }
+
+    /// A session of this node opens (`+1`) or closes (`-1`) through each of `peers`.
+    pub fn sessions(&mut self, peers: &[PeerId], open: bool) {
+        for p in peers {
+            let n = self.open.entry(*p).or_default();
+            *n = if open { n.saturating_add(1) } else { n.saturating_sub(1) };
+            if *n == 0 {
+                self.open.remove(p);
+            }
+        }
     }
 
     /// Blocks of the model.
@@ -102,6 +137,7 @@ impl Directory {
             observed_us_per_block: None,
             failed_at: None,
         });
+        self.rep.hear(peer, &info.opinions);
         e.info = info;
         e.seen = Instant::now();
     }
@@ -135,6 +171,7 @@ impl Directory {
     /// `peer` was proven to cheat: forget it, and never take it back.
     pub fn ban(&mut self, peer: PeerId) {
         self.servers.remove(&peer);
+        self.rep.forget(&peer);
         self.banned.insert(peer);
     }
 
@@ -150,6 +187,7 @@ impl Directory {
 
     /// A request to `peer` failed: back off exponentially (0.5 s, 1 s, 2 s, … up to 60 s).
     pub fn failed(&mut self, peer: &PeerId) {
+        self.rep.record(*peer, |r| r.faults += 1);
         if let Some(e) = self.servers.get_mut(peer) {
             e.failures += 1;
             e.blamed += 1;
@@ -198,12 +236,33 @@ impl Directory {
 
     /// The cheapest chain of servers over blocks 0..L, skipping `avoid` and servers in backoff
     /// or without a free session slot. `None` when the blocks are not all covered.
+    ///
+    /// A hop's cost is scaled by the server's reputation ([`Reputation::cost_factor`]), and a
+    /// server on probation that already carries its cap of this node's sessions is left out
+    /// while a route without it exists.
     pub fn route(&self, avoid: &[PeerId]) -> Option<Vec<Hop>> {
         self.route_span(0..self.layers, avoid)
     }
 
     /// [`Directory::route`] over blocks `span` only (where a session moves part of its chain).
     pub fn route_span(&self, span: std::ops::Range<usize>, avoid: &[PeerId]) -> Option<Vec<Hop>> {
+        let cap = self.rep.policy().probation_sessions;
+        let full: Vec<PeerId> = self
+            .open
+            .iter()
+            .filter(|(p, n)| **n >= cap && self.rep.on_probation(p))
+            .map(|(p, _)| *p)
+            .chain(avoid.iter().copied())
+            .collect();
+        if full.len() > avoid.len() {
+            if let Some(r) = self.cheapest(span.clone(), &full) {
+                return Some(r);
+            }
+        }
+        self.cheapest(span, avoid)
+    }
+
+    fn cheapest(&self, span: std::ops::Range<usize>, avoid: &[PeerId]) -> Option<Vec<Hop>> {
         if span.is_empty() || span.end > self.layers {
             return None;
         }
@@ -249,8 +308,10 @@ impl Directory {
                 let per_block_us = e.observed_us_per_block.unwrap_or(e.info.ms_per_block * 1e3);
                 // Busy servers cost a little more, so equal chains spread the load.
                 let load = u64::from(e.info.load) * 50;
+                let trust = self.rep.cost_factor(peer);
                 for b in a + 1..=end.min(l) {
-                    let cost = dist[a] + rtt + load + ((b - a) as f64 * per_block_us) as u64;
+                    let hop = (rtt + load) as f64 + (b - a) as f64 * per_block_us;
+                    let cost = dist[a] + (hop * trust) as u64;
                     if cost < dist[b] {
                         dist[b] = cost;
                         best[b] = Some((cost, a, Hop { peer: **peer, start: a, end: b }));
@@ -288,6 +349,7 @@ pub(crate) fn test_info(start: u32, end: u32, ms: f64, auto: bool) -> ServerInfo
         addrs: vec![],
         at_ms: 0,
         auto,
+        opinions: vec![],
     }
 }
 
@@ -362,6 +424,44 @@ mod tests {
         assert_eq!(d.route(&[]).unwrap()[0].peer, honest);
         d.observed(&liar, f64::NAN);
         assert_eq!(d.entries().iter().find(|(p, _)| *p == liar).unwrap().1.observed_us_per_block, Some(20_000.0));
+    }
+
+    #[test]
+    fn reputation_weighs_on_route_cost_and_probation_caps_sessions() {
+        let mut d = Directory::new(2, Duration::from_secs(60));
+        let (known, fresh) = (PeerId::random(), PeerId::random());
+        d.update(known, info(0, 2, 1.0));
+        d.update(fresh, info(0, 2, 0.8));
+        assert_eq!(d.route(&[]).unwrap()[0].peer, fresh, "equal standing: the faster one");
+        // Passed audits make a server cheaper to route through than a slightly faster stranger.
+        for _ in 0..30 {
+            d.reputation_mut().record(known, |r| r.passed += 1);
+        }
+        assert_eq!(d.route(&[]).unwrap()[0].peer, known);
+        // A server on probation takes one of this node's sessions at a time while others can
+        // take the rest; when none can, it still serves (and every step of it is audited).
+        let mut d = Directory::new(2, Duration::from_secs(60));
+        d.update(known, info(0, 2, 5.0));
+        d.update(fresh, info(0, 2, 1.0));
+        for _ in 0..30 {
+            d.reputation_mut().record(known, |r| r.passed += 1);
+        }
+        assert_eq!(d.route(&[]).unwrap()[0].peer, fresh);
+        d.sessions(&[fresh], true);
+        assert_eq!(d.route(&[]).unwrap()[0].peer, known, "the stranger's one session is taken");
+        assert_eq!(d.route(&[known]).unwrap()[0].peer, fresh, "no one else: it serves");
+        d.sessions(&[fresh], false);
+        assert_eq!(d.route(&[]).unwrap()[0].peer, fresh);
+        // Opinions in announcements reach the book; a banned server's word is forgotten.
+        let genesis = PeerId::random();
+        d.reputation_mut().add_genesis(genesis);
+        let mut said = info(0, 2, 9.0);
+        said.opinions =
+            vec![odin_net::Opinion { peer: fresh.to_string(), passed: 50, failed: 0, faults: 0, served: 0 }];
+        d.update(genesis, said);
+        assert!(!d.reputation().on_probation(&fresh));
+        d.ban(genesis);
+        assert!(d.reputation().on_probation(&fresh));
     }
 
     #[test]

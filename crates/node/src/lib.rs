@@ -27,6 +27,7 @@ mod handoff;
 mod hop;
 mod link;
 pub mod node;
+pub mod reputation;
 pub mod request;
 pub mod router;
 pub mod server;

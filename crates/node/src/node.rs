@@ -132,6 +132,11 @@ impl Node {
         let ttl = cfg.announce_every * 3;
         let router = Arc::new(Router::new(model, net.peer_id(), layers, ttl, Arc::new(net.clone())));
         router.require_identity_bits(cfg.identity_bits);
+        router.set_policy(crate::reputation::Policy { probation_audits: cfg.probation_audits, ..Default::default() });
+        // The peers a node was started with are its pre-trusted set: their word counts in full.
+        for peer in cfg.net.bootstrap.iter().filter_map(odin_net::peer_of) {
+            router.trust(peer);
+        }
         let signer = Signer::new(key.clone(), model);
         let node = Arc::new(Node {
             key,
@@ -347,7 +352,9 @@ impl Node {
             ms_per_block /= 4.0;
         }
         let addrs = self.net.addrs();
-        Some(self.server()?.announcement(self.peer_id(), ms_per_block, &addrs, self.auto.is_some()))
+        let mut info = self.server()?.announcement(self.peer_id(), ms_per_block, &addrs, self.auto.is_some());
+        info.opinions = self.router.opinions();
+        Some(info)
     }
 
     async fn announce(&self) {

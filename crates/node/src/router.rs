@@ -27,6 +27,20 @@ const SHUN: Duration = Duration::from_secs(30);
 /// Pause between DHT pulls while waiting for a route (an announcement ends the wait sooner).
 const PULL_EVERY: Duration = Duration::from_millis(250);
 
+/// A session this node has open through some servers; closes when dropped.
+pub struct OpenSession {
+    router: Arc<Router>,
+    peers: Vec<PeerId>,
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        if let Ok(mut d) = self.router.dir.lock() {
+            d.sessions(&self.peers, false);
+        }
+    }
+}
+
 /// A node's knowledge of its model's servers, and the routes through them.
 pub struct Router {
     model: ModelId,
@@ -147,7 +161,52 @@ impl Router {
     pub fn report_success(&self, peer: &PeerId) {
         if let Ok(mut d) = self.dir.lock() {
             d.succeeded(peer);
+            d.reputation_mut().record(*peer, |r| r.served += 1);
         }
+    }
+
+    /// An audit of `peer` ended: it `passed`, or its step did not recompute to its claim.
+    pub fn report_audit(&self, peer: &PeerId, passed: bool) {
+        if let Ok(mut d) = self.dir.lock() {
+            d.reputation_mut().record(*peer, |r| if passed { r.passed += 1 } else { r.failed += 1 });
+        }
+    }
+
+    /// The fraction of `peer`'s steps to audit when this node's own setting is `base` (0
+    /// audits nothing, probation included: the node's operator turned audits off).
+    pub fn audit_p(&self, peer: &PeerId, base: f64) -> f64 {
+        if base <= 0.0 {
+            return 0.0;
+        }
+        self.read(|d| d.reputation().audit_p(peer, base)).unwrap_or(base)
+    }
+
+    /// This node's opinions of the servers it used, for its announcements.
+    pub fn opinions(&self) -> Vec<odin_net::Opinion> {
+        self.read(|d| d.reputation().opinions()).unwrap_or_default()
+    }
+
+    /// Trust what `peer` says about others fully (a genesis peer this node was started with).
+    pub fn trust(&self, peer: PeerId) {
+        if let Ok(mut d) = self.dir.lock() {
+            d.reputation_mut().add_genesis(peer);
+        }
+    }
+
+    /// Set how reputation acts on audits and routes.
+    pub fn set_policy(&self, policy: crate::reputation::Policy) {
+        if let Ok(mut d) = self.dir.lock() {
+            d.reputation_mut().set_policy(policy);
+        }
+    }
+
+    /// Count a session of this node through `route`'s servers until the guard drops.
+    pub fn open_session(self: &Arc<Self>, route: &[Hop]) -> OpenSession {
+        let peers: Vec<PeerId> = route.iter().map(|h| h.peer).collect();
+        if let Ok(mut d) = self.dir.lock() {
+            d.sessions(&peers, true);
+        }
+        OpenSession { router: self.clone(), peers }
     }
 
     /// Record the route a generation starts on.

@@ -258,6 +258,7 @@ impl Server {
             addrs: addrs.iter().map(|a| a.to_string()).collect(),
             at_ms: now_ms(),
             auto,
+            opinions: Vec::new(),
         }
     }
 
