@@ -304,6 +304,21 @@ pub struct SwarmArgs {
     /// other-model or one-in-N.
     #[arg(long, default_value = "flip-bit")]
     cheat_kind: odin_node::Cheat,
+    /// Run the verification swarm (what --cheat runs) even with no liar: a count of honest
+    /// audits, for false positives.
+    #[arg(long)]
+    verify: bool,
+    /// With --cheat or --verify: answers to give (the six prompts in turn).
+    #[arg(long, default_value_t = 6)]
+    answers: usize,
+    /// With --cheat or --verify: ODIN_KERNEL for the node processes in turn, comma-separated
+    /// (scalar, avx2, avx512vnni, neon; auto: the fastest there is), so one network mixes kernels.
+    #[arg(long, value_delimiter = ',')]
+    kernels: Vec<String>,
+    /// Audits a new server must pass (every step of it audited meanwhile) before the client
+    /// trusts it at the --audit fraction; 0: no probation.
+    #[arg(long, default_value_t = odin_node::config::DEFAULT_PROBATION_AUDITS)]
+    probation_audits: u32,
     #[command(flatten)]
     training: crate::collab_cmd::SwarmTrainArgs,
 }
@@ -319,7 +334,7 @@ pub fn swarm(a: SwarmArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&a.audit) {
         bail!("--audit {} is not a fraction between 0 and 1", a.audit);
     }
-    if a.cheat > 0 {
+    if a.cheat > 0 || a.verify {
         return crate::verify_cmd::swarm_verify(crate::verify_cmd::VerifySwarm {
             nodes: a.nodes,
             cheats: a.cheat,
@@ -331,6 +346,9 @@ pub fn swarm(a: SwarmArgs) -> Result<()> {
             wire,
             relay,
             json: a.json,
+            answers: a.answers.max(1),
+            kernels: a.kernels,
+            probation_audits: a.probation_audits,
         });
     }
     let ranges = odin_node::cluster::split_model(&a.model, a.nodes)?;

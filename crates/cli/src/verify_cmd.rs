@@ -1,5 +1,5 @@
-//! `odin swarm --cheat N`: a local network where N servers lie, a client that audits them,
-//! and a table of what it checked, caught and banned.
+//! `odin swarm --cheat N`: a local network where N servers lie (none with `--verify` alone),
+//! a client that audits them, and a table of what it checked, caught and banned.
 //!
 //! Every block is served twice (so a banned liar leaves a route), the honest servers of a
 //! liar's blocks are slowed (so routes go through the liar), and the client answers a handful
@@ -51,11 +51,17 @@ pub struct VerifySwarm {
     pub relay: Relay,
     /// Print JSON.
     pub json: bool,
+    /// Answers to give (the prompts in turn).
+    pub answers: usize,
+    /// `ODIN_KERNEL` for the node processes in turn (empty: each picks its fastest).
+    pub kernels: Vec<String>,
+    /// Audits a new server passes before the client trusts it at `audit` (0: no probation).
+    pub probation_audits: u32,
 }
 
 /// Run the verification swarm.
 pub fn swarm_verify(v: VerifySwarm) -> Result<()> {
-    if v.cheats == 0 || v.cheats * 2 > v.nodes {
+    if v.cheats * 2 > v.nodes {
         bail!(
             "--cheat {} with --nodes {}: at most half the nodes may lie, so that every block keeps an honest server",
             v.cheats,
@@ -93,7 +99,9 @@ pub fn swarm_verify(v: VerifySwarm) -> Result<()> {
             } else {
                 vec![]
             };
-            let m = cluster.launch(&format!("node-{i}"), &format!("{}..{}", r.start, r.end), &extra)?;
+            let env: Vec<(&str, &str)> =
+                v.kernels.get(i % v.kernels.len().max(1)).filter(|k| *k != "auto").map(|k| ("ODIN_KERNEL", k.as_str())).into_iter().collect();
+            let m = cluster.launch_with_env(&format!("node-{i}"), &format!("{}..{}", r.start, r.end), &extra, &env)?;
             if lies {
                 liars.push(cluster.member(m)?.peer);
             }
@@ -101,9 +109,10 @@ pub fn swarm_verify(v: VerifySwarm) -> Result<()> {
         let mut cfg = cluster.client_config(&work.join("client"));
         cfg.net.dht_server = false;
         cfg.audit = v.audit;
+        cfg.probation_audits = v.probation_audits;
         let client = cluster.join(cfg, Duration::from_secs(60)).await?;
         let mut answers = Vec::new();
-        for prompt in PROMPTS {
+        for prompt in PROMPTS.iter().cycle().take(v.answers).copied() {
             let ids = prompt_ids(&tk, prompt)?;
             let req = GenerateRequest {
                 prompt: ids.clone(),
@@ -129,7 +138,9 @@ pub fn swarm_verify(v: VerifySwarm) -> Result<()> {
             println!(
                 "{}",
                 json!({
-                    "cheat": kind, "audit": v.audit, "liars": liars.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+                    "cheat": kind, "audit": v.audit, "probation_audits": v.probation_audits, "kernels": v.kernels,
+                    "liars": liars.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+                    "liar_steps": liars.iter().map(|l| report.steps.get(&l.to_string()).copied().unwrap_or(0)).collect::<Vec<_>>(),
                     "report": report, "proofs": client.audit_proofs().len(),
                     "answers": answers.iter().map(|(p, t, ok, f)| json!({"prompt": p, "text": t, "correct": ok, "failovers": f})).collect::<Vec<_>>(),
                     "all_liars_banned": all_banned, "all_correct": correct, "honest_banned": honest_banned,
@@ -167,7 +178,7 @@ pub fn swarm_verify(v: VerifySwarm) -> Result<()> {
             bail!("an honest server was banned");
         }
         if !all_banned {
-            bail!("a liar was not caught in {} answers at audit p = {}: raise --audit or --max-tokens", PROMPTS.len(), v.audit);
+            bail!("a liar was not caught in {} answers at audit p = {}: raise --audit, --answers or --max-tokens", v.answers, v.audit);
         }
         Ok::<(), anyhow::Error>(())
     });

@@ -35,6 +35,37 @@ fn a_lying_node_is_caught_banned_and_every_answer_is_one_machines() {
 }
 
 #[test]
+fn a_new_liar_is_caught_on_its_first_step_by_probation_and_honest_kernels_never_disagree() {
+    // Audits at 1 in 10,000, but a new server has every step audited until it passes 1,000.
+    let out = odin()
+        .args(["swarm", "--json", "--nodes", "4", "--cheat", "1", "--audit", "0.0001", "--probation-audits", "1000"])
+        .args(["--max-tokens", "16", "--answers", "2"])
+        .arg("--model")
+        .arg(bundled())
+        .output()
+        .unwrap();
+    let v = json(out);
+    assert_eq!((v["all_liars_banned"].clone(), v["all_correct"].clone()), (true.into(), true.into()), "{v}");
+    assert_eq!(v["liar_steps"][0], 1, "caught on the first step it served: {v}");
+    // No liar, every hop-step audited, nodes on the scalar kernel and the fastest one in turn:
+    // every recomputation agrees bit for bit.
+    let out = odin()
+        .args(["swarm", "--json", "--nodes", "4", "--verify", "--kernels", "scalar,auto", "--audit", "1"])
+        .args(["--max-tokens", "16", "--answers", "2"])
+        .arg("--model")
+        .arg(bundled())
+        .output()
+        .unwrap();
+    let v = json(out);
+    let r = &v["report"];
+    assert_eq!(v["all_correct"], true, "{v}");
+    assert!(r["audits"].as_u64().unwrap() > 0 && r["audits"] == r["claims"], "every hop-step audited: {v}");
+    assert_eq!(r["passed"], r["audits"], "{v}");
+    assert_eq!((r["caught"].as_u64(), r["broken"].as_u64()), (Some(0), Some(0)), "{v}");
+    assert!(r["banned"].as_array().unwrap().is_empty(), "{v}");
+}
+
+#[test]
 fn more_liars_than_honest_servers_is_refused() {
     let out = odin().args(["swarm", "--nodes", "4", "--cheat", "3"]).arg("--model").arg(bundled()).output().unwrap();
     assert!(!out.status.success());

@@ -60,6 +60,8 @@ pub struct AuditReport {
     pub undone: u64,
     /// Audits per server (peer id), and how many of them caught it.
     pub per_server: std::collections::BTreeMap<String, (u64, u64)>,
+    /// Hop-steps each server's claims covered (for a banned server: the steps until its ban).
+    pub steps: std::collections::BTreeMap<String, u64>,
     /// Servers banned, in order, with the step of their session at which each was caught.
     pub banned: Vec<(String, u64)>,
     /// Fraud proofs heard from other nodes.
@@ -230,7 +232,12 @@ impl Auditor {
     ) -> Result<(), Failure> {
         let router = reach.router;
         let route: Vec<(PeerId, Range<usize>)> = hops.iter().map(|h| (h.hop.peer, h.hop.start..h.hop.end)).collect();
-        self.count(|r| r.claims += claims.len() as u64);
+        self.count(|r| {
+            r.claims += claims.len() as u64;
+            for (peer, _) in route.iter().take(claims.len()) {
+                *r.steps.entry(peer.to_string()).or_default() += 1;
+            }
+        });
         if let Err((k, why)) = check_chain(&self.model, &route, prev, claims, sent, token, logits) {
             let peer = route.get(k).map(|r| r.0).unwrap_or(route[0].0);
             self.count(|r| r.broken += 1);

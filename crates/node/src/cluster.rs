@@ -237,6 +237,12 @@ impl LocalCluster {
     /// Start `odin node --blocks blocks` with `extra` flags as member `name` (its data
     /// directory), and wait until it says it is ready. Returns its index.
     pub fn launch(&mut self, name: &str, blocks: &str, extra: &[&str]) -> Result<usize> {
+        self.launch_with_env(name, blocks, extra, &[])
+    }
+
+    /// [`LocalCluster::launch`] with environment variables set for the process (such as
+    /// `ODIN_KERNEL`, to mix kernels in one network).
+    pub fn launch_with_env(&mut self, name: &str, blocks: &str, extra: &[&str], env: &[(&str, &str)]) -> Result<usize> {
         let exe = self.cfg.exe.clone().ok_or_else(|| NodeError::Cluster("this cluster has no odin binary".into()))?;
         let dir = self.cfg.dir.join(name);
         let mut cmd = Command::new(&exe);
@@ -250,7 +256,7 @@ impl LocalCluster {
         for b in &self.boot {
             cmd.arg("--bootstrap").arg(b.to_string());
         }
-        cmd.args(extra).stdin(Stdio::null()).stdout(Stdio::piped());
+        cmd.args(extra).envs(env.iter().copied()).stdin(Stdio::null()).stdout(Stdio::piped());
         let io = |what: String| move |source| NodeError::Process { what, source };
         match &self.cfg.logs {
             Logs::Inherit => {
