@@ -319,6 +319,9 @@ pub struct SwarmArgs {
     /// trusts it at the --audit fraction; 0: no probation.
     #[arg(long, default_value_t = odin_node::config::DEFAULT_PROBATION_AUDITS)]
     probation_audits: u32,
+    /// With --cheat: stop answering once every liar is banned (at most --answers).
+    #[arg(long)]
+    until_banned: bool,
     #[command(flatten)]
     training: crate::collab_cmd::SwarmTrainArgs,
 }
@@ -349,6 +352,7 @@ pub fn swarm(a: SwarmArgs) -> Result<()> {
             answers: a.answers.max(1),
             kernels: a.kernels,
             probation_audits: a.probation_audits,
+            until_banned: a.until_banned,
         });
     }
     let ranges = odin_node::cluster::split_model(&a.model, a.nodes)?;

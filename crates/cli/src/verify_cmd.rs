@@ -57,6 +57,8 @@ pub struct VerifySwarm {
     pub kernels: Vec<String>,
     /// Audits a new server passes before the client trusts it at `audit` (0: no probation).
     pub probation_audits: u32,
+    /// Stop answering once every liar is banned (the detection benchmark's trials).
+    pub until_banned: bool,
 }
 
 /// Run the verification swarm.
@@ -128,6 +130,9 @@ pub fn swarm_verify(v: VerifySwarm) -> Result<()> {
                 .0;
             let text = tk.decode(&g.tokens, true).unwrap_or_default();
             answers.push((prompt, text, g.tokens == want, g.failovers));
+            if v.until_banned && !liars.is_empty() && liars.iter().all(|l| client.has_banned(l)) {
+                break;
+            }
         }
         let report = client.audit_report();
         let banned: Vec<String> = report.banned.iter().map(|b| b.0.clone()).collect();
