@@ -118,7 +118,13 @@ enum Command {
     PublishOn(String, Vec<u8>, oneshot::Sender<Result<()>>),
     Dial(Multiaddr),
     Peers(oneshot::Sender<Vec<PeerId>>),
+    Penalize(PeerId),
+    Score(PeerId, oneshot::Sender<Option<f64>>),
 }
+
+/// The gossipsub application score of a proven cheater: far under the graylist threshold
+/// (−80 by default), so nothing it sends on any topic is handled or forwarded any more.
+pub const BANNED_SCORE: f64 = -1000.0;
 
 /// A handle on a running swarm.
 #[derive(Clone)]
@@ -243,7 +249,21 @@ impl Net {
                     .max_transmit_size(MAX_GOSSIP)
                     .build()
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
-                let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg)
+                let mut gossipsub =
+                    gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg)
+                        .map_err(std::io::Error::other)?;
+                // Peer scoring on, driven by the application alone: the behaviour, slowness and
+                // shared-IP penalties are off, since loopback networks and home NATs put many
+                // honest peers on one address and a loaded machine answers late.
+                let params = gossipsub::PeerScoreParams {
+                    app_specific_weight: 1.0,
+                    ip_colocation_factor_weight: 0.0,
+                    behaviour_penalty_weight: 0.0,
+                    slow_peer_weight: 0.0,
+                    ..Default::default()
+                };
+                gossipsub
+                    .with_peer_score(params, gossipsub::PeerScoreThresholds::default())
                     .map_err(std::io::Error::other)?;
                 let mdns =
                     if cfg.mdns { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), id)?) } else { None };
@@ -306,6 +326,7 @@ impl Net {
             events: ev_tx,
             providers: HashMap::new(),
             addrs: shared.clone(),
+            penalized: HashSet::new(),
         };
         tokio::spawn(lp.run(cmd_rx));
         Ok((Net { peer, cmd: cmd_tx, control, addrs: shared }, ev_rx))
@@ -359,6 +380,19 @@ impl Net {
         let (tx, rx) = oneshot::channel();
         self.send(Command::PublishOn(topic.to_string(), data, tx)).await?;
         rx.await.map_err(|_| NetError::Swarm("the swarm task has stopped".into()))?
+    }
+
+    /// `peer` was proven to cheat: give it [`BANNED_SCORE`] in gossipsub, so its messages
+    /// are dropped unread and it is pruned from every mesh.
+    pub async fn penalize(&self, peer: PeerId) -> Result<()> {
+        self.send(Command::Penalize(peer)).await
+    }
+
+    /// `peer`'s gossipsub score as this node sees it (none for a peer it has never met).
+    pub async fn gossip_score(&self, peer: PeerId) -> Result<Option<f64>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Score(peer, tx)).await?;
+        rx.await.map_err(|_| NetError::Swarm("the swarm task has stopped".into()))
     }
 
     /// Connect to a peer's address.
@@ -428,6 +462,8 @@ struct EventLoop {
     events: mpsc::Sender<NetEvent>,
     providers: HashMap<QueryId, (HashSet<PeerId>, oneshot::Sender<HashSet<PeerId>>)>,
     addrs: Arc<Mutex<Vec<Multiaddr>>>,
+    /// Proven cheaters: their gossip score is set again whenever they connect.
+    penalized: HashSet<PeerId>,
 }
 
 impl EventLoop {
@@ -486,6 +522,13 @@ impl EventLoop {
             Command::Peers(tx) => {
                 let _ = tx.send(self.swarm.connected_peers().copied().collect());
             }
+            Command::Penalize(peer) => {
+                b.gossipsub.set_application_score(&peer, BANNED_SCORE);
+                self.penalized.insert(peer);
+            }
+            Command::Score(peer, tx) => {
+                let _ = tx.send(b.gossipsub.peer_score(&peer));
+            }
         }
     }
 
@@ -505,6 +548,9 @@ impl EventLoop {
                         a.push(address);
                     }
                 }
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } if self.penalized.contains(&peer_id) => {
+                self.swarm.behaviour_mut().gossipsub.set_application_score(&peer_id, BANNED_SCORE);
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.emit(NetEvent::Disconnected(peer_id));

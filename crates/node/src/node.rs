@@ -92,6 +92,8 @@ pub struct Node {
     cheats: bool,
     /// Counts the bans this node made on hearing a fraud proof; [`Node::wait_banned`] waits on it.
     bans: tokio::sync::watch::Sender<u64>,
+    /// This node's own fraud proofs whose liar already lost its gossip standing.
+    penalized: std::sync::atomic::AtomicUsize,
 }
 
 impl Node {
@@ -157,6 +159,7 @@ impl Node {
             )),
             cheats: cfg.server.cheat.is_some(),
             bans: tokio::sync::watch::Sender::new(0),
+            penalized: std::sync::atomic::AtomicUsize::new(0),
         });
 
         // Every node hears the fraud proofs about the model's servers, and judges them itself.
@@ -322,13 +325,11 @@ impl Node {
                 match heard {
                     Ok(Heard::Convicts(p)) => {
                         tracing::warn!("a fraud proof from {source} shows {p} cheated: banned");
-                        self.router.ban(&p);
-                        self.bans.send_modify(|n| *n += 1);
+                        self.ban(p).await;
                     }
                     Ok(Heard::FalseAccusation(p)) => {
                         tracing::warn!("a fraud proof from {p} does not reproduce: the accuser is banned");
-                        self.router.ban(&p);
-                        self.bans.send_modify(|n| *n += 1);
+                        self.ban(p).await;
                     }
                     Ok(Heard::Replay) => tracing::debug!("a fraud proof from {source} about a step already judged"),
                     Ok(Heard::Unchecked(why)) => tracing::info!("a fraud proof from {source} left unchecked: {why}"),
@@ -450,10 +451,27 @@ impl Node {
         g
     }
 
+    /// Ban `peer` everywhere this node can: never routed to, its gossip dropped.
+    async fn ban(&self, peer: PeerId) {
+        self.router.ban(&peer);
+        if let Err(e) = self.net.penalize(peer).await {
+            tracing::warn!("cannot lower {peer}'s gossip score: {e}");
+        }
+        self.bans.send_modify(|n| *n += 1);
+    }
+
     /// Spread the fraud proofs this node's audits found since the last time, so every node
-    /// can check them and ban the liar.
+    /// can check them and ban the liar; the liars they convict lose their gossip standing too.
     async fn publish_proofs(&self) {
         let topic = verify_topic(&self.model);
+        for proof in self.auditor.proofs().iter().skip(self.penalized.load(std::sync::atomic::Ordering::Relaxed)) {
+            if let Ok(p) = odin_net::peer_from_wire(&proof.claim.server) {
+                if let Err(e) = self.net.penalize(p).await {
+                    tracing::warn!("cannot lower {p}'s gossip score: {e}");
+                }
+            }
+            self.penalized.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         for bytes in self.auditor.unpublished() {
             if let Err(e) = self.net.publish_on(&topic, bytes).await {
                 tracing::warn!("cannot spread a fraud proof: {e}");
@@ -464,6 +482,11 @@ impl Node {
     /// What this node's verification of other servers has done and found.
     pub fn audit_report(&self) -> AuditReport {
         self.auditor.report()
+    }
+
+    /// `peer`'s gossipsub score at this node ([`odin_net::swarm::BANNED_SCORE`] once banned).
+    pub async fn gossip_score(&self, peer: &PeerId) -> Result<Option<f64>> {
+        Ok(self.net.gossip_score(*peer).await?)
     }
 
     /// Whether this node has banned `peer` (caught lying, by itself or by a proof it checked).

@@ -376,6 +376,8 @@ async fn a_liar_caught_by_one_node_is_banned_by_every_node_that_checks_the_proof
     assert_eq!(g.tokens, local_until(8, Sampling::default(), None));
     assert!(client.has_banned(&liar), "{:?}", client.audit_report());
     assert_eq!(client.audit_proofs().len(), 1);
+    // The liar's gossip is dropped from now on: its score is far under the graylist threshold.
+    assert_eq!(client.gossip_score(&liar).await.unwrap(), Some(odin_net::swarm::BANNED_SCORE));
     // The proof spreads on gossip; the watcher recomputes the step and bans the liar too.
     let banned = watcher.wait_banned(&liar, Duration::from_secs(20)).await;
     assert!(banned, "the watcher never banned the liar: {:?}", watcher.audit_report());
