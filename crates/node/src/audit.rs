@@ -62,6 +62,10 @@ pub struct AuditReport {
     pub per_server: std::collections::BTreeMap<String, (u64, u64)>,
     /// Hop-steps each server's claims covered (for a banned server: the steps until its ban).
     pub steps: std::collections::BTreeMap<String, u64>,
+    /// Hop-steps served by servers on probation.
+    pub probation_steps: u64,
+    /// Of those, steps left unaudited (none unless audits are off: probation audits them all).
+    pub probation_unaudited: u64,
     /// Servers banned, in order, with the step of their session at which each was caught.
     pub banned: Vec<(String, u64)>,
     /// Fraud proofs heard from other nodes.
@@ -250,7 +254,15 @@ impl Auditor {
         }
         for (k, claim) in claims.iter().enumerate() {
             // A server on probation or with a poor score is audited more often.
-            if rand::random::<f64>() >= router.audit_p(&route[k].0, self.cfg.p) {
+            let probation = router.on_probation(&route[k].0);
+            let audited = rand::random::<f64>() < router.audit_p(&route[k].0, self.cfg.p);
+            if probation {
+                self.count(|r| {
+                    r.probation_steps += 1;
+                    r.probation_unaudited += u64::from(!audited);
+                });
+            }
+            if !audited {
                 continue;
             }
             let last = k + 1 == claims.len();

@@ -428,6 +428,50 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn two_hundred_fresh_identities_serve_nothing_unaudited_until_their_probation_ends() {
+        let world = World::new();
+        let honest = [world.serve(0..2), world.serve(2..4)];
+        // 200 newcomers, every fourth of them a liar; all announce themselves ten times faster
+        // than the established servers, so routes prefer them despite their reputations.
+        let liar = ServerConfig { cheat: Some(Cheat::FlipBit), ..ServerConfig::default() };
+        let fresh: Vec<(PeerId, bool)> = (0..200)
+            .map(|i| {
+                let range = if i % 2 == 0 { 0..2 } else { 2..4 };
+                let lies = i % 4 < 2;
+                (if lies { world.serve_with(range, liar.clone()) } else { world.serve(range) }, lies)
+            })
+            .collect();
+        let router = Router::hearing(&world, None, &honest);
+        router.set_policy(crate::reputation::Policy { probation_audits: 3, ..Default::default() });
+        for p in honest {
+            for _ in 0..20 {
+                router.report_audit(&p, true);
+            }
+        }
+        let audit = auditor(0.01, true);
+        let client = Client::new(router.clone(), None).with_auditor(audit.clone());
+        let req = request(Relay::Chain, sampled());
+        for _ in 0..12 {
+            let g = client.generate(&req, |_| true).await.unwrap();
+            assert_eq!(g.tokens, local_tokens(&PROMPT, MAX_NEW, sampled()));
+        }
+        let r = audit.report();
+        assert!(r.probation_steps > 0, "{r:?}");
+        assert_eq!(r.probation_unaudited, 0, "every step a newcomer served on probation was audited: {r:?}");
+        // Each liar that got work was caught on the first step it served.
+        let served_liars: Vec<&PeerId> =
+            fresh.iter().filter(|(p, lies)| *lies && r.steps.contains_key(&p.to_string())).map(|(p, _)| p).collect();
+        assert!(!served_liars.is_empty(), "{r:?}");
+        for p in served_liars {
+            assert_eq!(r.steps[&p.to_string()], 1, "{p}: {r:?}");
+            assert_eq!(router.read(|d| d.is_banned(p)), Some(true));
+        }
+        // Honest newcomers that passed their probation audits carry on at the base fraction.
+        let graduated = fresh.iter().filter(|(p, lies)| !*lies && !router.on_probation(p)).count();
+        assert!(graduated > 0, "{r:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn two_remote_auditors_convict_a_liar_and_one_alone_cannot() {
         for spares in [2, 1] {
             let world = World::new();

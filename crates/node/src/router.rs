@@ -181,6 +181,11 @@ impl Router {
         self.read(|d| d.reputation().audit_p(peer, base)).unwrap_or(base)
     }
 
+    /// Whether `peer` is on probation at this node.
+    pub fn on_probation(&self, peer: &PeerId) -> bool {
+        self.read(|d| d.reputation().on_probation(peer)).unwrap_or(true)
+    }
+
     /// This node's opinions of the servers it used, for its announcements.
     pub fn opinions(&self) -> Vec<odin_net::Opinion> {
         self.read(|d| d.reputation().opinions()).unwrap_or_default()
