@@ -431,7 +431,7 @@ mod tests {
     async fn two_hundred_fresh_identities_serve_nothing_unaudited_until_their_probation_ends() {
         let world = World::new();
         let honest = [world.serve(0..2), world.serve(2..4)];
-        // 200 newcomers, every fourth of them a liar; all announce themselves ten times faster
+        // 200 newcomers, half of them liars; all announce themselves ten times faster
         // than the established servers, so routes prefer them despite their reputations.
         let liar = ServerConfig { cheat: Some(Cheat::FlipBit), ..ServerConfig::default() };
         let fresh: Vec<(PeerId, bool)> = (0..200)
