@@ -240,7 +240,11 @@ pub fn swarm_train(nodes: usize, a: SwarmTrainArgs, json_out: bool) -> Result<()
             .arg(&config)
             .arg("--data-dir")
             .arg(&dir)
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--no-upnp"])
+            // TCP only on loopback: a QUIC handshake is answered by the member's own runtime,
+            // which a member busy computing can leave unanswered past QUIC's handshake timeout
+            // (a newcomer then could reach no one and ended the run on its own weights); the
+            // kernel answers TCP's.
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-upnp"])
             .args(["--behave", behave, "--expect-peers", &expect.to_string()])
             .args(["--heldout-batches", &if i == 0 { a.heldout_batches } else { 0 }.to_string()]);
         if let Some(b) = bootstrap {

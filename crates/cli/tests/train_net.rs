@@ -51,7 +51,10 @@ fn a_swarm_trains_through_churn_and_every_member_ends_on_the_same_weights() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    if !out.status.success() {
+        // The members' logs are what tells a split apart: keep them.
+        panic!("{stderr}\nthe members' logs are kept in {}", tmp.keep().display());
+    }
     let text = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     assert_eq!(v["agree"], true, "{v}");

@@ -51,6 +51,11 @@ impl Book {
         self.announces.get(&round).map(|m| m.keys().cloned().collect()).unwrap_or_default()
     }
 
+    /// Every peer that announced any round.
+    pub fn everyone(&self) -> BTreeSet<PeerBytes> {
+        self.announces.values().flat_map(|m| m.keys().cloned()).collect()
+    }
+
     /// The state most announcers of `round` name, how many name it, and how many announced.
     pub fn majority(&self, round: u64) -> Option<([u8; 32], usize, usize)> {
         let m = self.announces.get(&round)?;

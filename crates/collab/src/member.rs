@@ -265,18 +265,27 @@ impl Member {
         // little for slower members still fetching.
         let last = self.round;
         self.announce(last, self.state).await;
-        // Wait for every member of the last round still connected to say where it ended (a
-        // slow one may still be in it), within a bound.
+        // Wait for every member of the run still connected to say where it ended, within a
+        // bound: a slow one may still be in the last round, or rounds behind (it catches up by
+        // fetching the final state from us at its next round's start, so we must still be here).
         let bound = Duration::from_millis(2 * self.cfg.deadline_ms + self.cfg.vote_ms);
         self.pump(Instant::now() + bound, |m| {
             let ended = m.book.announcers(last);
-            m.book.announcers(last.saturating_sub(1)).iter().all(|p| m.gone.contains(p) || ended.contains(p))
+            m.book.everyone().iter().all(|p| m.gone.contains(p) || ended.contains(p))
         })
         .await;
-        // A member in the minority now fetches the majority's state from us: stay for it.
-        let minority = self.book.majority(last).is_some_and(|(_, n, total)| n < total);
-        if minority {
-            self.pump(Instant::now() + Duration::from_millis(self.cfg.vote_ms), |_| false).await;
+        // A member in the minority now fetches the majority's state from us: stay until each
+        // has (it announces the state it fetched) or has gone, within the bound. Leaving after a
+        // fixed pause instead let a fetch slowed by a loaded machine fail, and the run end split.
+        if let Some((id, n, total)) = self.book.majority(last) {
+            if n < total && !self.outvoted(last, id, n) {
+                let ours = self.state;
+                self.pump(Instant::now() + bound, |m| {
+                    let on = m.book.members(last, &ours);
+                    m.book.announcers(last).iter().all(|p| m.gone.contains(p) || on.contains(p))
+                })
+                .await;
+            }
         }
         if let Some((id, n, total)) = self.book.majority(last) {
             if self.outvoted(last, id, n) {
@@ -285,8 +294,10 @@ impl Member {
                     "the run ended with {n} of {total} members on state {}, not ours; fetching it",
                     hex(&id)
                 );
-                if let Err(e) = self.adopt(last, id, &peers).await {
-                    tracing::warn!("{e}; this member ends on its own weights");
+                match self.adopt(last, id, &peers).await {
+                    // Say so: the members holding it wait for that before they leave.
+                    Ok(()) => self.announce(last, id).await,
+                    Err(e) => tracing::warn!("{e}; this member ends on its own weights"),
                 }
                 let linger = Instant::now() + Duration::from_millis(self.cfg.vote_ms);
                 self.pump(linger, |_| false).await;
