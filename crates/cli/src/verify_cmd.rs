@@ -92,12 +92,14 @@ pub fn swarm_verify(v: VerifySwarm) -> Result<()> {
             // The last nodes lie: the first, which the others join through, stays honest.
             let lies = i >= v.nodes - v.cheats;
             // A liar says it is fast, but routes weigh round trips and what the client measured
-            // more than what a server says; the honest servers of a liar's blocks are made
-            // slower (3 ms a step), so that routes go through the liar and the audits meet it.
+            // more than what a server says, and a server that has passed audits costs down to
+            // half as much as a stranger whose round trip is not known yet (assumed 5 ms). The
+            // honest servers of a liar's blocks are made slower (15 ms a step), so that from the
+            // second answer on routes go through the liar and the audits meet it.
             let extra: Vec<&str> = if lies {
                 vec!["--cheat", &kind]
             } else if liar_ranges.contains(&(i % copies.len())) {
-                vec!["--delay-ms", "3"]
+                vec!["--delay-ms", "15"]
             } else {
                 vec![]
             };
