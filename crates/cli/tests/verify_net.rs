@@ -6,15 +6,8 @@ mod common;
 use common::{bundled, json, odin};
 
 fn verify(kind: &str, relay: &str) -> serde_json::Value {
-    let out = odin()
-        .args(["swarm", "--json", "--nodes", "4", "--cheat", "1", "--cheat-kind", kind, "--relay", relay])
-        // Half the hop-steps audited: the liar is caught within a few tokens of the first answer.
-        .args(["--audit", "0.5", "--max-tokens", "24"])
-        .arg("--model")
-        .arg(bundled())
-        .output()
-        .unwrap();
-    json(out)
+    // Half the hop-steps audited: the liar is caught within a few tokens of the first answer.
+    swarm(&["--cheat", "1", "--cheat-kind", kind, "--relay", relay, "--audit", "0.5", "--max-tokens", "24"])
 }
 
 #[test]
@@ -34,15 +27,10 @@ fn a_lying_node_is_caught_banned_and_every_answer_is_one_machines() {
     }
 }
 
-/// `odin swarm --json --nodes 4` with `flags`, answers of at most 16 tokens.
+/// `odin swarm --json --nodes 4` with `flags`.
 fn swarm(flags: &[&str]) -> serde_json::Value {
-    let out = odin()
-        .args(["swarm", "--json", "--nodes", "4", "--max-tokens", "16"])
-        .args(flags)
-        .arg("--model")
-        .arg(bundled())
-        .output()
-        .unwrap();
+    let out =
+        odin().args(["swarm", "--json", "--nodes", "4"]).args(flags).arg("--model").arg(bundled()).output().unwrap();
     json(out)
 }
 
@@ -50,12 +38,22 @@ fn swarm(flags: &[&str]) -> serde_json::Value {
 fn a_new_liar_is_caught_on_its_first_step_by_probation_and_honest_kernels_never_disagree() {
     // Audits at 1 in 10,000, but a new server has every step audited until it passes 1,000.
     // Routes weigh measured speed, so the liar is not on every route: up to six answers, until the ban.
-    let v = swarm(&["--cheat", "1", "--audit", "0.0001", "--probation-audits", "1000", "--until-banned"]);
+    let v = swarm(&[
+        "--cheat",
+        "1",
+        "--audit",
+        "0.0001",
+        "--probation-audits",
+        "1000",
+        "--until-banned",
+        "--max-tokens",
+        "16",
+    ]);
     assert_eq!((v["all_liars_banned"].clone(), v["all_correct"].clone()), (true.into(), true.into()), "{v}");
     assert_eq!(v["liar_steps"][0], 1, "caught on the first step it served: {v}");
     // No liar, every hop-step audited, nodes on the scalar kernel and the fastest one in turn:
     // every recomputation agrees bit for bit.
-    let v = swarm(&["--verify", "--kernels", "scalar,auto", "--audit", "1", "--answers", "2"]);
+    let v = swarm(&["--verify", "--kernels", "scalar,auto", "--audit", "1", "--answers", "2", "--max-tokens", "16"]);
     let r = &v["report"];
     assert_eq!(v["all_correct"], true, "{v}");
     assert!(r["audits"].as_u64().unwrap() > 0 && r["audits"] == r["claims"], "every hop-step audited: {v}");

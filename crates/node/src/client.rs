@@ -434,7 +434,7 @@ mod tests {
         // 200 newcomers: 6 liars announcing themselves fastest of all, 4 honest ones next, then
         // the two established servers, then the other 190; so routes meet every liar first.
         let liar = ServerConfig { cheat: Some(Cheat::FlipBit), ..ServerConfig::default() };
-        let range = |i: usize| if i % 2 == 0 { 0..2 } else { 2..4 };
+        let range = |i: usize| if i.is_multiple_of(2) { 0..2 } else { 2..4 };
         let liars: Vec<PeerId> = (0..6).map(|i| world.serve_with(range(i), liar.clone())).collect();
         let quick: Vec<PeerId> = (0..4).map(|i| world.serve(range(i))).collect();
         let rest: Vec<PeerId> = (0..190).map(|i| world.serve(range(i))).collect();
