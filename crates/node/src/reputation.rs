@@ -141,19 +141,25 @@ impl Reputation {
 
     /// Good and bad evidence about `peer`: own, plus others' weighted.
     fn evidence(&self, peer: &PeerId) -> (f64, f64) {
-        let (mut good, mut bad) = self.own(peer).evidence();
+        self.weighted(peer, |r| r.evidence())
+    }
+
+    /// `f` of this node's own record of `peer`, plus `f` of each teller's record of it times
+    /// the teller's weight.
+    fn weighted(&self, peer: &PeerId, f: impl Fn(&Record) -> (f64, f64)) -> (f64, f64) {
+        let (mut a, mut b) = f(&self.own(peer));
         // Tellers in a fixed order, so the sum is the same bits on every run.
         let mut tellers: Vec<&PeerId> = self.heard.keys().filter(|t| *t != peer).collect();
         tellers.sort_by_key(|t| t.to_bytes());
         for t in tellers {
             let w = self.weight(t);
             if let Some(r) = self.heard.get(t).and_then(|s| s.get(peer)).filter(|_| w > 0.0) {
-                let (g, b) = r.evidence();
-                good += w * g;
-                bad += w * b;
+                let (x, y) = f(r);
+                a += w * x;
+                b += w * y;
             }
         }
-        (good, bad)
+        (a, b)
     }
 
     /// `peer`'s score in (0, 1); 0.5 for a stranger.
@@ -163,13 +169,7 @@ impl Reputation {
 
     /// Passed audits this node counts for `peer` (own plus weighted vouching).
     fn audits_passed(&self, peer: &PeerId) -> f64 {
-        let mut n = f64::from(self.own(peer).passed);
-        for (t, said) in &self.heard {
-            if t != peer {
-                n += self.weight(t) * said.get(peer).map_or(0.0, |r| f64::from(r.passed));
-            }
-        }
-        n
+        self.weighted(peer, |r| (f64::from(r.passed), 0.0)).0
     }
 
     /// Whether `peer` is still on probation.
