@@ -23,10 +23,12 @@
 //!   - [`verify`]: signed step claims and the fraud proofs gossiped about them
 //!     ([`verify::Verification`]: `/odin/verify/1`, version 1).
 //!
-//!   The ledger gets a sibling module the same way: a unit
-//!   struct implementing [`Service`] with its own `PROTOCOL_ID` and `VERSION`, and `Request`
-//!   and `Response` enums implementing [`Message`]. Their versions move independently, so a
-//!   change to one service's messages never refuses another's peers.
+//!   - [`ledger`]: the signed entries of each node's feed, the heads gossiped about them and
+//!     the ranges fetched ([`ledger::Ledger`]: `/odin/ledger/1`, version 1).
+//!
+//!   Each is a unit struct implementing [`Service`] with its own `PROTOCOL_ID` and `VERSION`,
+//!   and `Request` and `Response` enums implementing [`Message`]. Their versions move
+//!   independently, so a change to one service's messages never refuses another's peers.
 //!
 //! Written by hand rather than with serde: every length read from the network is checked
 //! against a cap *before* anything is allocated (inside a message, also against the bytes
@@ -52,6 +54,7 @@ pub mod envelope;
 pub mod error;
 pub mod frame;
 pub mod infer;
+pub mod ledger;
 pub mod peer;
 pub mod pipeline;
 pub mod tensor;
