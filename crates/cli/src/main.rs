@@ -10,6 +10,7 @@ use odin_model::{init_weights, model_id, ModelConfig, ModelDir};
 
 mod collab_cmd;
 mod engine_cmd;
+mod ledger_cmd;
 mod net_cmd;
 mod pipeline_cmd;
 mod train_cmd;
@@ -60,6 +61,9 @@ enum Command {
     /// What a network identity costs: solve the identity puzzle `--runs` times at `--bits`
     /// and print the keys tried and the seconds, median and spread.
     Identity(IdentityArgs),
+    /// Read this node's ledger: entries, balances, a full check, export and import.
+    #[command(subcommand)]
+    Ledger(ledger_cmd::LedgerCmd),
     /// The f32 path's speed for `odin bench` (runs in a child process).
     #[command(hide = true)]
     BenchF32(engine_cmd::BenchF32Args),
@@ -212,6 +216,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Ledger(c) => ledger_cmd::run(c),
         Command::Model(ModelCmd::Info(a)) => model_info(a),
         Command::Model(ModelCmd::Init(a)) => model_init(a),
         Command::Data(DataCmd::Build(a)) => data_build(a),

@@ -11,9 +11,11 @@ use std::path::Path;
 use odin_proto::ledger::{Body, Entry, Head, Key, Signed, MAX_ENTRY, SIG_LEN};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use crate::books::{compute, Books, Judge, Params};
 use crate::error::{LedgerError, Refused, Result};
 use crate::feed::{check, follows, Checked};
 use crate::key::{hex, Author};
+use crate::network::NetworkId;
 
 /// What became of an entry offered to the store.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,6 +119,26 @@ impl Store {
     /// The network this ledger belongs to.
     pub fn network(&self) -> [u8; 32] {
         self.network
+    }
+
+    /// Record the network's name and genesis node (what `odin ledger` reads the books with);
+    /// refused if they do not give this ledger's network id.
+    pub fn set_network(&self, n: &NetworkId) -> Result<()> {
+        if n.id() != self.network {
+            return Err(LedgerError::Mismatch(format!("network {n} is not the one this ledger holds")));
+        }
+        self.db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('name', ?1)", [n.name.as_bytes()])?;
+        self.db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('genesis', ?1)", [&n.genesis[..]])?;
+        Ok(())
+    }
+
+    /// The network's name and genesis node, as [`Store::set_network`] recorded them.
+    pub fn network_id(&self) -> Result<Option<NetworkId>> {
+        let get = |k: &str| -> Result<Option<Vec<u8>>> {
+            Ok(self.db.query_row("SELECT value FROM meta WHERE name = ?1", [k], |r| r.get(0)).optional()?)
+        };
+        let (Some(name), Some(genesis)) = (get("name")?, get("genesis")?) else { return Ok(None) };
+        Ok(Some(NetworkId::new(&String::from_utf8_lossy(&name), id32(&genesis)?)))
     }
 
     /// Sign `body` as the next entry of `author`'s feed, dated `time_ms` (or its previous
@@ -348,6 +370,20 @@ impl Store {
     /// The recorded verdict on a fraud proof, if any.
     pub fn verdict(&self, proof: &[u8; 32]) -> Result<Option<bool>> {
         Ok(self.db.query_row("SELECT guilty FROM verdicts WHERE proof = ?1", [&proof[..]], |r| r.get(0)).optional()?)
+    }
+}
+
+/// Step fraud proofs count as this node's recorded verdicts say.
+impl Judge for Store {
+    fn guilty(&self, _: &Key, proof: &[u8]) -> bool {
+        self.verdict(blake3::hash(proof).as_bytes()).ok().flatten().unwrap_or(false)
+    }
+}
+
+impl Store {
+    /// The books over every stored entry, for the network opened by `genesis`.
+    pub fn books(&self, genesis: &Key, params: &Params) -> Result<Books> {
+        Ok(compute(genesis, &self.network, &self.entries()?, params, self))
     }
 }
 
