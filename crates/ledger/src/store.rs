@@ -157,17 +157,17 @@ impl Store {
             None => (0, [0; 32], time_ms),
             Some((s, id, t)) => (s as u64 + 1, id32(&id)?, time_ms.max(t as u64)),
         };
-        let entry = Entry { network: self.network, author: me, seq, prev, time_ms, body };
-        let bytes = entry.to_bytes();
+        let bytes = Entry { network: self.network, author: me, seq, prev, time_ms, body }.to_bytes();
         if bytes.len() > MAX_ENTRY {
             return Err(Refused::Malformed(format!("an entry of {} bytes is over the cap of {MAX_ENTRY}", bytes.len())).into());
         }
         let sig = author.sign(&bytes);
         let signed = Signed { bytes, sig };
-        let id = signed.id();
-        put(&tx, &id, &entry, &signed)?;
+        // What peers would refuse must not enter the feed: every later entry chains to it.
+        let c = check(&self.network, &signed)?;
+        put(&tx, &c.id, &c.entry, &c.signed)?;
         tx.commit()?;
-        Ok(Checked { signed, entry, id })
+        Ok(c)
     }
 
     /// Offer an entry from a peer: checked on its own and against the feed, then stored.

@@ -106,6 +106,22 @@ pub struct Auditor {
     judged: Mutex<std::collections::HashSet<[u8; 32]>>,
     /// Proofs of this node's own already published.
     published: Mutex<usize>,
+    /// Work each server did for this node since [`Auditor::take_work`] last ran: what the
+    /// node countersigns in ledger receipts.
+    work: Mutex<HashMap<PeerId, Work>>,
+}
+
+/// Work one server did for this node, from the claims it signed.
+#[derive(Debug, Clone)]
+pub struct Work {
+    /// Its blocks in the latest claim.
+    pub blocks: Range<usize>,
+    /// Hop-steps (tokens) it claimed.
+    pub steps: u64,
+    /// Whether at least one of its steps was recomputed and matched.
+    pub audited: bool,
+    /// blake3 over the signatures of its claims, in order: the commitment a receipt names.
+    pub digest: blake3::Hasher,
 }
 
 impl Auditor {
@@ -120,6 +136,7 @@ impl Auditor {
             signer,
             judged: Mutex::new(Default::default()),
             published: Mutex::new(0),
+            work: Mutex::new(HashMap::new()),
         }
     }
 
@@ -138,7 +155,7 @@ impl Auditor {
     /// from the proof's input and state. Whoever is shown to have lied (the accused, or the
     /// accuser of an honest step) is named; a step already judged counts once.
     pub fn judge_proof(&self, data: &[u8], source: PeerId) -> Heard {
-        let heard = self.judge_proof_inner(data, source);
+        let heard = self.judge_proof_inner(data, source, true);
         self.count(|r| {
             r.proofs_heard += 1;
             match heard {
@@ -151,7 +168,7 @@ impl Auditor {
         heard
     }
 
-    fn judge_proof_inner(&self, data: &[u8], source: PeerId) -> Heard {
+    fn judge_proof_inner(&self, data: &[u8], source: PeerId, once: bool) -> Heard {
         let g = match odin_proto::Envelope::<Gossip>::from_bytes(data) {
             Ok(e) if e.model == self.model => e.msg,
             Ok(e) => return Heard::Unchecked(format!("a proof about model {}, not ours", e.model)),
@@ -175,7 +192,7 @@ impl Auditor {
             Ok(mut j) => j.insert(key),
             Err(_) => return Heard::Unchecked("the judged-steps table is poisoned".into()),
         };
-        if !fresh {
+        if once && !fresh {
             return Heard::Replay;
         }
         let blocks = p.claim.start as usize..p.claim.end as usize;
@@ -200,6 +217,25 @@ impl Auditor {
                 Heard::Convicts(accused)
             }
             _ => Heard::FalseAccusation(source),
+        }
+    }
+
+    /// The work each server did since the last call (and forget it): what receipts are for.
+    pub fn take_work(&self) -> Vec<(PeerId, Work)> {
+        self.work.lock().map(|mut w| w.drain().collect()).unwrap_or_default()
+    }
+
+    /// Judge a step fraud proof as a ledger slash carries it (the gossip bytes): the accused,
+    /// if the step recomputes to other bytes than it signed. No replay check: a slash is judged
+    /// once per proof by the ledger, whatever gossip did before.
+    pub fn verdict(&self, data: &[u8]) -> Option<PeerId> {
+        let accuser = match odin_proto::Envelope::<Gossip>::from_bytes(data) {
+            Ok(odin_proto::Envelope { msg: Gossip::Proof(p), .. }) => odin_net::peer_from_wire(&p.accuser).ok()?,
+            Err(_) => return None,
+        };
+        match self.judge_proof_inner(data, accuser, false) {
+            Heard::Convicts(p) => Some(p),
+            _ => None,
         }
     }
 
@@ -251,6 +287,19 @@ impl Auditor {
         }
         for (k, c) in claims.iter().enumerate() {
             prev.insert(route[k].0, c.clone());
+        }
+        if let Ok(mut work) = self.work.lock() {
+            for (k, c) in claims.iter().enumerate() {
+                let w = work.entry(route[k].0).or_insert_with(|| Work {
+                    blocks: route[k].1.clone(),
+                    steps: 0,
+                    audited: false,
+                    digest: blake3::Hasher::new(),
+                });
+                w.blocks = c.start as usize..c.end as usize;
+                w.steps += 1;
+                w.digest.update(&c.sig);
+            }
         }
         for (k, claim) in claims.iter().enumerate() {
             // A server on probation or with a poor score is audited more often.
@@ -306,6 +355,9 @@ impl Auditor {
         match self.judge(reach, &r, claim, peer).await {
             Verdict::Pass => {
                 self.count(|r| r.passed += 1);
+                if let Some(w) = self.work.lock().ok().as_mut().and_then(|w| w.get_mut(&peer)) {
+                    w.audited = true;
+                }
                 router.report_audit(&peer, true);
                 return Ok(());
             }

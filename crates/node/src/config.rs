@@ -40,6 +40,8 @@ pub struct NodeConfig {
     pub identity_bits: u32,
     /// Audits a new server must pass before this node trusts it off probation.
     pub probation_audits: u32,
+    /// The node's ledger (`None`: it keeps none, takes no receipts and earns nothing).
+    pub ledger: Option<crate::keeper::LedgerConfig>,
 }
 
 /// How a `--blocks auto` node sizes its share and how often it reconsiders it.
@@ -79,6 +81,7 @@ impl NodeConfig {
             audit: DEFAULT_AUDIT,
             identity_bits: odin_net::puzzle::DEFAULT_IDENTITY_BITS,
             probation_audits: DEFAULT_PROBATION_AUDITS,
+            ledger: None,
         }
     }
 }

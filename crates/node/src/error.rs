@@ -11,6 +11,9 @@ pub enum NodeError {
     /// The engine refused (bad model directory, bad input).
     #[error(transparent)]
     Engine(#[from] odin_engine::EngineError),
+    /// The node's ledger failed.
+    #[error("ledger: {0}")]
+    Ledger(String),
     /// The model directory is unusable.
     #[error("model: {0}")]
     Model(String),

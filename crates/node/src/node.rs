@@ -23,6 +23,7 @@ use crate::client::Client;
 use crate::config::{AutoConfig, NodeConfig};
 use crate::directory::{Directory, Hop};
 use crate::error::{NodeError, Result};
+use crate::keeper::Keeper;
 use crate::request::{GenerateRequest, Generation};
 use crate::router::Router;
 use crate::server::Server;
@@ -46,6 +47,27 @@ pub struct Status {
     pub sessions: usize,
     /// Connected peers.
     pub peers: usize,
+    /// This node's ledger, if it keeps one.
+    pub ledger: Option<LedgerStatus>,
+}
+
+/// A node's ledger, for `/status`: amounts in tokens.
+#[derive(Debug, Clone, Serialize)]
+pub struct LedgerStatus {
+    /// The network's name and id.
+    pub network: String,
+    /// Entries held.
+    pub entries: u64,
+    /// This node's spendable balance.
+    pub balance: f64,
+    /// This node's bond (bonded and unbonding).
+    pub stake: f64,
+    /// Earned for serving and training.
+    pub earned_work: f64,
+    /// Minted for uptime.
+    pub earned_uptime: f64,
+    /// Burned by slashes.
+    pub slashed: f64,
 }
 
 /// One known server.
@@ -67,6 +89,12 @@ pub struct ServerStatus {
     pub observed_ms_per_block: Option<f64>,
     /// Failures generations from here blamed on it, in all.
     pub failures: u32,
+    /// Its reputation here, 0 to 1 (0.5 for a stranger).
+    pub reputation: f64,
+    /// Its balance in this node's ledger, tokens.
+    pub balance: Option<f64>,
+    /// Its bond in this node's ledger, tokens.
+    pub stake: Option<f64>,
 }
 
 /// A running node.
@@ -94,6 +122,8 @@ pub struct Node {
     bans: tokio::sync::watch::Sender<u64>,
     /// This node's own fraud proofs whose liar already lost its gossip standing.
     penalized: std::sync::atomic::AtomicUsize,
+    /// The node's ledger, if it keeps one.
+    keeper: Option<Arc<Keeper>>,
 }
 
 impl Node {
@@ -140,6 +170,18 @@ impl Node {
             router.trust(peer);
         }
         let signer = Signer::new(key.clone(), model);
+        let auditor = Arc::new(Auditor::new(
+            AuditConfig { p: cfg.audit, model_dir: Some(cfg.model_dir.clone()) },
+            model,
+            Some(signer),
+        ));
+        let keeper = match cfg.ledger.clone() {
+            Some(lc) => {
+                let boot = cfg.net.bootstrap.iter().find_map(odin_net::peer_of);
+                Some(Keeper::start(&key, &cfg.data_dir, lc, boot, net.clone(), auditor.clone(), layers).await?)
+            }
+            None => None,
+        };
         let node = Arc::new(Node {
             key,
             net,
@@ -152,14 +194,11 @@ impl Node {
             router,
             ms_per_block: OnceLock::new(),
             moving: tokio::sync::Mutex::new(()),
-            auditor: Arc::new(Auditor::new(
-                AuditConfig { p: cfg.audit, model_dir: Some(cfg.model_dir.clone()) },
-                model,
-                Some(signer),
-            )),
+            auditor,
             cheats: cfg.server.cheat.is_some(),
             bans: tokio::sync::watch::Sender::new(0),
             penalized: std::sync::atomic::AtomicUsize::new(0),
+            keeper,
         });
 
         // Every node hears the fraud proofs about the model's servers, and judges them itself.
@@ -321,11 +360,15 @@ impl Node {
             NetEvent::Gossip { topic, source, data } if topic == verify_topic(&self.model) => {
                 // Recomputing the step is engine work: off the network thread.
                 let auditor = self.auditor.clone();
+                let proof = data.clone();
                 let heard = tokio::task::spawn_blocking(move || auditor.judge_proof(&data, source)).await;
                 match heard {
                     Ok(Heard::Convicts(p)) => {
                         tracing::warn!("a fraud proof from {source} shows {p} cheated: banned");
                         self.ban(p).await;
+                        if let Some(k) = &self.keeper {
+                            k.slash(&p, proof);
+                        }
                     }
                     Ok(Heard::FalseAccusation(p)) => {
                         tracing::warn!("a fraud proof from {p} does not reproduce: the accuser is banned");
@@ -334,6 +377,11 @@ impl Node {
                     Ok(Heard::Replay) => tracing::debug!("a fraud proof from {source} about a step already judged"),
                     Ok(Heard::Unchecked(why)) => tracing::info!("a fraud proof from {source} left unchecked: {why}"),
                     Err(e) => tracing::warn!("judging a fraud proof failed: {e}"),
+                }
+            }
+            NetEvent::Gossip { topic, source, data } if self.keeper.as_ref().is_some_and(|k| k.is_topic(&topic)) => {
+                if let Some(k) = &self.keeper {
+                    k.on_heads(source, &data).await;
                 }
             }
             // A serving node follows no other service's topic.
@@ -448,7 +496,16 @@ impl Node {
             .generate(req, on_token)
             .await;
         self.publish_proofs().await;
+        let work = self.auditor.take_work();
+        if let Some(k) = &self.keeper {
+            k.countersign(work).await;
+        }
         g
+    }
+
+    /// The node's ledger, if it keeps one.
+    pub fn ledger(&self) -> Option<&Arc<Keeper>> {
+        self.keeper.as_ref()
     }
 
     /// Ban `peer` everywhere this node can: never routed to, its gossip dropped.
@@ -473,6 +530,16 @@ impl Node {
             self.penalized.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         for bytes in self.auditor.unpublished() {
+            if let Some(k) = &self.keeper {
+                let accused = odin_proto::Envelope::<odin_proto::verify::Gossip>::from_bytes(&bytes)
+                    .ok()
+                    .and_then(|e| match e.msg {
+                        odin_proto::verify::Gossip::Proof(p) => odin_net::peer_from_wire(&p.claim.server).ok(),
+                    });
+                if let Some(liar) = accused {
+                    k.slash(&liar, bytes.clone());
+                }
+            }
             if let Err(e) = self.net.publish_on(&topic, bytes).await {
                 tracing::warn!("cannot spread a fraud proof: {e}");
             }
@@ -517,7 +584,31 @@ impl Node {
     /// A snapshot for `/status`.
     pub async fn status(&self) -> Status {
         let peers = self.net.peers().await.map(|p| p.len()).unwrap_or(0);
-        let (coverage, servers) = self.router.read(|d| (d.coverage(), server_statuses(d))).unwrap_or_default();
+        let (coverage, mut servers) = self.router.read(|d| (d.coverage(), server_statuses(d))).unwrap_or_default();
+        let books = self.keeper.as_ref().and_then(|k| k.books().ok());
+        let tok = |v: u64| v as f64 / odin_ledger::MICRO as f64;
+        if let Some(b) = &books {
+            for s in &mut servers {
+                let acct = s.peer.parse::<PeerId>().ok().as_ref().and_then(odin_ledger::account_of).map(|k| b.account(&k));
+                s.balance = acct.as_ref().map(|a| tok(a.balance));
+                s.stake = acct.as_ref().map(|a| tok(a.at_stake()));
+            }
+        }
+        let ledger = match (&self.keeper, &books) {
+            (Some(k), Some(b)) => {
+                let a = odin_ledger::account_of(&self.peer_id()).map(|me| b.account(&me)).unwrap_or_default();
+                Some(LedgerStatus {
+                    network: k.network().to_string(),
+                    entries: k.len().unwrap_or(0),
+                    balance: tok(a.balance),
+                    stake: tok(a.at_stake()),
+                    earned_work: tok(a.earned_serving + a.earned_training),
+                    earned_uptime: tok(a.earned_uptime),
+                    slashed: tok(a.slashed),
+                })
+            }
+            _ => None,
+        };
         Status {
             peer: self.peer_id().to_string(),
             model: self.model.to_string(),
@@ -527,6 +618,7 @@ impl Node {
             servers,
             sessions: self.server().map_or(0, |s| s.load()),
             peers,
+            ledger,
         }
     }
 }
@@ -544,6 +636,9 @@ fn server_statuses(d: &Directory) -> Vec<ServerStatus> {
             rtt_us: e.rtt.map(|r| r.as_micros() as u64),
             observed_ms_per_block: e.observed_us_per_block.map(|us| us / 1e3),
             failures: e.blamed,
+            reputation: d.reputation().score(&p),
+            balance: None,
+            stake: None,
         })
         .collect()
 }

@@ -295,16 +295,8 @@ impl Body {
                     w.u64(*v);
                 }
             }
-            Body::Receipt(rc) => {
-                rc.write_fields(w);
-                w.raw(&rc.countersig);
-            }
-            Body::Uptime(u) => {
-                w.raw(&u.challenger);
-                w.u64(u.minute);
-                w.raw(&u.nonce);
-                w.raw(&u.attestation);
-            }
+            Body::Receipt(rc) => rc.write(w),
+            Body::Uptime(u) => u.write(w),
             Body::Stake(a) | Body::Unstake(a) => w.u64(*a),
             Body::Slash(s) => {
                 w.raw(&s.offender);
@@ -348,41 +340,8 @@ impl Body {
                 }
                 Body::Genesis(Genesis { epoch_minutes, allocations })
             }
-            1 => {
-                let requester = r.array("requester")?;
-                let epoch = r.u64("epoch")?;
-                let work = match r.u8("work kind")? {
-                    0 => Work::Serve {
-                        session: r.u64("session")?,
-                        tokens: r.u64("tokens")?,
-                        blocks: r.u32("blocks")?,
-                        model_blocks: r.u32("model blocks")?,
-                    },
-                    1 => Work::Train {
-                        run: r.array("run")?,
-                        round: r.u64("round")?,
-                        batches: r.u64("batches")?,
-                        samples: r.u64("samples")?,
-                        low_loss: read_bool(r, "low loss")?,
-                    },
-                    k => return Err(ProtoError::Malformed(format!("unknown work kind {k}"))),
-                };
-                if let Work::Serve { blocks, model_blocks, .. } = work {
-                    if blocks == 0 || blocks > model_blocks {
-                        return Err(ProtoError::Malformed(format!("{blocks} blocks of a {model_blocks}-block model")));
-                    }
-                }
-                let commitment = r.array("commitment")?;
-                let audited = read_bool(r, "audited")?;
-                let countersig = r.array("countersignature")?;
-                Body::Receipt(Receipt { requester, epoch, work, commitment, audited, countersig })
-            }
-            2 => Body::Uptime(Uptime {
-                challenger: r.array("challenger")?,
-                minute: r.u64("minute")?,
-                nonce: r.array("nonce")?,
-                attestation: r.array("attestation")?,
-            }),
+            1 => Body::Receipt(Receipt::read(r)?),
+            2 => Body::Uptime(Uptime::read(r)?),
             3 => Body::Stake(r.u64("stake")?),
             4 => Body::Unstake(r.u64("unstake")?),
             5 => {
@@ -412,6 +371,41 @@ fn read_bool(r: &mut Reader<'_>, what: &str) -> Result<bool> {
 }
 
 impl Receipt {
+    fn write(&self, w: &mut Writer) {
+        self.write_fields(w);
+        w.raw(&self.countersig);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self> {
+        let requester = r.array("requester")?;
+        let epoch = r.u64("epoch")?;
+        let work = match r.u8("work kind")? {
+            0 => Work::Serve {
+                session: r.u64("session")?,
+                tokens: r.u64("tokens")?,
+                blocks: r.u32("blocks")?,
+                model_blocks: r.u32("model blocks")?,
+            },
+            1 => Work::Train {
+                run: r.array("run")?,
+                round: r.u64("round")?,
+                batches: r.u64("batches")?,
+                samples: r.u64("samples")?,
+                low_loss: read_bool(r, "low loss")?,
+            },
+            k => return Err(ProtoError::Malformed(format!("unknown work kind {k}"))),
+        };
+        if let Work::Serve { blocks, model_blocks, .. } = work {
+            if blocks == 0 || blocks > model_blocks {
+                return Err(ProtoError::Malformed(format!("{blocks} blocks of a {model_blocks}-block model")));
+            }
+        }
+        let commitment = r.array("commitment")?;
+        let audited = read_bool(r, "audited")?;
+        let countersig = r.array("countersignature")?;
+        Ok(Receipt { requester, epoch, work, commitment, audited, countersig })
+    }
+
     fn write_fields(&self, w: &mut Writer) {
         w.raw(&self.requester);
         w.u64(self.epoch);
@@ -447,6 +441,22 @@ impl Receipt {
 }
 
 impl Uptime {
+    fn write(&self, w: &mut Writer) {
+        w.raw(&self.challenger);
+        w.u64(self.minute);
+        w.raw(&self.nonce);
+        w.raw(&self.attestation);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self> {
+        Ok(Uptime {
+            challenger: r.array("challenger")?,
+            minute: r.u64("minute")?,
+            nonce: r.array("nonce")?,
+            attestation: r.array("attestation")?,
+        })
+    }
+
     /// The bytes the challenger signs: `node` answered `nonce` in `minute` on `network`.
     pub fn attest_bytes(network: &[u8; 32], node: &Key, minute: u64, nonce: &[u8; 32]) -> Vec<u8> {
         let mut w = header::<Ledger>(&ModelId(*network), ATTEST_KIND);
@@ -538,6 +548,17 @@ pub enum Request {
     },
     /// The heads of every feed the peer holds.
     Heads,
+    /// A receipt for work the peer did for the sender, countersigned: the peer appends it.
+    Receipt(Receipt),
+    /// Prove you are up: sign [`Uptime::answer_bytes`] for this minute and nonce.
+    Challenge {
+        /// The challenger's minute.
+        minute: u64,
+        /// A fresh random nonce.
+        nonce: [u8; 32],
+    },
+    /// The attestation of an answered challenge: the peer appends it.
+    Attest(Uptime),
 }
 
 /// What a peer answers.
@@ -549,6 +570,10 @@ pub enum Response {
     Heads(Vec<Head>),
     /// The request was refused, and why.
     Refused(String),
+    /// The entry was appended to the peer's feed at this seq.
+    Appended(u64),
+    /// A challenge's answer: the signature over [`Uptime::answer_bytes`].
+    Answer([u8; SIG_LEN]),
 }
 
 impl Message for Request {
@@ -558,14 +583,26 @@ impl Message for Request {
         match self {
             Request::Range { .. } => 0,
             Request::Heads => 1,
+            Request::Receipt(_) => 2,
+            Request::Challenge { .. } => 3,
+            Request::Attest(_) => 4,
         }
     }
 
     fn write(&self, w: &mut Writer) {
-        if let Request::Range { author, from, count } = self {
-            w.raw(author);
-            w.u64(*from);
-            w.u32(*count);
+        match self {
+            Request::Range { author, from, count } => {
+                w.raw(author);
+                w.u64(*from);
+                w.u32(*count);
+            }
+            Request::Heads => {}
+            Request::Receipt(r) => r.write(w),
+            Request::Challenge { minute, nonce } => {
+                w.u64(*minute);
+                w.raw(nonce);
+            }
+            Request::Attest(u) => u.write(w),
         }
     }
 
@@ -581,6 +618,9 @@ impl Message for Request {
                 Ok(Request::Range { author, from, count })
             }
             1 => Ok(Request::Heads),
+            2 => Ok(Request::Receipt(Receipt::read(r)?)),
+            3 => Ok(Request::Challenge { minute: r.u64("minute")?, nonce: r.array("nonce")? }),
+            4 => Ok(Request::Attest(Uptime::read(r)?)),
             k => Err(ProtoError::Malformed(format!("unknown ledger request kind {k}"))),
         }
     }
@@ -594,6 +634,8 @@ impl Message for Response {
             Response::Entries(_) => 0,
             Response::Heads(_) => 1,
             Response::Refused(_) => 2,
+            Response::Appended(_) => 3,
+            Response::Answer(_) => 4,
         }
     }
 
@@ -612,6 +654,8 @@ impl Message for Response {
                 }
             }
             Response::Refused(why) => w.message(why),
+            Response::Appended(seq) => w.u64(*seq),
+            Response::Answer(sig) => w.raw(sig),
         }
     }
 
@@ -630,6 +674,8 @@ impl Message for Response {
             }
             1 => read_heads(r).map(Response::Heads),
             2 => Ok(Response::Refused(r.message("reason")?)),
+            3 => Ok(Response::Appended(r.u64("seq")?)),
+            4 => Ok(Response::Answer(r.array("answer")?)),
             k => Err(ProtoError::Malformed(format!("unknown ledger response kind {k}"))),
         }
     }
@@ -740,7 +786,15 @@ mod tests {
 
     #[test]
     fn messages_round_trip_and_caps_hold() {
-        let reqs = [Request::Range { author: [1; 32], from: 5, count: 100 }, Request::Heads];
+        let Body::Receipt(rc) = bodies().swap_remove(1) else { unreachable!() };
+        let Body::Uptime(up) = bodies().swap_remove(3) else { unreachable!() };
+        let reqs = [
+            Request::Range { author: [1; 32], from: 5, count: 100 },
+            Request::Heads,
+            Request::Receipt(rc),
+            Request::Challenge { minute: 5, nonce: [3; 32] },
+            Request::Attest(up),
+        ];
         for m in reqs {
             let env = Envelope { model: ModelId(NET), msg: m };
             assert_eq!(Envelope::<Request>::from_bytes(&env.to_bytes()).unwrap(), env);
@@ -752,6 +806,8 @@ mod tests {
             Response::Entries(vec![Signed { bytes: entry(Body::Stake(1)).to_bytes(), sig: [2; 64] }]),
             Response::Heads(vec![head]),
             Response::Refused("no".into()),
+            Response::Appended(7),
+            Response::Answer([8; 64]),
         ];
         for m in resps {
             let env = Envelope { model: ModelId(NET), msg: m };
