@@ -107,7 +107,10 @@ fn kind(b: &Body) -> String {
                 if r.audited { ", audited" } else { "" }
             ),
             Work::Train { round, batches, samples, .. } => {
-                format!("receipt: trained round {round}, {batches} batches, {samples} samples for {}", short(&r.requester))
+                format!(
+                    "receipt: trained round {round}, {batches} batches, {samples} samples for {}",
+                    short(&r.requester)
+                )
             }
         },
         Body::Uptime(u) => format!("uptime: minute {} attested by {}", u.minute, short(&u.challenger)),
@@ -212,7 +215,10 @@ fn verify(c: &Common) -> Result<()> {
     let v = store.verify()?;
     let forks = store.equivocations()?;
     if c.json {
-        println!("{}", json!({"good": v.good, "feeds": v.feeds, "bad": v.bad, "equivocators": forks.iter().map(|f| show(&f.0)).collect::<Vec<_>>()}));
+        println!(
+            "{}",
+            json!({"good": v.good, "feeds": v.feeds, "bad": v.bad, "equivocators": forks.iter().map(|f| show(&f.0)).collect::<Vec<_>>()})
+        );
     } else {
         println!("{} entries in {} feeds verify", v.good, v.feeds);
         for b in &v.bad {

@@ -115,6 +115,78 @@ pub struct NodeArgs {
     /// node through it at a time) before this node trusts it at the --audit fraction; 0: none.
     #[arg(long, default_value_t = odin_node::config::DEFAULT_PROBATION_AUDITS)]
     probation_audits: u32,
+    #[command(flatten)]
+    ledger: LedgerArgs,
+}
+
+/// The ledger settings of `odin node`.
+#[derive(clap::Args, Clone)]
+pub struct LedgerArgs {
+    /// Keep no ledger: take no receipts, earn nothing.
+    #[arg(long)]
+    no_ledger: bool,
+    /// The ledger network's name (its id is this name and the genesis node's key).
+    #[arg(long, default_value = "odin")]
+    network: String,
+    /// The genesis node's peer id (default: the first --bootstrap peer; with none, this node).
+    #[arg(long)]
+    genesis: Option<odin_net::PeerId>,
+    /// Genesis only: give PEER this many tokens in the genesis entry (repeatable, PEER=TOKENS).
+    #[arg(long, value_parser = parse_allocation)]
+    allocate: Vec<(odin_net::PeerId, u64)>,
+    /// Tokens this node keeps bonded when its balance allows (multiplies its rewards, up to 2×
+    /// at 10,000; slashable).
+    #[arg(long, default_value_t = 100.0)]
+    stake: f64,
+    /// Genesis only: minutes per reward epoch.
+    #[arg(long, default_value_t = 60)]
+    epoch_minutes: u32,
+    /// Seconds between uptime challenges to peers.
+    #[arg(long, default_value_t = 60.0)]
+    uptime_secs: f64,
+    /// Seconds between gossips of the ledger's feed heads.
+    #[arg(long, default_value_t = 5.0)]
+    ledger_sync_secs: f64,
+}
+
+fn parse_allocation(s: &str) -> std::result::Result<(odin_net::PeerId, u64), String> {
+    let (p, t) = s.split_once('=').ok_or_else(|| format!("--allocate {s}: write PEER=TOKENS"))?;
+    let peer = p.parse().map_err(|e| format!("--allocate {s}: {p} is not a peer id: {e}"))?;
+    let tokens: f64 = t.parse().map_err(|_| format!("--allocate {s}: {t} is not a number of tokens"))?;
+    micro(tokens).map(|m| (peer, m)).map_err(|e| format!("--allocate {s}: {e}"))
+}
+
+fn micro(tokens: f64) -> std::result::Result<u64, String> {
+    if !(tokens.is_finite() && (0.0..=1e12).contains(&tokens)) {
+        return Err(format!("{tokens} tokens is not an amount between 0 and 10^12"));
+    }
+    Ok((tokens * odin_ledger::MICRO as f64).round() as u64)
+}
+
+impl LedgerArgs {
+    /// The ledger config these flags give (`None` with --no-ledger).
+    pub fn config(&self) -> Result<Option<odin_node::LedgerConfig>> {
+        if self.no_ledger {
+            return Ok(None);
+        }
+        for (flag, v) in [("--uptime-secs", self.uptime_secs), ("--ledger-sync-secs", self.ledger_sync_secs)] {
+            if !(v.is_finite() && v >= 0.1) {
+                bail!("{flag} must be at least 0.1 seconds");
+            }
+        }
+        if self.epoch_minutes == 0 {
+            bail!("--epoch-minutes must be at least 1");
+        }
+        Ok(Some(odin_node::LedgerConfig {
+            name: self.network.clone(),
+            genesis: self.genesis,
+            allocations: self.allocate.clone(),
+            stake: micro(self.stake).map_err(|e| anyhow::anyhow!("--stake: {e}"))?,
+            epoch_minutes: self.epoch_minutes,
+            sync_every: Duration::from_secs_f64(self.ledger_sync_secs),
+            challenge_every: Duration::from_secs_f64(self.uptime_secs),
+        }))
+    }
 }
 
 /// The runtime of a node or swarm process: one network thread (prefills, and steps while other
@@ -216,6 +288,7 @@ pub fn node(a: NodeArgs) -> Result<()> {
         cheat: a.cheat,
         identity_bits: a.identity_bits,
         probation_audits: a.probation_audits,
+        ledger: a.ledger.config()?,
     };
     let cfg = options.config()?;
     let grace = options.grace()?;
@@ -370,12 +443,26 @@ pub fn swarm(a: SwarmArgs) -> Result<()> {
         cfg.join = Join::Tcp;
         cfg.announce = Duration::from_secs(1);
         let mut cluster = LocalCluster::new(cfg);
+        // The ledger: node-0 opens it and gives the client (which pays for its prompts) and
+        // every node a share, so they can pay and stake from the start.
+        let peers = swarm_identities(&work, a.nodes)?;
+        let mut genesis_args: Vec<String> = peers[1..].iter().map(|p| format!("--allocate={p}={SWARM_TOKENS}")).collect();
+        genesis_args.push(format!("--allocate={}={SWARM_TOKENS}", peers[0]));
         for (i, r) in ranges.iter().enumerate() {
-            cluster.launch(&format!("node-{i}"), &format!("{}..{}", r.start, r.end), &[])?;
+            let mut extra: Vec<&str> = vec!["--uptime-secs", "5", "--ledger-sync-secs", "1"];
+            if i == 0 {
+                extra.extend(genesis_args.iter().map(String::as_str));
+            }
+            cluster.launch(&format!("node-{i}"), &format!("{}..{}", r.start, r.end), &extra)?;
         }
         let mut cfg = cluster.client_config(&work.join("client"));
         cfg.net.dht_server = false;
         cfg.audit = a.audit;
+        cfg.ledger = Some(odin_node::LedgerConfig {
+            sync_every: Duration::from_secs(1),
+            challenge_every: Duration::from_secs(5),
+            ..Default::default()
+        });
         let client = cluster.join(cfg, Duration::from_secs(60)).await?;
         let route = client.route().unwrap_or_default();
         let ready_s = t_start.elapsed().as_secs_f64();
@@ -452,6 +539,21 @@ pub fn swarm(a: SwarmArgs) -> Result<()> {
     rt.shutdown_timeout(Duration::from_secs(2));
     let _ = std::fs::remove_dir_all(&work);
     result
+}
+
+/// Tokens the genesis of a local swarm gives the client and each other node.
+const SWARM_TOKENS: u64 = 10_000;
+
+/// Make the identities of a local swarm's client (first) and nodes ahead of their start, so the
+/// genesis node can allocate to them.
+fn swarm_identities(work: &Path, nodes: usize) -> Result<Vec<odin_net::PeerId>> {
+    let bits = odin_net::puzzle::DEFAULT_IDENTITY_BITS;
+    let dirs = std::iter::once("client".to_string()).chain((1..nodes).map(|i| format!("node-{i}")));
+    dirs.map(|d| {
+        let key = odin_net::load_or_create_identity_with(&work.join(d).join("identity.key"), bits)?;
+        Ok(key.public().to_peer_id())
+    })
+    .collect()
 }
 
 fn describe(route: &[odin_node::Hop]) -> String {

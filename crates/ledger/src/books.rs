@@ -201,11 +201,11 @@ pub fn compute(genesis: &Key, network: &[u8; 32], entries: &[Checked], p: &Param
             Body::Stake(_) | Body::Unstake(_) => epochs.entry(at).or_default().bonds.push(c),
             Body::Slash(_) => epochs.entry(at).or_default().slashes.push(c),
             Body::Receipt(r) => epochs.entry(r.epoch).or_default().receipts.push((c.entry.author, r)),
-            Body::Uptime(u) => epochs
-                .entry(u.minute / u64::from(books.epoch_minutes))
-                .or_default()
-                .minutes
-                .push((c.entry.author, u.challenger, u.minute)),
+            Body::Uptime(u) => epochs.entry(u.minute / u64::from(books.epoch_minutes)).or_default().minutes.push((
+                c.entry.author,
+                u.challenger,
+                u.minute,
+            )),
             Body::Genesis(_) => {}
         }
     }
@@ -362,7 +362,9 @@ fn pay(books: &mut Books, p: &Params, receipts: &[(Key, &Receipt)], convicted: &
 
 fn uptime(books: &mut Books, p: &Params, minutes: &[(Key, Key, u64)], convicted: &BTreeSet<Key>) {
     let bonded = |books: &Books, k: &Key| {
-        books.accounts.get(k).is_some_and(|a| a.bond >= p.min_bond) && !convicted.contains(k) && !books.equivocators.contains_key(k)
+        books.accounts.get(k).is_some_and(|a| a.bond >= p.min_bond)
+            && !convicted.contains(k)
+            && !books.equivocators.contains_key(k)
     };
     let mut counted: BTreeMap<Key, BTreeSet<u64>> = BTreeMap::new();
     for (node, challenger, minute) in minutes {
@@ -541,7 +543,14 @@ mod tests {
         let mut w2 = World::new(&[(&y, 10 * MICRO)]);
         w2.add(&y, 0, Body::Stake(10 * MICRO));
         let only = w2.add(&y, 0, Body::Stake(0));
-        w2.add(&acc1, 0, Body::Slash(Slash { offender: y.key(), proof: Proof::Equivocation(Box::new(only.clone()), Box::new(only)) }));
+        w2.add(
+            &acc1,
+            0,
+            Body::Slash(Slash {
+                offender: y.key(),
+                proof: Proof::Equivocation(Box::new(only.clone()), Box::new(only)),
+            }),
+        );
         assert_eq!(w2.books().burned, 0);
     }
 
@@ -570,7 +579,11 @@ mod tests {
     fn only_the_named_genesis_allocates() {
         let (a, fake) = (Author::generate(), Author::generate());
         let mut w = World::new(&[(&a, 5)]);
-        w.add(&fake, 0, Body::Genesis(Genesis { epoch_minutes: 1, allocations: vec![(fake.key(), 1_000_000 * MICRO)] }));
+        w.add(
+            &fake,
+            0,
+            Body::Genesis(Genesis { epoch_minutes: 1, allocations: vec![(fake.key(), 1_000_000 * MICRO)] }),
+        );
         let b = w.books();
         assert_eq!((b.allocated, b.account(&fake.key()).balance, b.epoch_minutes), (5, 0, 10));
     }

@@ -81,7 +81,10 @@ pub fn follows(prev: &Checked, next: &Checked) -> Result<(), Refused> {
         return Err(Refused::Chain { seq, why: "it names another previous entry (reordered or forked)".into() });
     }
     if n.time_ms < p.time_ms {
-        return Err(Refused::Chain { seq, why: format!("dated {} ms before the entry it follows", p.time_ms - n.time_ms) });
+        return Err(Refused::Chain {
+            seq,
+            why: format!("dated {} ms before the entry it follows", p.time_ms - n.time_ms),
+        });
     }
     Ok(())
 }
@@ -169,11 +172,17 @@ pub(crate) mod tests {
         let pasted = signed(&a, 0, [0; 32], 5, Body::Receipt(r));
         assert_eq!(check(&NET, &pasted), Err(Refused::BadWitness("requester's countersignature")));
         // Self-dealing: countersigning one's own work, attesting one's own uptime.
-        assert_eq!(check(&NET, &signed(&a, 0, [0; 32], 5, receipt(&a, &a, 0, 10, true))), Err(Refused::SelfDealing("requester")));
+        assert_eq!(
+            check(&NET, &signed(&a, 0, [0; 32], 5, receipt(&a, &a, 0, 10, true))),
+            Err(Refused::SelfDealing("requester"))
+        );
         assert_eq!(check(&NET, &signed(&a, 0, [0; 32], 5, uptime(&a, &a, 7))), Err(Refused::SelfDealing("challenger")));
         // An attestation b made for another node, pasted into a's feed.
         let c2 = Author::generate();
-        assert_eq!(check(&NET, &signed(&a, 0, [0; 32], 5, uptime(&c2, &b, 7))), Err(Refused::BadWitness("challenger's attestation")));
+        assert_eq!(
+            check(&NET, &signed(&a, 0, [0; 32], 5, uptime(&c2, &b, 7))),
+            Err(Refused::BadWitness("challenger's attestation"))
+        );
         // A genesis anywhere but first.
         let g = Body::Genesis(odin_proto::ledger::Genesis { epoch_minutes: 1, allocations: vec![] });
         assert_eq!(check(&NET, &signed(&a, 1, [1; 32], 5, g)), Err(Refused::Genesis));

@@ -109,10 +109,11 @@ impl Store {
             )));
         }
         let db = connect(path)?;
-        let n: Option<Vec<u8>> = db.query_row("SELECT value FROM meta WHERE name = 'network'", [], |r| r.get(0)).optional()?;
-        let network = n
-            .and_then(|n| <[u8; 32]>::try_from(n).ok())
-            .ok_or_else(|| LedgerError::Mismatch(format!("{} is not an odin ledger (no network id)", path.display())))?;
+        let n: Option<Vec<u8>> =
+            db.query_row("SELECT value FROM meta WHERE name = 'network'", [], |r| r.get(0)).optional()?;
+        let network = n.and_then(|n| <[u8; 32]>::try_from(n).ok()).ok_or_else(|| {
+            LedgerError::Mismatch(format!("{} is not an odin ledger (no network id)", path.display()))
+        })?;
         Ok(Self { db, network })
     }
 
@@ -159,7 +160,11 @@ impl Store {
         };
         let bytes = Entry { network: self.network, author: me, seq, prev, time_ms, body }.to_bytes();
         if bytes.len() > MAX_ENTRY {
-            return Err(Refused::Malformed(format!("an entry of {} bytes is over the cap of {MAX_ENTRY}", bytes.len())).into());
+            return Err(Refused::Malformed(format!(
+                "an entry of {} bytes is over the cap of {MAX_ENTRY}",
+                bytes.len()
+            ))
+            .into());
         }
         let sig = author.sign(&bytes);
         let signed = Signed { bytes, sig };
@@ -223,10 +228,12 @@ impl Store {
     /// Entries `from..from + count` of `author`'s feed that are held, in order.
     pub fn range(&self, author: &Key, from: u64, count: usize) -> Result<Vec<Signed>> {
         let from = i64::try_from(from).unwrap_or(i64::MAX);
-        let mut st = self.db.prepare_cached(
-            "SELECT bytes, sig FROM entries WHERE author = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
-        )?;
-        let rows = st.query_map(params![&author[..], from, count as i64], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut st = self
+            .db
+            .prepare_cached("SELECT bytes, sig FROM entries WHERE author = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3")?;
+        let rows = st.query_map(params![&author[..], from, count as i64], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
         let mut out = Vec::new();
         for row in rows {
             let (bytes, sig) = row?;
@@ -239,7 +246,8 @@ impl Store {
     /// ([`Store::verify`] checks them again).
     pub fn entries(&self) -> Result<Vec<Checked>> {
         let mut st = self.db.prepare("SELECT id, bytes, sig FROM entries ORDER BY author, seq")?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?)))?;
+        let rows =
+            st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?)))?;
         let mut out = Vec::new();
         for row in rows {
             let (id, bytes, sig) = row?;
@@ -263,11 +271,13 @@ impl Store {
     /// The equivocation proofs seen: (author, the stored entry, the other).
     pub fn equivocations(&self) -> Result<Vec<(Key, Signed, Signed)>> {
         let mut st = self.db.prepare("SELECT author, a, b FROM equivocations ORDER BY author, seq")?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?)))?;
+        let rows =
+            st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?)))?;
         let mut out = Vec::new();
         for row in rows {
             let (k, a, b) = row?;
-            let read = |b: &[u8]| Signed::from_bytes(b).map_err(|e| LedgerError::Damaged { id: hex(&k), why: e.to_string() });
+            let read =
+                |b: &[u8]| Signed::from_bytes(b).map_err(|e| LedgerError::Damaged { id: hex(&k), why: e.to_string() });
             out.push((id32(&k)?, read(&a)?, read(&b)?));
         }
         Ok(out)
@@ -325,7 +335,8 @@ impl Store {
         let mut n = 0;
         while let Some(r) = rows.next()? {
             let s = Signed { bytes: r.get(0)?, sig: sig64(&r.get::<_, Vec<u8>>(1)?)? };
-            w.write_all(&s.to_bytes()).map_err(|source| LedgerError::Io { what: "cannot write the export".into(), source })?;
+            w.write_all(&s.to_bytes())
+                .map_err(|source| LedgerError::Io { what: "cannot write the export".into(), source })?;
             n += 1;
         }
         Ok(n)
@@ -341,7 +352,9 @@ impl Store {
             let n = rest.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).unwrap_or(usize::MAX);
             let len = n.saturating_add(4 + SIG_LEN);
             if n > MAX_ENTRY || len > rest.len() {
-                return Err(Refused::Malformed("the export ends inside an entry or holds an oversized one".into()).into());
+                return Err(
+                    Refused::Malformed("the export ends inside an entry or holds an oversized one".into()).into()
+                );
             }
             batch.push(Signed::from_bytes(&rest[..len]).map_err(|e| Refused::Malformed(e.to_string()))?);
             rest = &rest[len..];
@@ -363,7 +376,8 @@ impl Store {
     /// Record a judge's verdict on a fraud proof (by its blake3), so balances read later and
     /// elsewhere on this node (`odin ledger balance`) need not recompute it.
     pub fn set_verdict(&self, proof: &[u8; 32], guilty: bool) -> Result<()> {
-        self.db.execute("INSERT OR REPLACE INTO verdicts (proof, guilty) VALUES (?1, ?2)", params![&proof[..], guilty])?;
+        self.db
+            .execute("INSERT OR REPLACE INTO verdicts (proof, guilty) VALUES (?1, ?2)", params![&proof[..], guilty])?;
         Ok(())
     }
 
@@ -402,9 +416,11 @@ fn insert_checked(tx: &rusqlite::Transaction<'_>, c: &Checked) -> Result<Inserte
     let e = &c.entry;
     let seq = e.seq as i64;
     let same: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = tx
-        .query_row("SELECT id, bytes, sig FROM entries WHERE author = ?1 AND seq = ?2", params![&e.author[..], seq], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
+        .query_row(
+            "SELECT id, bytes, sig FROM entries WHERE author = ?1 AND seq = ?2",
+            params![&e.author[..], seq],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .optional()?;
     if let Some((id, bytes, sig)) = same {
         if id[..] == c.id[..] {
@@ -419,9 +435,11 @@ fn insert_checked(tx: &rusqlite::Transaction<'_>, c: &Checked) -> Result<Inserte
     }
     if e.seq > 0 {
         let prev: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = tx
-            .query_row("SELECT id, bytes, sig FROM entries WHERE author = ?1 AND seq = ?2", params![&e.author[..], seq - 1], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
+            .query_row(
+                "SELECT id, bytes, sig FROM entries WHERE author = ?1 AND seq = ?2",
+                params![&e.author[..], seq - 1],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()?;
         let Some((id, bytes, sig)) = prev else {
             let next: Option<i64> =
@@ -443,11 +461,13 @@ fn put(tx: &rusqlite::Transaction<'_>, id: &[u8; 32], e: &Entry, s: &Signed) -> 
 }
 
 fn id32(b: &[u8]) -> Result<[u8; 32]> {
-    <[u8; 32]>::try_from(b).map_err(|_| LedgerError::Damaged { id: hex(b), why: "a stored id or key is not 32 bytes".into() })
+    <[u8; 32]>::try_from(b)
+        .map_err(|_| LedgerError::Damaged { id: hex(b), why: "a stored id or key is not 32 bytes".into() })
 }
 
 fn sig64(b: &[u8]) -> Result<[u8; SIG_LEN]> {
-    <[u8; SIG_LEN]>::try_from(b).map_err(|_| LedgerError::Damaged { id: hex(b), why: "a stored signature is not 64 bytes".into() })
+    <[u8; SIG_LEN]>::try_from(b)
+        .map_err(|_| LedgerError::Damaged { id: hex(b), why: "a stored signature is not 64 bytes".into() })
 }
 
 #[cfg(test)]
@@ -491,7 +511,9 @@ mod tests {
         assert!(matches!(s.insert(&reordered), Err(LedgerError::Refused(Refused::Chain { .. }))));
         s.insert(&e2).unwrap();
         let fork = signed(&a, 1, e0.id(), 2, Body::Stake(99));
-        let Inserted::Equivocation { stored, offered } = s.insert(&fork).unwrap() else { panic!("not an equivocation") };
+        let Inserted::Equivocation { stored, offered } = s.insert(&fork).unwrap() else {
+            panic!("not an equivocation")
+        };
         assert_eq!((*stored, *offered), (e1.clone(), fork.clone()));
         assert_eq!(s.equivocations().unwrap(), vec![(a.key(), e1, fork)]);
         assert_eq!(s.len().unwrap(), 3);
@@ -520,7 +542,11 @@ mod tests {
         assert_eq!(t.heads().unwrap(), s.heads().unwrap());
         assert!(t.import(&mut &out[..out.len() - 1]).is_err(), "a cut export");
         // Someone edits a stored entry's bytes behind the node's back.
-        t.db.execute("UPDATE entries SET bytes = ?1 WHERE seq = 2 AND author = ?2", params![vec![0u8; 10], &a.key()[..]]).unwrap();
+        t.db.execute(
+            "UPDATE entries SET bytes = ?1 WHERE seq = 2 AND author = ?2",
+            params![vec![0u8; 10], &a.key()[..]],
+        )
+        .unwrap();
         let v = t.verify().unwrap();
         assert_eq!(v.good, 8, "{v:?}");
         assert_eq!(v.bad.len(), 2, "the edited entry, and the next no longer links: {v:?}");

@@ -132,6 +132,8 @@ pub struct NodeOptions {
     pub identity_bits: u32,
     /// Audits a new server must pass before it leaves probation (0: no probation).
     pub probation_audits: u32,
+    /// The node's ledger (`None`: it keeps none).
+    pub ledger: Option<crate::keeper::LedgerConfig>,
 }
 
 /// Audits a new server passes before it leaves probation, unless told otherwise: with every
@@ -214,6 +216,7 @@ impl NodeOptions {
         }
         cfg.identity_bits = self.identity_bits;
         cfg.probation_audits = self.probation_audits;
+        cfg.ledger = self.ledger.clone();
         cfg.announce_every = Duration::from_secs_f64(self.announce_secs);
         Ok(cfg)
     }
@@ -267,6 +270,7 @@ mod tests {
             cheat: None,
             identity_bits: 8,
             probation_audits: 20,
+            ledger: None,
         }
     }
 

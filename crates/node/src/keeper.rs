@@ -23,7 +23,7 @@ use odin_ledger::{account_of, Account, Author, Books, Inserted, NetworkId, Param
 use odin_net::{Net, PeerId, StreamProtocol};
 use odin_proto::ledger::{
     Body, Genesis, Heads, Key, Ledger, Proof, Receipt, Request, Response, Signed, Slash, Uptime, Work as Paid,
-    MAX_RANGE,
+    MAX_RANGE, MAX_RANGE_BYTES,
 };
 use odin_proto::{read_frame, write_frame, Envelope, Service, MAX_FRAME};
 
@@ -231,6 +231,11 @@ impl Keeper {
         Ok(self.len()? == 0)
     }
 
+    /// A receiver that sees every change to this ledger (entries appended or taken in).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     /// Wait until `done` holds of this ledger (checked after every change), at most `timeout`.
     pub async fn wait_until(&self, timeout: Duration, mut done: impl FnMut(&Keeper) -> bool) -> bool {
         let mut changed = self.changed.subscribe();
@@ -310,7 +315,13 @@ impl Keeper {
     }
 
     /// Fetch `author`'s entries `from..=to` from `peer` and offer them to the store.
-    async fn fetch(self: &Arc<Self>, peer: PeerId, author: Key, mut from: u64, to: u64) -> std::result::Result<(), String> {
+    async fn fetch(
+        self: &Arc<Self>,
+        peer: PeerId,
+        author: Key,
+        mut from: u64,
+        to: u64,
+    ) -> std::result::Result<(), String> {
         let mut s = self.open(peer).await?;
         while from <= to {
             let count = (to - from + 1).min(MAX_RANGE as u64) as u32;
@@ -501,9 +512,22 @@ impl Keeper {
         let Some(them) = account_of(&peer) else { return Response::Refused("not an ed25519 peer".into()) };
         let refused = |e: NodeError| Response::Refused(e.to_string());
         match req {
-            Request::Range { author, from, count } => {
-                self.with(|s| s.range(&author, from, count as usize)).map(Response::Entries).unwrap_or_else(refused)
-            }
+            Request::Range { author, from, count } => match self.with(|s| s.range(&author, from, count as usize)) {
+                Ok(mut es) => {
+                    // A range of big entries (slashes with their proofs) stops at a byte budget.
+                    let mut bytes = 0;
+                    let keep = es
+                        .iter()
+                        .take_while(|e| {
+                            bytes += e.bytes.len() + 68;
+                            bytes <= MAX_RANGE_BYTES
+                        })
+                        .count();
+                    es.truncate(keep.max(1));
+                    Response::Entries(es)
+                }
+                Err(e) => refused(e),
+            },
             Request::Heads => self.with(|s| s.heads()).map(Response::Heads).unwrap_or_else(refused),
             // Only the requester on the stream can hand over its countersignature: nobody
             // appends receipts in others' names.

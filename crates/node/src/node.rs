@@ -531,10 +531,11 @@ impl Node {
         }
         for bytes in self.auditor.unpublished() {
             if let Some(k) = &self.keeper {
-                let accused = odin_proto::Envelope::<odin_proto::verify::Gossip>::from_bytes(&bytes)
-                    .ok()
-                    .and_then(|e| match e.msg {
-                        odin_proto::verify::Gossip::Proof(p) => odin_net::peer_from_wire(&p.claim.server).ok(),
+                let accused =
+                    odin_proto::Envelope::<odin_proto::verify::Gossip>::from_bytes(&bytes).ok().and_then(|e| {
+                        match e.msg {
+                            odin_proto::verify::Gossip::Proof(p) => odin_net::peer_from_wire(&p.claim.server).ok(),
+                        }
                     });
                 if let Some(liar) = accused {
                     k.slash(&liar, bytes.clone());
@@ -589,7 +590,8 @@ impl Node {
         let tok = |v: u64| v as f64 / odin_ledger::MICRO as f64;
         if let Some(b) = &books {
             for s in &mut servers {
-                let acct = s.peer.parse::<PeerId>().ok().as_ref().and_then(odin_ledger::account_of).map(|k| b.account(&k));
+                let acct =
+                    s.peer.parse::<PeerId>().ok().as_ref().and_then(odin_ledger::account_of).map(|k| b.account(&k));
                 s.balance = acct.as_ref().map(|a| tok(a.balance));
                 s.stake = acct.as_ref().map(|a| tok(a.at_stake()));
             }

@@ -20,13 +20,17 @@ use crate::error::{ProtoError, Result};
 pub const PROTOCOL_VERSION: u16 = 1;
 /// The stream protocol id of the ledger service.
 pub const PROTOCOL_ID: &str = "/odin/ledger/1";
-/// Largest entry (its signed bytes): a slash carrying two entries fits, a genesis with
-/// [`MAX_ALLOCATIONS`] accounts fits.
-pub const MAX_ENTRY: usize = 64 << 10;
+/// Largest entry (its signed bytes): a slash carrying a step fraud proof (the step's input
+/// and session state: about 59 KB on odin-tiny, a few MB on a 100M model) fits, as does a
+/// genesis with [`MAX_ALLOCATIONS`] accounts. Entries travel on streams, never on gossip.
+pub const MAX_ENTRY: usize = 8 << 20;
 /// Most accounts a genesis entry allocates to.
 pub const MAX_ALLOCATIONS: usize = 1024;
 /// Largest fraud proof a slash carries (a step proof with its revealed input and state).
-pub const MAX_PROOF: usize = 48 << 10;
+pub const MAX_PROOF: usize = MAX_ENTRY - (64 << 10);
+/// Most bytes of entries one range answer carries (it stops early, after at least one entry):
+/// well inside a frame.
+pub const MAX_RANGE_BYTES: usize = 16 << 20;
 /// Most entries one range answer carries (and one request asks for).
 pub const MAX_RANGE: usize = 512;
 /// Most feed heads one gossip message lists.
@@ -716,7 +720,10 @@ mod tests {
             Body::Uptime(Uptime { challenger: [3; 32], minute: 29_000_000, nonce: [4; 32], attestation: [5; 64] }),
             Body::Stake(1_000_000),
             Body::Unstake(1),
-            Body::Slash(Slash { offender: [1; 32], proof: Proof::Equivocation(Box::new(signed.clone()), Box::new(signed)) }),
+            Body::Slash(Slash {
+                offender: [1; 32],
+                proof: Proof::Equivocation(Box::new(signed.clone()), Box::new(signed)),
+            }),
             Body::Slash(Slash { offender: [1; 32], proof: Proof::Step(vec![1, 2, 3]) }),
         ]
     }
@@ -758,7 +765,9 @@ mod tests {
 
     #[test]
     fn malformed_bodies_say_what() {
-        let mut bad = entry(Body::Genesis(Genesis { epoch_minutes: 60, allocations: vec![([2; 32], 1), ([1; 32], 2)] })).to_bytes();
+        let mut bad =
+            entry(Body::Genesis(Genesis { epoch_minutes: 60, allocations: vec![([2; 32], 1), ([1; 32], 2)] }))
+                .to_bytes();
         assert!(Entry::from_bytes(&bad).unwrap_err().to_string().contains("out of order"));
         bad = entry(Body::Genesis(Genesis { epoch_minutes: 0, allocations: vec![] })).to_bytes();
         assert!(Entry::from_bytes(&bad).unwrap_err().to_string().contains("0 minutes"));
