@@ -49,10 +49,10 @@ enum Command {
     /// Decode and prefill speed of the int8 engine, side by side with f32 and llama.cpp.
     Bench(engine_cmd::BenchArgs),
     /// Join or start a network and serve a range of the model's blocks (or train with --train).
-    Node(net_cmd::NodeArgs),
+    Node(Box<net_cmd::NodeArgs>),
     /// A local network of N node processes answering a prompt (the demo), serving an API with
     /// --serve, or training together with --train.
-    Swarm(net_cmd::SwarmArgs),
+    Swarm(Box<net_cmd::SwarmArgs>),
     /// Chat with a node's API from the terminal (--prompt for one shot).
     Chat(net_cmd::ChatArgs),
     /// Loss curves of several runs on one PNG (`odin swarm --train --json` summaries or
@@ -232,8 +232,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export(c) => engine_cmd::export(c),
         Command::Bench(a) => engine_cmd::bench(a),
         Command::BenchF32(a) => engine_cmd::bench_f32(a),
-        Command::Node(a) => net_cmd::node(a),
-        Command::Swarm(a) => net_cmd::swarm(a),
+        Command::Node(a) => net_cmd::node(*a),
+        Command::Swarm(a) => net_cmd::swarm(*a),
         Command::Chat(a) => net_cmd::chat(a),
         Command::Curves(a) => collab_cmd::curves(a),
         Command::Identity(a) => identity(a),

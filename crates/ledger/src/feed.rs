@@ -55,11 +55,7 @@ pub fn check(network: &[u8; 32], s: &Signed) -> Result<Checked, Refused> {
                 return Err(Refused::BadWitness("challenger's attestation"));
             }
         }
-        Body::Slash(sl) => {
-            if sl.offender == author {
-                return Err(Refused::SelfDealing("accuser"));
-            }
-        }
+        Body::Slash(sl) if sl.offender == author => return Err(Refused::SelfDealing("accuser")),
         _ => {}
     }
     let id = s.id();
