@@ -69,11 +69,7 @@ fn kill_9_during_appends_loses_no_acknowledged_entry() {
         let v = store.verify().unwrap();
         assert!(v.bad.is_empty(), "run {run}: the file does not verify clean: {:?}", v.bad);
         let now = store.len().unwrap();
-        assert!(
-            now > before + acked,
-            "run {run}: {} entries after, {before} before, seq {acked} acknowledged",
-            now
-        );
+        assert!(now > before + acked, "run {run}: {} entries after, {before} before, seq {acked} acknowledged", now);
         killed_mid_run += usize::from(now > before + acked + 1);
     }
     eprintln!("{RUNS} kills; {killed_mid_run} landed after an append committed but before it was printed");

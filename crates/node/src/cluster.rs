@@ -365,10 +365,15 @@ impl LocalCluster {
         m.node().ok_or_else(|| NodeError::Cluster(format!("member {i} ({}) runs in its own process", m.peer)))
     }
 
-    /// A client's config (it serves nothing) with data in `dir`, joined to this cluster.
+    /// A client's config (it serves nothing) with data in `dir`, joined to this cluster. A
+    /// cluster of processes keeps ledgers (`odin node`'s default), so its client keeps one too
+    /// and countersigns what it is served, as the servers require.
     pub fn client_config(&self, dir: &Path) -> NodeConfig {
         let mut cfg = NodeConfig::loopback(&self.cfg.model, None, dir);
         cfg.net.bootstrap = self.boot.clone();
+        if self.cfg.exe.is_some() {
+            cfg.ledger = Some(crate::keeper::LedgerConfig::default());
+        }
         cfg
     }
 

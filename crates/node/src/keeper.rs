@@ -96,6 +96,8 @@ pub struct Keeper {
     changed: tokio::sync::watch::Sender<u64>,
     /// Feeds being fetched now (one fetch per feed at a time).
     fetching: Mutex<std::collections::HashSet<Key>>,
+    /// Told of each requester that hands over a receipt (the server's count of what it owes).
+    on_receipt: std::sync::OnceLock<Box<dyn Fn(&PeerId) + Send + Sync>>,
 }
 
 fn now_ms() -> u64 {
@@ -141,6 +143,7 @@ impl Keeper {
             layers: layers as u32,
             changed: tokio::sync::watch::Sender::new(0),
             fetching: Mutex::new(Default::default()),
+            on_receipt: std::sync::OnceLock::new(),
         });
         if genesis == keeper.author.key() && keeper.with(|s| s.head(&genesis))?.is_none() {
             keeper.open_genesis()?;
@@ -202,6 +205,11 @@ impl Keeper {
         let c = self.with(|s| s.append(&self.author, now_ms(), body))?;
         self.changed.send_modify(|n| *n += 1);
         Ok(c.entry.seq)
+    }
+
+    /// Call `f` with each requester that hands this node a receipt.
+    pub fn on_receipt(&self, f: impl Fn(&PeerId) + Send + Sync + 'static) {
+        let _ = self.on_receipt.set(Box::new(f));
     }
 
     /// The network this ledger belongs to.
@@ -531,9 +539,15 @@ impl Keeper {
             Request::Heads => self.with(|s| s.heads()).map(Response::Heads).unwrap_or_else(refused),
             // Only the requester on the stream can hand over its countersignature: nobody
             // appends receipts in others' names.
-            Request::Receipt(r) if r.requester == them => {
-                self.append(Body::Receipt(r)).map(Response::Appended).unwrap_or_else(refused)
-            }
+            Request::Receipt(r) if r.requester == them => match self.append(Body::Receipt(r)) {
+                Ok(seq) => {
+                    if let Some(f) = self.on_receipt.get() {
+                        f(&peer);
+                    }
+                    Response::Appended(seq)
+                }
+                Err(e) => refused(e),
+            },
             Request::Receipt(_) => Response::Refused("a receipt must come from its requester".into()),
             Request::Challenge { minute, nonce } => {
                 Response::Answer(self.author.sign(&Uptime::answer_bytes(&self.id, &them, minute, &nonce)))

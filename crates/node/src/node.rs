@@ -225,6 +225,15 @@ impl Node {
         if let Some(shard) = shard {
             let server = Arc::new(Server::new(shard, cfg.server.clone(), node.key.clone()));
             server.attach_transport(Arc::new(node.net.clone()));
+            if let Some(k) = &node.keeper {
+                server.require_receipts();
+                let s = Arc::downgrade(&server);
+                k.on_receipt(move |peer| {
+                    if let Some(s) = s.upgrade() {
+                        s.paid(peer);
+                    }
+                });
+            }
             let s = server.clone();
             let ms = tokio::task::spawn_blocking(move || s.measure_ms_per_block()).await.unwrap_or(1.0);
             let _ = node.ms_per_block.set(ms);

@@ -161,7 +161,15 @@ pub struct Server {
     last_out: Mutex<VecDeque<(u64, Vec<f32>)>>,
     /// Other weights of the same shape, for [`Cheat::OtherModel`].
     other: OnceLock<Option<Arc<Shard>>>,
+    /// With a ledger: sessions each requester opened since it last handed over a receipt.
+    unpaid: Mutex<HashMap<PeerId, u32>>,
+    /// Whether requesters must countersign receipts to go on being served.
+    receipts_required: AtomicBool,
 }
+
+/// Sessions a requester may open without handing over a receipt; then it is refused until it
+/// does (a client countersigns after each generation, so an honest one never gets near).
+pub const MAX_UNPAID_SESSIONS: u32 = 32;
 
 /// A session that stepped this recently is still generating: the next step of another one goes to
 /// the blocking pool instead of running on the network thread, so the two compute in parallel.
@@ -189,7 +197,39 @@ impl Server {
             steps: std::sync::atomic::AtomicU64::new(0),
             streams: std::sync::atomic::AtomicUsize::new(0),
             net: OnceLock::new(),
+            unpaid: Mutex::new(HashMap::new()),
+            receipts_required: AtomicBool::new(false),
         }
+    }
+
+    /// Serve a requester only while it countersigns receipts (the node keeps a ledger).
+    pub fn require_receipts(&self) {
+        self.receipts_required.store(true, Ordering::Relaxed);
+    }
+
+    /// `peer` handed over a receipt: its sessions so far are paid for.
+    pub fn paid(&self, peer: &PeerId) {
+        if let Ok(mut u) = self.unpaid.lock() {
+            u.remove(peer);
+        }
+    }
+
+    /// Count a new session of `peer`; refused once it owes too many receipts.
+    fn charge(&self, peer: Option<PeerId>) -> Result<(), Fail> {
+        let Some(peer) = peer.filter(|_| self.receipts_required.load(Ordering::Relaxed)) else { return Ok(()) };
+        let mut u = self.unpaid.lock().map_err(|_| poisoned())?;
+        let owed = u.entry(peer).or_default();
+        if *owed >= MAX_UNPAID_SESSIONS {
+            return Err(Fail(
+                ErrorCode::Full,
+                format!(
+                    "you have opened {owed} sessions here without countersigning a receipt; \
+                     run a node that keeps a ledger (no --no-ledger) to be served again"
+                ),
+            ));
+        }
+        *owed += 1;
+        Ok(())
     }
 
     /// Give the server the node's transport, so it can pass pushed sessions on to their next hop.
@@ -447,7 +487,10 @@ impl Server {
             },
             Request::Info => Ok(Response::Info(self.info.lock().map(|i| i.clone()).unwrap_or_default())),
             Request::Open { session, start, end, sampling, drawn, reply } => {
-                self.open(session, start as usize..end as usize, sampling, drawn, reply, None, origin)
+                match self.charge(origin.and_then(|o| o.peer)) {
+                    Ok(()) => self.open(session, start as usize..end as usize, sampling, drawn, reply, None, origin),
+                    Err(f) => Err(f),
+                }
             }
             Request::Resume { session, start, end, sampling, drawn, reply, state } => {
                 self.open(session, start as usize..end as usize, sampling, drawn, reply, Some(state), origin)
@@ -955,6 +998,26 @@ mod tests {
             Some(Response::Error { code, .. }) => code,
             other => panic!("expected an error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_requester_that_never_countersigns_is_refused_after_its_allowance() {
+        let server = Server::new(shard(0..2), ServerConfig::default(), odin_net::Keypair::generate_ed25519());
+        let (payer, other) = (PeerId::random(), PeerId::random());
+        // Without a ledger nothing is counted.
+        for _ in 0..2 * MAX_UNPAID_SESSIONS {
+            assert!(server.charge(Some(payer)).is_ok());
+        }
+        server.require_receipts();
+        for _ in 0..MAX_UNPAID_SESSIONS {
+            assert!(server.charge(Some(payer)).is_ok());
+        }
+        let Err(Fail(code, why)) = server.charge(Some(payer)) else { panic!("served past its allowance") };
+        assert!(code == ErrorCode::Full && why.contains("countersign"), "{why}");
+        assert!(server.charge(Some(other)).is_ok(), "another requester is not affected");
+        assert!(server.charge(None).is_ok(), "the node's own client is never charged");
+        server.paid(&payer);
+        assert!(server.charge(Some(payer)).is_ok(), "a receipt settles what it owed");
     }
 
     #[tokio::test]

@@ -150,3 +150,23 @@ async fn a_liar_caught_by_an_audit_is_slashed_in_every_ledger() {
     assert_eq!(a.slashed, 50 * MICRO, "half of its 100-token bond: {a:?}");
     assert_eq!(b.burned, a.slashed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_countersigns_is_no_longer_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = ClusterConfig::in_process(&tiny(), tmp.path());
+    cfg.announce = Duration::from_millis(500);
+    let mut net = LocalCluster::new(cfg);
+    let g = net.launch_in_process_with("genesis", Some(0..4), |c| c.ledger = Some(ledger(vec![]))).await.unwrap();
+    // No ledger: it never hands over a receipt.
+    let c = net.launch_in_process("client", None).await.unwrap();
+    let (g, c) = (net.node(g).unwrap().clone(), net.node(c).unwrap().clone());
+    c.wait_for_route(1, Duration::from_secs(30)).await.unwrap();
+    let one = GenerateRequest { max_new: 1, ..request() };
+    for i in 0..odin_node::server::MAX_UNPAID_SESSIONS {
+        c.generate(&one, |_| true).await.unwrap_or_else(|e| panic!("generation {i} within the allowance: {e}"));
+    }
+    let e = c.generate(&one, |_| true).await.unwrap_err().to_string();
+    assert!(e.contains("countersign"), "{e}");
+    assert!(g.ledger().unwrap().books().unwrap().accounts.values().all(|a| a.receipts == 0));
+}
