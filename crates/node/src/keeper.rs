@@ -81,6 +81,9 @@ pub fn ledger_topic(id: &[u8; 32]) -> String {
     format!("odin/ledger/{}", odin_ledger::key::hex(&id[..8]))
 }
 
+/// What a keeper tells of each requester that hands over a receipt.
+type ReceiptHook = Box<dyn Fn(&PeerId) + Send + Sync>;
+
 /// A node's ledger.
 pub struct Keeper {
     store: Mutex<Store>,
@@ -97,7 +100,7 @@ pub struct Keeper {
     /// Feeds being fetched now (one fetch per feed at a time).
     fetching: Mutex<std::collections::HashSet<Key>>,
     /// Told of each requester that hands over a receipt (the server's count of what it owes).
-    on_receipt: std::sync::OnceLock<Box<dyn Fn(&PeerId) + Send + Sync>>,
+    on_receipt: std::sync::OnceLock<ReceiptHook>,
 }
 
 fn now_ms() -> u64 {
