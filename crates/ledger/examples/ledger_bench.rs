@@ -46,6 +46,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rates
     );
 
+    // The anchor: the same number of rows of the same size, inserted by SQLite alone in the same
+    // mode (WAL, synchronous=FULL, one transaction each): the disk's floor, no signing or checks.
+    let size = Store::open(&dir.join("append-0.sqlite"), NET)?.range(&me.key(), 0, 1)?[0].bytes.len() + 64;
+    let mut raw = Vec::new();
+    for run in 0..3 {
+        let path = dir.join(format!("raw-{run}.sqlite"));
+        let _ = std::fs::remove_file(&path);
+        let db = rusqlite::Connection::open(&path)?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB NOT NULL)")?;
+        let blob = vec![7u8; size];
+        let t = Instant::now();
+        for i in 0..appends as i64 {
+            db.execute("INSERT INTO t (id, b) VALUES (?1, ?2)", rusqlite::params![i, &blob])?;
+        }
+        raw.push(appends as f64 / t.elapsed().as_secs_f64());
+    }
+    println!(
+        "anchor, SQLite alone ({size}-byte rows, same mode): median {:.0} rows/s ({:?}); the ledger's append is {:.2}x of it",
+        median(raw.clone()),
+        raw,
+        median(rates.clone()) / median(raw.clone())
+    );
+
     // A source feed of `replicated` entries, written in one transaction per 512 (setup).
     let src_path = dir.join("source.sqlite");
     let _ = std::fs::remove_file(&src_path);

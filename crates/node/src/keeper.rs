@@ -172,10 +172,11 @@ impl Keeper {
                     _ = heads.tick() => {
                         let Some(k) = weak.upgrade() else { return };
                         k.publish_heads().await;
-                        k.keep_stake();
                     }
                     _ = chall.tick() => {
                         let Some(k) = weak.upgrade() else { return };
+                        // The books read every entry: once a challenge round, not every gossip.
+                        k.keep_stake();
                         k.challenge_round().await;
                     }
                 }
@@ -230,6 +231,11 @@ impl Keeper {
     pub fn account(&self, peer: &PeerId) -> Result<Account> {
         let books = self.books()?;
         Ok(account_of(peer).map(|k| books.account(&k)).unwrap_or_default())
+    }
+
+    /// The head of every feed held.
+    pub fn heads(&self) -> Result<Vec<odin_proto::ledger::Head>> {
+        self.with(|s| s.heads())
     }
 
     /// Entries held.
@@ -334,17 +340,21 @@ impl Keeper {
         to: u64,
     ) -> std::result::Result<(), String> {
         let mut s = self.open(peer).await?;
+        let range = |from: u64| Request::Range { author, from, count: (to - from + 1).min(MAX_RANGE as u64) as u32 };
+        send(&mut s, self.id, range(from)).await?;
         while from <= to {
-            let count = (to - from + 1).min(MAX_RANGE as u64) as u32;
-            let Response::Entries(es) = ask(&mut s, self.id, Request::Range { author, from, count }).await? else {
+            let Response::Entries(es) = receive(&mut s, self.id).await? else {
                 return Err("a range answered with something else".into());
             };
             if es.is_empty() {
                 return Ok(());
             }
-            let n = es.len() as u64;
+            from += es.len() as u64;
+            // Ask for the next range before checking this one: the peer reads it meanwhile.
+            if from <= to {
+                send(&mut s, self.id, range(from)).await?;
+            }
             self.take(&es).await?;
-            from += n;
         }
         Ok(())
     }
@@ -564,12 +574,23 @@ impl Keeper {
 }
 
 async fn ask(s: &mut odin_net::Stream, id: [u8; 32], req: Request) -> std::result::Result<Response, String> {
+    send(s, id, req).await?;
+    receive(s, id).await
+}
+
+async fn send(s: &mut odin_net::Stream, id: [u8; 32], req: Request) -> std::result::Result<(), String> {
     let bytes = Envelope { model: ModelId(id), msg: req }.to_bytes();
-    let round_trip = async {
-        write_frame(s, &bytes).await.map_err(|e| e.to_string())?;
-        read_frame(s, MAX_FRAME).await.map_err(|e| e.to_string())
-    };
-    let frame = tokio::time::timeout(ASK_TIMEOUT, round_trip).await.map_err(|_| "no answer in time".to_string())??;
+    tokio::time::timeout(ASK_TIMEOUT, write_frame(s, &bytes))
+        .await
+        .map_err(|_| "the request could not be sent in time".to_string())?
+        .map_err(|e| e.to_string())
+}
+
+async fn receive(s: &mut odin_net::Stream, id: [u8; 32]) -> std::result::Result<Response, String> {
+    let frame = tokio::time::timeout(ASK_TIMEOUT, read_frame(s, MAX_FRAME))
+        .await
+        .map_err(|_| "no answer in time".to_string())?
+        .map_err(|e| e.to_string())?;
     let env = Envelope::<Response>::from_bytes(&frame).map_err(|e| format!("a bad answer: {e}"))?;
     if env.model.0 != id {
         return Err("an answer from another network's ledger".into());
