@@ -740,6 +740,20 @@ mod tests {
     }
 
     #[test]
+    fn every_truncation_is_an_error() {
+        for b in bodies() {
+            let bytes = entry(b).to_bytes();
+            for n in 0..bytes.len() {
+                assert!(Entry::from_bytes(&bytes[..n]).is_err(), "cut at {n} of {}", bytes.len());
+            }
+            let signed = Signed { bytes, sig: [1; 64] }.to_bytes();
+            for n in 0..signed.len() {
+                assert!(Signed::from_bytes(&signed[..n]).is_err());
+            }
+        }
+    }
+
+    #[test]
     fn an_entry_for_another_network_or_version_or_kind_is_refused_by_name() {
         let b = entry(Body::Stake(1)).to_bytes();
         let mut other = b.clone();
