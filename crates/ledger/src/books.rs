@@ -127,7 +127,7 @@ pub struct Account {
 impl Account {
     /// Bonded plus unbonding: what a slash can reach.
     pub fn at_stake(&self) -> u64 {
-        self.bond + self.unbonding.iter().map(|(_, a)| a).sum::<u64>()
+        self.unbonding.iter().fold(self.bond, |s, (_, a)| s.saturating_add(*a))
     }
 }
 
@@ -155,7 +155,7 @@ pub struct Books {
 impl Books {
     /// Balance, bond and unbonding over all accounts: always allocated + minted − burned.
     pub fn supply(&self) -> u64 {
-        self.accounts.values().map(|a| a.balance + a.at_stake()).sum()
+        self.accounts.values().fold(0u64, |s, a| s.saturating_add(a.balance).saturating_add(a.at_stake()))
     }
 
     /// The account of `key` (empty if it has none).
@@ -211,12 +211,13 @@ pub fn compute(genesis: &Key, network: &[u8; 32], entries: &[Checked], p: &Param
     }
     let mut slashed: BTreeSet<[u8; 32]> = BTreeSet::new();
     let mut convicted: BTreeSet<Key> = BTreeSet::new();
+    let mut paid: BTreeSet<[u8; 64]> = BTreeSet::new();
     for (e, ep) in epochs {
         books.last_epoch = e;
         release(&mut books, e);
         bonds(&mut books, e, p, &ep.bonds);
         slashes(&mut books, network, p, judge, &ep.slashes, &mut slashed, &mut convicted);
-        pay(&mut books, p, &ep.receipts, &convicted);
+        pay(&mut books, p, &ep.receipts, &convicted, &mut paid);
         uptime(&mut books, p, &ep.minutes, &convicted);
     }
     books
@@ -226,15 +227,16 @@ fn open(books: &mut Books, g: &Genesis) {
     books.genesis = true;
     books.epoch_minutes = g.epoch_minutes.max(1);
     for (k, v) in &g.allocations {
-        books.accounts.entry(*k).or_default().balance += v;
-        books.allocated += v;
+        let a = books.accounts.entry(*k).or_default();
+        a.balance = a.balance.saturating_add(*v);
+        books.allocated = books.allocated.saturating_add(*v);
     }
 }
 
 fn release(books: &mut Books, e: u64) {
     for a in books.accounts.values_mut() {
         let (due, later): (Vec<_>, Vec<_>) = a.unbonding.iter().partition(|(at, _)| *at <= e);
-        a.balance += due.iter().map(|(_, v)| v).sum::<u64>();
+        a.balance = due.iter().fold(a.balance, |b, (_, v)| b.saturating_add(*v));
         a.unbonding = later;
     }
 }
@@ -247,7 +249,7 @@ fn bonds(books: &mut Books, e: u64, p: &Params, entries: &[&Checked]) {
             // the outcome depend on how much arrived first.
             Body::Stake(v) if v <= a.balance => {
                 a.balance -= v;
-                a.bond += v;
+                a.bond = a.bond.saturating_add(v);
             }
             Body::Unstake(v) if v <= a.bond => {
                 a.bond -= v;
@@ -278,14 +280,18 @@ fn slashes(
                 id.update(&fork.map_or(0, |(_, seq)| seq).to_le_bytes());
                 (*id.finalize().as_bytes(), fork.is_some())
             }
-            Proof::Step(bytes) => (*blake3::hash(bytes).as_bytes(), judge.guilty(&s.offender, bytes)),
+            Proof::Step(bytes) => match step_key(bytes, &s.offender) {
+                // One slash per lied step, however many accusers publish proofs of it.
+                Some(key) => (key, judge.guilty(&s.offender, bytes)),
+                None => continue,
+            },
         };
         if !valid || !done.insert(proof_id) {
             continue;
         }
         convicted.insert(s.offender);
         let a = books.accounts.entry(s.offender).or_default();
-        let mut cut = a.at_stake() * p.slash_percent / 100;
+        let mut cut = (u128::from(a.at_stake()) * u128::from(p.slash_percent.min(100)) / 100) as u64;
         let total = cut;
         let from_bond = cut.min(a.bond);
         a.bond -= from_bond;
@@ -297,9 +303,19 @@ fn slashes(
             cut -= take;
         }
         a.unbonding.retain(|(_, v)| *v > 0);
-        a.slashed += total;
-        books.burned += total;
+        a.slashed = a.slashed.saturating_add(total);
+        books.burned = books.burned.saturating_add(total);
     }
+}
+
+/// What a step fraud proof is about: the blake3 key of the lied step, when the proof parses
+/// and the claim it carries was signed by `offender` (a proof against one server never
+/// slashes another).
+fn step_key(bytes: &[u8], offender: &Key) -> Option<[u8; 32]> {
+    let env = odin_proto::Envelope::<odin_proto::verify::Gossip>::from_bytes(bytes).ok()?;
+    let odin_proto::verify::Gossip::Proof(p) = &env.msg;
+    let server = libp2p_identity::PeerId::from_bytes(p.claim.server.as_bytes()).ok()?;
+    (crate::key::account_of(&server)? == *offender).then(|| p.claim.step_key(&env.model))
 }
 
 /// The stake multiplier of a bond, in parts per million: 1 + β·stake/1000 tokens, capped.
@@ -308,7 +324,13 @@ pub fn multiplier_ppm(p: &Params, bond: u64) -> u64 {
     (u128::from(MICRO) + bonus).min(u128::from(p.max_multiplier_ppm)) as u64
 }
 
-fn pay(books: &mut Books, p: &Params, receipts: &[(Key, &Receipt)], convicted: &BTreeSet<Key>) {
+fn pay(
+    books: &mut Books,
+    p: &Params,
+    receipts: &[(Key, &Receipt)],
+    convicted: &BTreeSet<Key>,
+    seen: &mut BTreeSet<[u8; 64]>,
+) {
     // Whether each server's unaudited receipts count this epoch.
     let mut audits: BTreeMap<Key, (u64, u64)> = BTreeMap::new();
     for (server, r) in receipts {
@@ -321,7 +343,11 @@ fn pay(books: &mut Books, p: &Params, receipts: &[(Key, &Receipt)], convicted: &
     const UNIT: u128 = 1_000_000;
     let mut owed: BTreeMap<(Key, Key), (u128, u128, u64)> = BTreeMap::new();
     for (server, r) in receipts {
-        let (audited, total) = audits[server];
+        // A receipt appended twice is paid once: the countersignature names it.
+        if !seen.insert(r.countersig) {
+            continue;
+        }
+        let (audited, total) = audits.get(server).copied().unwrap_or_default();
         let counts = r.audited
             || (!convicted.contains(server)
                 && u128::from(audited) * 1_000_000 >= u128::from(p.audit_rate_ppm) * u128::from(total));
@@ -351,11 +377,11 @@ fn pay(books: &mut Books, p: &Params, receipts: &[(Key, &Receipt)], convicted: &
         let serve_paid = serve.min(payer.balance);
         let train_paid = train.min(payer.balance - serve_paid);
         payer.balance -= serve_paid + train_paid;
-        payer.paid += serve_paid + train_paid;
+        payer.paid = payer.paid.saturating_add(serve_paid + train_paid);
         let a = books.accounts.entry(server).or_default();
-        a.balance += serve_paid + train_paid;
-        a.earned_serving += serve_paid;
-        a.earned_training += train_paid;
+        a.balance = a.balance.saturating_add(serve_paid + train_paid);
+        a.earned_serving = a.earned_serving.saturating_add(serve_paid);
+        a.earned_training = a.earned_training.saturating_add(train_paid);
         a.receipts += n;
     }
 }
@@ -376,10 +402,10 @@ fn uptime(books: &mut Books, p: &Params, minutes: &[(Key, Key, u64)], convicted:
         let mult = u128::from(multiplier_ppm(p, books.account(&node).bond));
         let mint = (u128::from(p.uptime_per_minute) * ms.len() as u128 * mult / u128::from(MICRO)) as u64;
         let a = books.accounts.entry(node).or_default();
-        a.balance += mint;
-        a.earned_uptime += mint;
+        a.balance = a.balance.saturating_add(mint);
+        a.earned_uptime = a.earned_uptime.saturating_add(mint);
         a.minutes += ms.len() as u64;
-        books.minted += mint;
+        books.minted = books.minted.saturating_add(mint);
     }
 }
 
@@ -506,6 +532,17 @@ mod tests {
     }
 
     #[test]
+    fn a_receipt_appended_twice_is_paid_once() {
+        let (s, r) = (Author::generate(), Author::generate());
+        let mut w = World::new(&[(&r, 100 * MICRO)]);
+        let once = receipt(&s, &r, 0, 1_000_000, true);
+        w.add(&s, 0, once.clone());
+        w.add(&s, 0, once);
+        let b = w.books();
+        assert_eq!((b.account(&s.key()).earned_serving, b.account(&s.key()).receipts), (450_000, 1));
+    }
+
+    #[test]
     fn a_requester_pays_only_what_it_has() {
         let (s, r) = (Author::generate(), Author::generate());
         let mut w = World::new(&[(&r, 100_000)]);
@@ -556,23 +593,68 @@ mod tests {
 
     #[test]
     fn a_step_fraud_proof_slashes_when_the_judge_convicts_and_unbonding_does_not_escape_it() {
+        /// Convicts proofs of steps numbered below 10.
         struct Convicts;
         impl Judge for Convicts {
             fn guilty(&self, _: &Key, proof: &[u8]) -> bool {
-                proof == b"lie"
+                let env = odin_proto::Envelope::<odin_proto::verify::Gossip>::from_bytes(proof).unwrap();
+                let odin_proto::verify::Gossip::Proof(p) = env.msg;
+                p.claim.step < 10
             }
         }
-        let (x, acc) = (Author::generate(), Author::generate());
-        let mut w = World::new(&[(&x, 100 * MICRO)]);
+        let (x, acc, acc2, other) = (Author::generate(), Author::generate(), Author::generate(), Author::generate());
+        let mut w = World::new(&[(&x, 100 * MICRO), (&other, 100 * MICRO)]);
         w.add(&x, 0, Body::Stake(100 * MICRO));
+        w.add(&other, 0, Body::Stake(100 * MICRO));
         w.add(&x, 0, Body::Unstake(100 * MICRO)); // leaving in epoch 0, due back in epoch 2
-        w.add(&acc, 10 * MIN, Body::Slash(Slash { offender: x.key(), proof: Proof::Step(b"lie".to_vec()) }));
-        w.add(&acc, 10 * MIN, Body::Slash(Slash { offender: x.key(), proof: Proof::Step(b"truth".to_vec()) }));
+        let lie = step_proof(&x, &acc, 3);
+        let slash = |offender: &Author, proof: &Vec<u8>| {
+            Body::Slash(Slash { offender: offender.key(), proof: Proof::Step(proof.clone()) })
+        };
+        w.add(&acc, 10 * MIN, slash(&x, &lie));
+        // The same lie proven by a second accuser (other bytes): burned once.
+        w.add(&acc2, 10 * MIN, slash(&x, &step_proof(&x, &acc2, 3)));
+        // A proof the judge does not uphold, and a true proof pinned on someone else.
+        w.add(&acc, 10 * MIN, slash(&x, &step_proof(&x, &acc, 12)));
+        w.add(&acc, 10 * MIN, slash(&other, &lie));
+        w.add(&acc, 10 * MIN, slash(&x, &b"not a proof".to_vec()));
         w.add(&acc, 30 * MIN, Body::Stake(0)); // an entry in epoch 3: the unbonded rest is back
         let b = compute(&w.genesis.key(), &NET, &w.entries, &Params::default(), &Convicts);
         assert_eq!(b.account(&x.key()).slashed, 50 * MICRO);
         assert_eq!(b.account(&x.key()).balance, 50 * MICRO);
+        assert_eq!(b.account(&other.key()).slashed, 0);
+        assert_eq!(b.burned, 50 * MICRO);
         assert_eq!(compute(&w.genesis.key(), &NET, &w.entries, &Params::default(), &NoVerdicts).burned, 0);
+    }
+
+    /// A fraud proof by `accuser` about step `step` of a claim signed (in name) by `offender`.
+    fn step_proof(offender: &Author, accuser: &Author, step: u64) -> Vec<u8> {
+        use odin_proto::verify::{Claim, Gossip, Proof as StepProof, NO_TOKEN};
+        let peer = |a: &Author| odin_proto::PeerBytes::new(&crate::key::peer_id(&a.key()).unwrap().to_bytes()).unwrap();
+        let claim = Claim {
+            server: peer(offender),
+            session: 1,
+            step,
+            start: 0,
+            end: 1,
+            input: [0; 32],
+            before: [0; 32],
+            output: [0; 32],
+            after: [0; 32],
+            token: NO_TOKEN,
+            sig: vec![1; 64],
+        };
+        let p = StepProof {
+            claim,
+            input: odin_proto::infer::StepInput::Tokens(vec![1]),
+            before: odin_proto::Tensor::encode(&[0.0; 4], 4, odin_proto::Dtype::F32).unwrap(),
+            sampling: Default::default(),
+            drawn: 0,
+            reply: odin_proto::Dtype::F32,
+            accuser: peer(accuser),
+            sig: vec![2; 64],
+        };
+        odin_proto::Envelope { model: odin_format::ModelId([1; 32]), msg: Gossip::Proof(Box::new(p)) }.to_bytes()
     }
 
     #[test]
@@ -597,17 +679,17 @@ mod tests {
             let mut w = World::new(&[(&people[0], 50 * MICRO), (&people[1], 20 * MICRO), (&people[2], MICRO)]);
             for (kind, i, j, minute, amount) in ops {
                 let (x, y) = (&people[i], &people[j]);
-                let t = minute * MIN;
+                // Feed time never runs back.
+                let t = (minute * MIN).max(w.entries.iter().filter(|c| c.entry.author == x.key()).map(|c| c.entry.time_ms).max().unwrap_or(0));
                 let body = match kind {
                     0 => Body::Stake(amount * 10),
                     1 => Body::Unstake(amount * 5),
                     2 if i != j => receipt(x, y, minute / 10, amount, amount % 3 == 0),
-                    3 if i != j => attest(x, y, minute),
-                    4 if i != j => Body::Slash(Slash { offender: y.key(), proof: Proof::Step(vec![1]) }),
+                    // An attestation is of the entry's own minute.
+                    3 if i != j => attest(x, y, t / MIN),
+                    4 if i != j => Body::Slash(Slash { offender: y.key(), proof: Proof::Step(step_proof(y, x, amount)) }),
                     _ => Body::Stake(0),
                 };
-                // Feed time never runs back.
-                let t = t.max(w.entries.iter().filter(|c| c.entry.author == x.key()).map(|c| c.entry.time_ms).max().unwrap_or(0));
                 w.add(x, t, body);
             }
             let b = w.books();

@@ -7,6 +7,9 @@ use odin_proto::ledger::{Body, Entry, Key, Proof, Signed};
 use crate::error::Refused;
 use crate::key::verify;
 
+/// How far an uptime entry's date may be from the minute it attests.
+pub const MAX_UPTIME_SKEW_MS: u64 = 10 * 60_000;
+
 /// An entry that passed [`check`]: its bytes, what they say, and its id.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checked {
@@ -49,6 +52,15 @@ pub fn check(network: &[u8; 32], s: &Signed) -> Result<Checked, Refused> {
         Body::Uptime(u) => {
             if u.challenger == author {
                 return Err(Refused::SelfDealing("challenger"));
+            }
+            // The attested minute is the entry's own (give or take the clocks' skew): with feed
+            // time never running back, a feed cannot collect minutes before its last entry.
+            let at = u.minute.saturating_mul(60_000);
+            if at.abs_diff(entry.time_ms) > MAX_UPTIME_SKEW_MS {
+                return Err(Refused::Malformed(format!(
+                    "an attestation of minute {} in an entry dated {} ms",
+                    u.minute, entry.time_ms
+                )));
             }
             let msg = odin_proto::ledger::Uptime::attest_bytes(network, &author, u.minute, &u.nonce);
             if !verify(&u.challenger, &msg, &u.attestation) {
@@ -123,12 +135,14 @@ pub(crate) mod tests {
         Signed { bytes, sig }
     }
 
-    /// A serving receipt from `server` countersigned by `requester`.
+    /// A serving receipt from `server` countersigned by `requester` (each a different session).
     pub fn receipt(server: &Author, requester: &Author, epoch: u64, tokens: u64, audited: bool) -> Body {
+        static SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let session = SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut r = Receipt {
             requester: requester.key(),
             epoch,
-            work: Work::Serve { session: 1, tokens, blocks: 2, model_blocks: 4 },
+            work: Work::Serve { session, tokens, blocks: 2, model_blocks: 4 },
             commitment: [3; 32],
             audited,
             countersig: [0; 64],
@@ -179,6 +193,9 @@ pub(crate) mod tests {
             check(&NET, &signed(&a, 0, [0; 32], 5, uptime(&c2, &b, 7))),
             Err(Refused::BadWitness("challenger's attestation"))
         );
+        // An attestation of a minute far from the entry's date (a feed collecting old minutes).
+        let far = check(&NET, &signed(&a, 0, [0; 32], 5, uptime(&a, &b, 100)));
+        assert!(matches!(&far, Err(Refused::Malformed(m)) if m.contains("minute 100")), "{far:?}");
         // A genesis anywhere but first.
         let g = Body::Genesis(odin_proto::ledger::Genesis { epoch_minutes: 1, allocations: vec![] });
         assert_eq!(check(&NET, &signed(&a, 1, [1; 32], 5, g)), Err(Refused::Genesis));

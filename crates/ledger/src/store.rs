@@ -32,6 +32,9 @@ pub enum Inserted {
         /// The one offered.
         offered: Box<Signed>,
     },
+    /// Another entry with its author and seq is stored, and that equivocation was proven before
+    /// (nothing new to publish).
+    KnownFork,
     /// The entry before it is not stored yet: fetch the feed from `next` first.
     Gap {
         /// The first seq of the author's feed this store lacks.
@@ -227,17 +230,25 @@ impl Store {
 
     /// Entries `from..from + count` of `author`'s feed that are held, in order.
     pub fn range(&self, author: &Key, from: u64, count: usize) -> Result<Vec<Signed>> {
+        self.range_within(author, from, count, usize::MAX)
+    }
+
+    /// [`Store::range`], stopping once the entries' bytes pass `max_bytes` (at least one entry
+    /// is returned): what a peer's range request gets, whatever size the entries are.
+    pub fn range_within(&self, author: &Key, from: u64, count: usize, max_bytes: usize) -> Result<Vec<Signed>> {
         let from = i64::try_from(from).unwrap_or(i64::MAX);
         let mut st = self
             .db
             .prepare_cached("SELECT bytes, sig FROM entries WHERE author = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3")?;
-        let rows = st.query_map(params![&author[..], from, count as i64], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (bytes, sig) = row?;
-            out.push(Signed { bytes, sig: sig64(&sig)? });
+        let mut rows = st.query(params![&author[..], from, count as i64])?;
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        while let Some(r) = rows.next()? {
+            let s = Signed { bytes: r.get(0)?, sig: sig64(&r.get::<_, Vec<u8>>(1)?)? };
+            bytes = bytes.saturating_add(s.bytes.len() + 4 + SIG_LEN);
+            if bytes > max_bytes && !out.is_empty() {
+                break;
+            }
+            out.push(s);
         }
         Ok(out)
     }
@@ -364,7 +375,7 @@ impl Store {
             match res {
                 Inserted::New => new += 1,
                 Inserted::Duplicate => old += 1,
-                Inserted::Equivocation { .. } => {}
+                Inserted::Equivocation { .. } | Inserted::KnownFork => {}
                 Inserted::Gap { next } => {
                     return Err(Refused::Chain { seq: next, why: "the export lacks the start of a feed".into() }.into())
                 }
@@ -373,24 +384,39 @@ impl Store {
         Ok((new, old))
     }
 
-    /// Record a judge's verdict on a fraud proof (by its blake3), so balances read later and
-    /// elsewhere on this node (`odin ledger balance`) need not recompute it.
-    pub fn set_verdict(&self, proof: &[u8; 32], guilty: bool) -> Result<()> {
-        self.db
-            .execute("INSERT OR REPLACE INTO verdicts (proof, guilty) VALUES (?1, ?2)", params![&proof[..], guilty])?;
+    /// Record a judge's verdict that `proof` does (or does not) convict `offender`, so balances
+    /// read later and elsewhere on this node (`odin ledger balance`) need not recompute it.
+    pub fn set_verdict(&self, offender: &Key, proof: &[u8], guilty: bool) -> Result<()> {
+        self.db.execute(
+            "INSERT OR REPLACE INTO verdicts (proof, guilty) VALUES (?1, ?2)",
+            params![&verdict_key(offender, proof)[..], guilty],
+        )?;
         Ok(())
     }
 
-    /// The recorded verdict on a fraud proof, if any.
-    pub fn verdict(&self, proof: &[u8; 32]) -> Result<Option<bool>> {
-        Ok(self.db.query_row("SELECT guilty FROM verdicts WHERE proof = ?1", [&proof[..]], |r| r.get(0)).optional()?)
+    /// The recorded verdict on `proof` against `offender`, if any.
+    pub fn verdict(&self, offender: &Key, proof: &[u8]) -> Result<Option<bool>> {
+        Ok(self
+            .db
+            .query_row("SELECT guilty FROM verdicts WHERE proof = ?1", [&verdict_key(offender, proof)[..]], |r| {
+                r.get(0)
+            })
+            .optional()?)
     }
+}
+
+/// A verdict is about one proof against one offender: the same proof names no one else.
+fn verdict_key(offender: &Key, proof: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(offender);
+    h.update(proof);
+    *h.finalize().as_bytes()
 }
 
 /// Step fraud proofs count as this node's recorded verdicts say.
 impl Judge for Store {
-    fn guilty(&self, _: &Key, proof: &[u8]) -> bool {
-        self.verdict(blake3::hash(proof).as_bytes()).ok().flatten().unwrap_or(false)
+    fn guilty(&self, offender: &Key, proof: &[u8]) -> bool {
+        self.verdict(offender, proof).ok().flatten().unwrap_or(false)
     }
 }
 
@@ -427,10 +453,13 @@ fn insert_checked(tx: &rusqlite::Transaction<'_>, c: &Checked) -> Result<Inserte
             return Ok(Inserted::Duplicate);
         }
         let stored = Signed { bytes, sig: sig64(&sig)? };
-        tx.execute(
+        let added = tx.execute(
             "INSERT OR IGNORE INTO equivocations (author, seq, a, b) VALUES (?1, ?2, ?3, ?4)",
             params![&e.author[..], seq, stored.to_bytes(), c.signed.to_bytes()],
         )?;
+        if added == 0 {
+            return Ok(Inserted::KnownFork);
+        }
         return Ok(Inserted::Equivocation { stored: Box::new(stored), offered: Box::new(c.signed.clone()) });
     }
     if e.seq > 0 {
@@ -515,6 +544,7 @@ mod tests {
             panic!("not an equivocation")
         };
         assert_eq!((*stored, *offered), (e1.clone(), fork.clone()));
+        assert_eq!(s.insert(&fork).unwrap(), Inserted::KnownFork, "a fork is proven once");
         assert_eq!(s.equivocations().unwrap(), vec![(a.key(), e1, fork)]);
         assert_eq!(s.len().unwrap(), 3);
         // Forged and replayed-into-another-network entries never reach the table.

@@ -225,17 +225,22 @@ impl Auditor {
         self.work.lock().map(|mut w| w.drain().collect()).unwrap_or_default()
     }
 
-    /// Judge a step fraud proof as a ledger slash carries it (the gossip bytes): the accused,
-    /// if the step recomputes to other bytes than it signed. No replay check: a slash is judged
-    /// once per proof by the ledger, whatever gossip did before.
-    pub fn verdict(&self, data: &[u8]) -> Option<PeerId> {
+    /// Judge a step fraud proof as a ledger slash carries it (the gossip bytes): `Ok(Some(p))`
+    /// if the step recomputes to other bytes than `p` signed, `Ok(None)` if the proof convicts
+    /// nobody, `Err` if this node cannot tell (it cannot recompute those blocks). No replay
+    /// check: the ledger judges each proof once, whatever gossip did before.
+    pub fn verdict(&self, data: &[u8]) -> std::result::Result<Option<PeerId>, String> {
         let accuser = match odin_proto::Envelope::<Gossip>::from_bytes(data) {
-            Ok(odin_proto::Envelope { msg: Gossip::Proof(p), .. }) => odin_net::peer_from_wire(&p.accuser).ok()?,
-            Err(_) => return None,
+            Ok(odin_proto::Envelope { msg: Gossip::Proof(p), .. }) => match odin_net::peer_from_wire(&p.accuser) {
+                Ok(a) => a,
+                Err(_) => return Ok(None),
+            },
+            Err(_) => return Ok(None),
         };
         match self.judge_proof_inner(data, accuser, false) {
-            Heard::Convicts(p) => Some(p),
-            _ => None,
+            Heard::Convicts(p) => Ok(Some(p)),
+            Heard::FalseAccusation(_) | Heard::Replay => Ok(None),
+            Heard::Unchecked(why) => Err(why),
         }
     }
 

@@ -38,6 +38,8 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_REQUEST: usize = 4096;
 /// Peers challenged per round.
 const CHALLENGED: usize = 8;
+/// How far ahead of this node's clock an entry may be dated and still be taken.
+const MAX_SKEW_MS: u64 = 5 * 60_000;
 
 /// What a node's ledger is set up with.
 #[derive(Debug, Clone)]
@@ -321,11 +323,10 @@ impl Keeper {
             }
             let k = self.clone();
             tokio::spawn(async move {
+                // Released however the fetch ends (an error, a panic, the task dropped).
+                let _slot = Fetching { keeper: k.clone(), author: h.author };
                 if let Err(e) = k.fetch(source, h.author, from, h.seq).await {
                     tracing::debug!("fetching a feed from {source}: {e}");
-                }
-                if let Ok(mut f) = k.fetching.lock() {
-                    f.remove(&h.author);
                 }
             });
         }
@@ -340,27 +341,44 @@ impl Keeper {
         to: u64,
     ) -> std::result::Result<(), String> {
         let mut s = self.open(peer).await?;
-        let range = |from: u64| Request::Range { author, from, count: (to - from + 1).min(MAX_RANGE as u64) as u32 };
+        let range = |from: u64| Request::Range {
+            author,
+            from,
+            count: to.saturating_sub(from).saturating_add(1).min(MAX_RANGE as u64) as u32,
+        };
         send(&mut s, self.id, range(from)).await?;
         while from <= to {
             let Response::Entries(es) = receive(&mut s, self.id).await? else {
                 return Err("a range answered with something else".into());
             };
-            if es.is_empty() {
-                return Ok(());
+            // Only `author`'s entries from `from` on, in order, are what was asked for.
+            let asked = es
+                .iter()
+                .enumerate()
+                .all(|(k, e)| e.entry().is_ok_and(|x| x.author == author && Some(x.seq) == from.checked_add(k as u64)));
+            if es.is_empty() || !asked {
+                return if asked { Ok(()) } else { Err(format!("{peer} answered a range with other entries")) };
             }
-            from += es.len() as u64;
+            from = from.saturating_add(es.len() as u64);
             // Ask for the next range before checking this one: the peer reads it meanwhile.
-            if from <= to {
+            if from <= to && from != u64::MAX {
                 send(&mut s, self.id, range(from)).await?;
             }
             self.take(&es).await?;
+            if from == u64::MAX {
+                break;
+            }
         }
         Ok(())
     }
 
     /// Offer fetched entries: store them, slash forks, judge slashes.
     async fn take(self: &Arc<Self>, es: &[Signed]) -> std::result::Result<(), String> {
+        // An entry dated in the future is not taken (yet): time in a feed never runs back, so a
+        // feed dated ahead could claim minutes that have not happened.
+        let horizon = now_ms().saturating_add(MAX_SKEW_MS);
+        let n = es.iter().take_while(|e| e.entry().is_ok_and(|x| x.time_ms <= horizon)).count();
+        let es = &es[..n];
         let results = self.with(|s| s.insert_all(es)).map_err(|e| e.to_string())?;
         let mut new = 0;
         for (r, e) in results.into_iter().zip(es) {
@@ -377,7 +395,7 @@ impl Keeper {
                         tracing::warn!("cannot append a slash: {e}");
                     }
                 }
-                Inserted::Duplicate | Inserted::Gap { .. } => {}
+                Inserted::Duplicate | Inserted::KnownFork | Inserted::Gap { .. } => {}
             }
         }
         if new > 0 {
@@ -390,14 +408,22 @@ impl Keeper {
     async fn judge_if_slash(&self, e: &Signed) {
         let Ok(entry) = e.entry() else { return };
         let Body::Slash(Slash { offender, proof: Proof::Step(bytes) }) = entry.body else { return };
-        let id = *blake3::hash(&bytes).as_bytes();
-        if self.with(|s| s.verdict(&id)).ok().flatten().is_some() {
+        if self.with(|s| s.verdict(&offender, &bytes)).ok().flatten().is_some() {
             return;
         }
         let auditor = self.auditor.clone();
-        let accused = tokio::task::spawn_blocking(move || auditor.verdict(&bytes)).await.ok().flatten();
-        let guilty = accused.and_then(|p| account_of(&p)) == Some(offender);
-        if let Err(e) = self.with(|s| s.set_verdict(&id, guilty)) {
+        let proof = bytes.clone();
+        let judged = tokio::task::spawn_blocking(move || auditor.verdict(&proof)).await;
+        // Only a recomputation decides: a node that cannot recompute records nothing.
+        let guilty = match judged {
+            Ok(Ok(accused)) => accused.and_then(|p| account_of(&p)) == Some(offender),
+            Ok(Err(why)) => {
+                tracing::info!("a slash of {} left unjudged: {why}", odin_ledger::show(&offender));
+                return;
+            }
+            Err(_) => return,
+        };
+        if let Err(e) = self.with(|s| s.set_verdict(&offender, &bytes, guilty)) {
             tracing::warn!("cannot record a verdict: {e}");
         }
     }
@@ -405,9 +431,8 @@ impl Keeper {
     /// Slash `liar` with the fraud proof (its gossip bytes) this node convicted it with.
     pub fn slash(&self, liar: &PeerId, proof: Vec<u8>) {
         let Some(offender) = account_of(liar) else { return };
-        let id = *blake3::hash(&proof).as_bytes();
         let res = self
-            .with(|s| s.set_verdict(&id, true))
+            .with(|s| s.set_verdict(&offender, &proof, true))
             .and_then(|_| self.append(Body::Slash(Slash { offender, proof: Proof::Step(proof) })));
         if let Err(e) = res {
             tracing::warn!("cannot slash {liar}: {e}");
@@ -533,23 +558,17 @@ impl Keeper {
         let Some(them) = account_of(&peer) else { return Response::Refused("not an ed25519 peer".into()) };
         let refused = |e: NodeError| Response::Refused(e.to_string());
         match req {
-            Request::Range { author, from, count } => match self.with(|s| s.range(&author, from, count as usize)) {
-                Ok(mut es) => {
-                    // A range of big entries (slashes with their proofs) stops at a byte budget.
-                    let mut bytes = 0;
-                    let keep = es
-                        .iter()
-                        .take_while(|e| {
-                            bytes += e.bytes.len() + 68;
-                            bytes <= MAX_RANGE_BYTES
-                        })
-                        .count();
-                    es.truncate(keep.max(1));
-                    Response::Entries(es)
-                }
-                Err(e) => refused(e),
-            },
-            Request::Heads => self.with(|s| s.heads()).map(Response::Heads).unwrap_or_else(refused),
+            Request::Range { author, from, count } => self
+                .with(|s| s.range_within(&author, from, count as usize, MAX_RANGE_BYTES))
+                .map(Response::Entries)
+                .unwrap_or_else(refused),
+            Request::Heads => self
+                .with(|s| s.heads())
+                .map(|mut h| {
+                    h.truncate(odin_proto::ledger::MAX_HEADS);
+                    Response::Heads(h)
+                })
+                .unwrap_or_else(refused),
             // Only the requester on the stream can hand over its countersignature: nobody
             // appends receipts in others' names.
             Request::Receipt(r) if r.requester == them => match self.append(Body::Receipt(r)) {
@@ -569,6 +588,20 @@ impl Keeper {
                 self.append(Body::Uptime(u)).map(Response::Appended).unwrap_or_else(refused)
             }
             Request::Attest(_) => Response::Refused("an attestation must come from its challenger".into()),
+        }
+    }
+}
+
+/// A feed being fetched; dropping it lets the feed be fetched again.
+struct Fetching {
+    keeper: Arc<Keeper>,
+    author: Key,
+}
+
+impl Drop for Fetching {
+    fn drop(&mut self) {
+        if let Ok(mut f) = self.keeper.fetching.lock() {
+            f.remove(&self.author);
         }
     }
 }

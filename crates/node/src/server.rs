@@ -493,7 +493,12 @@ impl Server {
                 }
             }
             Request::Resume { session, start, end, sampling, drawn, reply, state } => {
-                self.open(session, start as usize..end as usize, sampling, drawn, reply, Some(state), origin)
+                match self.charge(origin.and_then(|o| o.peer)) {
+                    Ok(()) => {
+                        self.open(session, start as usize..end as usize, sampling, drawn, reply, Some(state), origin)
+                    }
+                    Err(f) => Err(f),
+                }
             }
             Request::Close { session } => self.close(session),
             Request::Link { session, next } => self.link(session, next, origin).await,

@@ -17,13 +17,14 @@ fn tiny() -> PathBuf {
 
 const PROMPT: [u32; 8] = [0, 3, 40, 41, 42, 43, 44, 4];
 
-/// A fast ledger: heads every 200 ms, a challenge round every 300 ms.
+/// A fast ledger: heads every 200 ms, a challenge round every 2 s (the quiet between rounds is
+/// when every node can hold the same entries: attestations are appended all the time).
 fn ledger(allocations: Vec<(odin_net::PeerId, u64)>) -> LedgerConfig {
     LedgerConfig {
         name: "test".into(),
         allocations,
         sync_every: Duration::from_millis(200),
-        challenge_every: Duration::from_millis(300),
+        challenge_every: Duration::from_secs(2),
         ..LedgerConfig::default()
     }
 }
