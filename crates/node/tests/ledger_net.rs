@@ -60,6 +60,18 @@ async fn converge(nodes: &[&Arc<Node>], done: impl Fn(&Books) -> bool) -> Books 
     }
 }
 
+/// A client with a ledger that audits every hop-step.
+async fn auditing_client(net: &mut LocalCluster) -> Arc<Node> {
+    let i = net
+        .launch_in_process_with("client", None, |c| {
+            c.audit = 1.0;
+            c.ledger = Some(ledger(vec![]));
+        })
+        .await
+        .unwrap();
+    net.node(i).unwrap().clone()
+}
+
 fn request() -> GenerateRequest {
     GenerateRequest {
         prompt: PROMPT.to_vec(),
@@ -81,14 +93,8 @@ async fn served_work_is_paid_uptime_is_minted_and_every_node_keeps_the_same_book
     let alloc = vec![(server, 1000 * MICRO), (client, 1000 * MICRO)];
     let g = net.launch_in_process_with("genesis", Some(0..2), |c| c.ledger = Some(ledger(alloc))).await.unwrap();
     let s = net.launch_in_process_with("server", Some(2..4), |c| c.ledger = Some(ledger(vec![]))).await.unwrap();
-    let c = net
-        .launch_in_process_with("client", None, |c| {
-            c.audit = 1.0;
-            c.ledger = Some(ledger(vec![]));
-        })
-        .await
-        .unwrap();
-    let (g, s, c) = (net.node(g).unwrap().clone(), net.node(s).unwrap().clone(), net.node(c).unwrap().clone());
+    let c = auditing_client(&mut net).await;
+    let (g, s) = (net.node(g).unwrap().clone(), net.node(s).unwrap().clone());
     assert_eq!(c.ledger().unwrap().network().genesis, odin_ledger::account_of(&g.peer_id()).unwrap());
     c.wait_for_route(2, Duration::from_secs(30)).await.unwrap();
     let out = c.generate(&request(), |_| true).await.unwrap();
@@ -134,14 +140,7 @@ async fn a_liar_caught_by_an_audit_is_slashed_in_every_ledger() {
     // The liar has bonded its stake before it serves anyone.
     let liar_key = odin_ledger::account_of(&liar).unwrap();
     converge(&[&g, &l], |b| b.account(&liar_key).bond >= 100 * MICRO).await;
-    let c = net
-        .launch_in_process_with("client", None, |c| {
-            c.audit = 1.0;
-            c.ledger = Some(ledger(vec![]));
-        })
-        .await
-        .unwrap();
-    let c = net.node(c).unwrap().clone();
+    let c = auditing_client(&mut net).await;
     c.wait_for_route(2, Duration::from_secs(30)).await.unwrap();
     // The client's audit catches the lie; the generation fails over to nowhere or errs.
     let _ = c.generate(&request(), |_| true).await;
