@@ -56,6 +56,11 @@ impl Liar {
                             }
                         };
                         let _ = write_frame(&mut s, &bytes).await;
+                        // Finish the stream: dropped unfinished, a QUIC stream is reset, and the
+                        // reset can overtake the frame (the reader then sees an i/o error, not
+                        // the bad bytes this liar is here to send).
+                        use futures::AsyncWriteExt;
+                        let _ = s.close().await;
                     });
                 }
             });
