@@ -103,6 +103,8 @@ pub struct Keeper {
     fetching: Mutex<std::collections::HashSet<Key>>,
     /// Told of each requester that hands over a receipt (the server's count of what it owes).
     on_receipt: std::sync::OnceLock<ReceiptHook>,
+    /// The genesis entry's epoch length, once known.
+    epoch: std::sync::OnceLock<u32>,
 }
 
 fn now_ms() -> u64 {
@@ -149,6 +151,7 @@ impl Keeper {
             changed: tokio::sync::watch::Sender::new(0),
             fetching: Mutex::new(Default::default()),
             on_receipt: std::sync::OnceLock::new(),
+            epoch: std::sync::OnceLock::new(),
         });
         if genesis == keeper.author.key() && keeper.with(|s| s.head(&genesis))?.is_none() {
             keeper.open_genesis()?;
@@ -470,8 +473,16 @@ impl Keeper {
         }
     }
 
+    /// The network's epoch length: the genesis entry's, read once it is here (the books read
+    /// every entry, too much for every generation).
     fn epoch_minutes(&self) -> u32 {
-        self.books().map(|b| b.epoch_minutes).unwrap_or(self.cfg.epoch_minutes)
+        if let Some(m) = self.epoch.get() {
+            return *m;
+        }
+        match self.books() {
+            Ok(b) if b.genesis => *self.epoch.get_or_init(|| b.epoch_minutes),
+            _ => self.cfg.epoch_minutes,
+        }
     }
 
     /// Challenge a few connected peers; append nothing here: each answered challenge's
